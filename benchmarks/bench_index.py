@@ -1,0 +1,299 @@
+"""Indexing throughput: vitsearch's whole pipeline vs the bare model vs a naive loop.
+
+Run: ``python benchmarks/bench_index.py PATH [--limit N] [--naive-limit M] [--batch-size B]
+[--threads T]``. PATH is a folder of photos (e.g. an ImageNet sample); nothing is written
+outside a temporary directory.
+
+The checkpoint is a *randomly initialised* full-size ViT-B/16 (seeded), saved with
+``save_pretrained`` like google/vit-base-patch16-224: real weights are not needed to
+measure speed (the arithmetic is the same), but the labels it prints are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitsearch import app
+from vitsearch.config import Settings, load_settings
+from vitsearch.indexer.decode import read_photo
+from vitsearch.indexer.files import image_extensions, is_photo_name
+from vitsearch.model.hardware import (
+    choose_device,
+    choose_precision,
+    cpu_flags,
+    cpu_name,
+    has_bf16_hardware,
+)
+from vitsearch.store import open_library
+
+DEFAULT_LIMIT = 400
+DEFAULT_NAIVE_LIMIT = 64
+PIPELINE_TARGET = 0.85  # pipeline / model-only
+NAIVE_TARGET = 4.0  # pipeline / naive, on a CPU with bf16 hardware
+COSINE_TARGET = 0.999  # auto precision vs fp32
+COSINE_IMAGES = 32
+
+
+@dataclass
+class Timing:
+    images: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        description=(
+            "Benchmark vitsearch indexing on a folder of photos with a randomly initialised "
+            "ViT-B/16 (no real weights needed; no network). With the defaults it runs in a few "
+            "minutes on a 2-core CPU."
+        )
+    )
+    parser.add_argument("path", type=Path, help="folder of photos (files sorted by name)")
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                        help=f"index the first N photos (default {DEFAULT_LIMIT}; 0 = all)")
+    parser.add_argument("--naive-limit", type=int, default=DEFAULT_NAIVE_LIMIT,
+                        help=f"photos for the one-at-a-time loop (default {DEFAULT_NAIVE_LIMIT})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"images per forward pass (default {defaults.batch_size})")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help=f"torch intra-op threads (default {defaults.threads})")
+    return parser.parse_args(argv)
+
+
+def save_vit_b16(directory: Path) -> Path:
+    """A seeded random ViT-B/16 (ViTConfig defaults, 1000 labels) plus its processor config."""
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    torch.manual_seed(0)
+    id2label = {i: f"class_{i:03d}" for i in range(1000)}
+    config = ViTConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    ViTForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessorPil(
+        do_resize=True,
+        size={"height": 224, "width": 224},
+        resample=Image.Resampling.BILINEAR,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    ).save_pretrained(directory)
+    return directory
+
+
+def pick_photos(folder: Path, limit: int) -> list[Path]:
+    extensions = image_extensions()
+    names = sorted(n for n in os.listdir(folder) if is_photo_name(n, extensions))
+    return [folder / n for n in (names[:limit] if limit > 0 else names)]
+
+
+def link_photos(photos: Sequence[Path], folder: Path) -> Path:
+    """Symlinks to the photos (never copies), in a folder of their own."""
+    folder.mkdir(parents=True)
+    for photo in photos:
+        (folder / photo.name).symlink_to(photo.resolve())
+    return folder
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def predecode(embedder, photos: Sequence[Path]) -> tuple[np.ndarray, float]:
+    """All photos through the pipeline's own decode + preprocess, in this thread.
+
+    Returns the pixels and the seconds it took (one thread), which is the CPU cost the
+    pipeline must hide behind the model.
+    """
+    started = time.perf_counter()
+    pixels = [embedder.preprocess(read_photo(str(p), embedder.decode_size).image) for p in photos]
+    return np.stack(pixels), time.perf_counter() - started
+
+
+def embed_all(embedder, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
+    return np.concatenate([embedder.embed(batch).vectors for batch in batches])
+
+
+def model_only(embedder, pixels: np.ndarray, batch_size: int) -> tuple[Timing, np.ndarray]:
+    """Forward passes alone on pre-processed pixels; one untimed warm-up batch first."""
+    embedder.embed(pixels[:batch_size])
+    vectors, seconds = timed(lambda: embed_all(embedder, pixels, batch_size))
+    return Timing(len(pixels), seconds), vectors
+
+
+class LoadClock:
+    """Wraps ``app.load_model`` to time the load that happens inside ``index_folders``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._original = app.load_model
+
+    def __enter__(self) -> LoadClock:
+        def clocked(settings: Settings):
+            result, seconds = timed(lambda: self._original(settings))
+            self.seconds += seconds
+            return result
+
+        app.load_model = clocked
+        return self
+
+    def __exit__(self, *exc) -> None:
+        app.load_model = self._original
+
+
+def run_pipeline(settings: Settings, folder: Path):
+    """``index_folders`` into a fresh home: (summary, wall seconds, in-run load seconds)."""
+    with LoadClock() as clock:
+        summary, wall = timed(lambda: app.index_folders(settings, [folder]))
+    return summary, wall, clock.seconds
+
+
+def stored_vectors(home: Path, folder: Path, names: Sequence[str]) -> np.ndarray:
+    """The pipeline's embeddings from the library, in the order of ``names``."""
+    with open_library(home) as library:
+        files = library.db.files_under(os.path.join(str(folder.absolute()), ""))
+        by_id = {}
+        for ids, vectors in library.db.iter_embeddings():
+            by_id.update(zip(ids.tolist(), vectors, strict=True))
+    return np.stack([by_id[files[str(folder.absolute() / n)].id] for n in names])
+
+
+def naive_loop(checkpoint: Path, photos: Sequence[Path]) -> Timing:
+    """What a beginner writes: open, convert, process and forward one image at a time, fp32."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    model = ViTForImageClassification.from_pretrained(checkpoint).eval()
+
+    def one(path: Path) -> int:
+        image = Image.open(path).convert("RGB")
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.inference_mode():
+            return int(model(**inputs).logits.argmax(-1))
+
+    one(photos[0])  # warm-up, untimed: flatters the naive loop, never the pipeline
+    _, seconds = timed(lambda: [one(p) for p in photos])
+    return Timing(len(photos), seconds)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value >= target else "FAIL"
+
+
+def print_machine(settings: Settings) -> bool:
+    import torch
+
+    flags = cpu_flags()
+    bf16 = has_bf16_hardware(flags)
+    device = choose_device(settings.device)
+    print(f"CPU:               {cpu_name()} ({os.cpu_count()} logical cores)")
+    present = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    print(f"bf16 hardware:     {'yes (' + ', '.join(present) + ')' if bf16 else 'no'}")
+    print(f"auto device:       {device}")
+    print(f"auto precision:    {choose_precision(settings.precision, device)}")
+    print(f"torch threads:     {torch.get_num_threads()} (torch {torch.__version__})")
+    print(f"batch size:        {settings.batch_size}")
+    print(f"decode workers:    {settings.decode_workers}")
+    return bf16
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    photos = pick_photos(args.path, args.limit)
+    if not photos:
+        raise SystemExit(f"no photos in {args.path}")
+    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as temp:
+        run(args, photos, Path(temp))
+
+
+def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
+    print("NOTE: the model is a randomly initialised ViT-B/16 (torch.manual_seed(0)); real")
+    print("      weights are not available here. Speed is representative, labels are not.")
+    checkpoint, save_s = timed(lambda: save_vit_b16(temp / "vit-b16"))
+    folder = link_photos(photos, temp / "photos")
+    settings = load_settings(environ={}, home=temp / "home", model=str(checkpoint),
+                             device="auto", precision="auto", batch_size=args.batch_size,
+                             threads=args.threads)
+    print(f"checkpoint saved in {save_s:.1f}s; {len(photos)} photos from {args.path}")
+
+    embedder, load_s = timed(lambda: app.load_model(settings))  # also sets torch threads
+    bf16 = print_machine(settings)
+    pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
+    model, model_vectors = model_only(embedder, pixels, settings.batch_size)
+
+    summary, wall_s, run_load_s = run_pipeline(settings, folder)
+    pipeline = Timing(len(photos), wall_s - run_load_s)
+    stored = stored_vectors(settings.home, folder, [p.name for p in photos])
+
+    naive = naive_loop(checkpoint, photos[:args.naive_limit])
+    fp32 = app.load_model(settings.replace(precision="fp32"))
+    auto_vs_fp32 = min_cosine(embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
+                              embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size))
+
+    print()
+    print(f"model load (separate, warm cache):     {load_s:.2f}s")
+    print(f"decode + preprocess, 1 thread:         {1000 * decode_s / len(photos):.1f} ms/image "
+          f"({len(photos) / decode_s:.1f} images/s)")
+    print(f"Summary: {summary.line()}")
+    print("         (Summary's rate counts the model load done inside the run)")
+    print(f"index_folders wall time:               {wall_s:.2f}s, of which model load "
+          f"{run_load_s:.2f}s (timed inside the run)")
+    print()
+    print(f"pipeline   (index_folders, excl. load): {pipeline.rate:7.2f} images/s  "
+          f"[{pipeline.images} images / {pipeline.seconds:.2f}s: scan, read, decode, "
+          "preprocess, forward, SQLite, FAISS]")
+    print(f"end-to-end (index_folders, incl. load): {len(photos) / wall_s:7.2f} images/s")
+    print(f"model-only (Embedder.embed, {embedder.precision}):      {model.rate:7.2f} images/s  "
+          f"[{model.images} pre-decoded images / {model.seconds:.2f}s, batch "
+          f"{settings.batch_size}, after 1 warm-up batch]")
+    print(f"naive loop (fp32, 1 image at a time):   {naive.rate:7.2f} images/s  "
+          f"[{naive.images} images / {naive.seconds:.2f}s, incl. open+decode+process]")
+    print()
+    report_ratios(pipeline, model, naive, bf16)
+    print(f"min cosine auto({embedder.precision}) vs fp32, first {min(COSINE_IMAGES, len(photos))}"
+          f" images: {auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "
+          f"{verdict(auto_vs_fp32, COSINE_TARGET)}")
+    print(f"min cosine pipeline (stored) vs model-only, all {len(photos)} images: "
+          f"{min_cosine(stored, model_vectors):.5f}  (same inputs, should be ~1)")
+    shutil.rmtree(settings.home, ignore_errors=True)
+
+
+def report_ratios(pipeline: Timing, model: Timing, naive: Timing, bf16: bool) -> None:
+    vs_model = pipeline.rate / model.rate
+    vs_naive = pipeline.rate / naive.rate
+    print(f"pipeline / model-only: {vs_model:.3f}  (target >= {PIPELINE_TARGET}) "
+          f"{verdict(vs_model, PIPELINE_TARGET)}")
+    naive_verdict = verdict(vs_naive, NAIVE_TARGET) if bf16 else "n/a (no bf16 hardware)"
+    print(f"pipeline / naive:      {vs_naive:.2f}x  (target >= {NAIVE_TARGET:.0f}x) "
+          f"{naive_verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Test data built in code: photos drawn with Pillow, a tiny seeded ViT, a seeded fake embedder."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vitsearch.records import Label, ModelInfo
+
+TINY_LABELS = {
+    0: "tabby, tabby cat",
+    1: "golden retriever",
+    2: "pizza, pizza pie",
+    3: "sports car, sport car",
+    4: "red wine",
+    5: "daisy",
+}
+
+
+def save_tiny_vit(directory: Path, seed: int = 0, with_head: bool = True, image_size: int = 32) -> Path:
+    """A randomly initialised (seeded) tiny ViT saved exactly as a real checkpoint is."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=TINY_LABELS,
+        label2id={v: k for k, v in TINY_LABELS.items()},
+    )
+    model = ViTForImageClassification(config) if with_head else ViTModel(config, add_pooling_layer=False)
+    model.save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory
+
+
+def draw_photo(path: Path, seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB",
+               fmt: str | None = None, **save_args) -> Path:
+    """A distinct picture per seed: a coloured background with a few shapes."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
+        x1, y1 = x0 + rng.randrange(5, size[0]), y0 + rng.randrange(5, size[1])
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        if rng.random() < 0.5:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **save_args)
+    return path
+
+
+def draw_album(folder: Path, count: int, start_seed: int = 0) -> list[Path]:
+    return [draw_photo(folder / f"photo_{i:04d}.jpg", seed=start_seed + i) for i in range(count)]
+
+
+class FakeEmbedder:
+    """A seeded stand-in for the model boundary: deterministic vectors from the pixels.
+
+    Similar pictures get similar vectors (a fixed random projection of a 8x8 thumbnail),
+    so store and search behave as with a real model, in milliseconds.
+    """
+
+    def __init__(self, dim: int = 24, seed: int = 7, name: str = "fake-vit") -> None:
+        rng = np.random.default_rng(seed)
+        self._projection = rng.standard_normal((8 * 8 * 3, dim)).astype(np.float32)
+        self.info = ModelInfo(name=name, fingerprint=f"fake:{seed}:{dim}", dim=dim,
+                              preprocessing={"size": {"height": 8, "width": 8}})
+        self.precision = "fp32"
+        self.device = "cpu"
+        self.input_size = (8, 8)
+        self.decode_size = (16, 16)
+        self.calls = 0
+        self.images_embedded = 0
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        small = image.convert("RGB").resize((8, 8), Image.BILINEAR)
+        return (np.asarray(small, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+    def embed(self, pixels: np.ndarray):
+        from vitsearch.model.embedder import EmbeddingBatch
+
+        self.calls += 1
+        self.images_embedded += len(pixels)
+        flat = pixels.reshape(len(pixels), -1) - pixels.reshape(len(pixels), -1).mean(1, keepdims=True)
+        vectors = flat @ self._projection
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+        labels = [self._labels(v) for v in vectors]
+        return EmbeddingBatch(vectors=vectors.astype(np.float32), labels=labels)
+
+    def embed_images(self, images):
+        return self.embed(np.stack([self.preprocess(image) for image in images]))
+
+    def _labels(self, vector: np.ndarray) -> tuple[Label, ...]:
+        scores = np.exp(vector[: len(TINY_LABELS)] * 4)
+        scores /= scores.sum()
+        order = np.argsort(-scores)[:5]
+        return tuple(Label(TINY_LABELS[int(i)], float(scores[i])) for i in order)

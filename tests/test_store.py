@@ -1,0 +1,167 @@
+"""SQLite as the source of truth, FAISS as a cache that is caught up or rebuilt from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitsearch.errors import LibraryLockedError, LibraryVersionError, ModelMismatchError
+from vitsearch.records import FailedEntry, ImageEntry, Label, ModelInfo
+from vitsearch.store import Database, open_library, writer_pid
+
+DIM = 8
+INFO = ModelInfo(name="m", fingerprint="sha256:abc", dim=DIM)
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def entries(root_id: int, vectors: np.ndarray, prefix: str = "/photos/p") -> list[ImageEntry]:
+    return [
+        ImageEntry(path=f"{prefix}{i}.jpg", root_id=root_id, size=100 + i, mtime_ns=i,
+                   fingerprint=f"f{i}", content_hash=f"{prefix}h{i}", width=4, height=3,
+                   taken_at=None, vector=v, labels=(Label("cat", 0.9), Label("dog", 0.1)))
+        for i, v in enumerate(vectors)
+    ]
+
+
+def fill(home: Path, count: int = 10, seed: int = 0) -> list[int]:
+    """Write ``count`` embedded images through a writer, as the indexer does."""
+    with open_library(home, write=True) as library:
+        library.adopt_model(INFO, "fp32")
+        root = library.db.root_id("/photos")
+        new = entries(root, unit_vectors(count, seed), prefix=f"/photos/s{seed}_")
+        ids = library.db.write_batch(new, [])
+        library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
+        library.mark_vectors_changed()
+        return ids
+
+
+def faiss_ids(home: Path) -> set[int]:
+    with open_library(home) as library:
+        return set(library.vectors.ids().tolist())
+
+
+def db_ids(home: Path) -> set[int]:
+    with open_library(home) as library:
+        return set(library.db.embedding_ids().tolist())
+
+
+def test_write_and_read_back(home: Path) -> None:
+    ids = fill(home, 5)
+    with open_library(home) as library:
+        hits = library.db.hits(ids[::-1], [0.5] * 5)
+        assert [hit.id for hit in hits] == ids[::-1]
+        assert hits[0].labels == (Label("cat", 0.9), Label("dog", 0.1))
+        vector, labels = library.db.embedding(ids[0])
+        assert vector.dtype == np.float32 and vector.shape == (DIM,)
+        assert library.db.counts().vectors == 5
+
+
+def test_failure_replaces_embedding_and_keeps_other_rows(home: Path) -> None:
+    ids = fill(home, 3)
+    with open_library(home, write=True) as library:
+        library.db.write_batch([], [FailedEntry("/photos/s0_1.jpg", 1, 5, 5, "truncated")])
+        counts = library.db.counts()
+        assert (counts.images, counts.failed, counts.vectors) == (2, 1, 2)
+        assert library.db.file_at("/photos/s0_1.jpg").id == ids[1]
+
+
+def test_search_matches_brute_force(home: Path) -> None:
+    fill(home, 50, seed=1)
+    with open_library(home) as library:
+        ids, vectors = next(library.db.iter_embeddings())
+        query = unit_vectors(1, 9)[0]
+        found, scores = library.vectors.search(query, 7)
+        order = np.argsort(-(vectors @ query))[:7]
+        assert found.tolist() == ids[order].tolist()
+        assert np.allclose(scores, (vectors @ query)[order], atol=1e-5)
+
+
+def test_missing_faiss_file_is_rebuilt(home: Path) -> None:
+    fill(home, 6)
+    (home / "vectors.faiss").unlink()
+    assert faiss_ids(home) == db_ids(home) and len(db_ids(home)) == 6
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage" * 50])
+def test_corrupt_faiss_file_is_rebuilt(home: Path, damage: bytes) -> None:
+    fill(home, 6)
+    (home / "vectors.faiss").write_bytes(damage)
+    assert faiss_ids(home) == db_ids(home)
+
+
+def test_lagging_faiss_file_is_caught_up(home: Path) -> None:
+    fill(home, 4, seed=1)
+    stale = (home / "vectors.faiss").read_bytes(), (home / "vectors.faiss.json").read_bytes()
+    fill(home, 3, seed=2)
+    with open_library(home, write=True) as library:
+        first = min(db_ids(home))
+        library.db.delete_images([first])
+        # a changed photo keeps its id but gets a new vector
+        row = library.db.files_under("/photos/")["/photos/s1_1.jpg"]
+        changed = entries(1, unit_vectors(1, 77), prefix="/photos/s1_")[0]
+        library.db.write_batch([changed.__class__(**{**changed.__dict__, "path": row.path})], [])
+    (home / "vectors.faiss").write_bytes(stale[0])
+    (home / "vectors.faiss.json").write_bytes(stale[1])
+    with open_library(home) as library:
+        assert set(library.vectors.ids().tolist()) == db_ids(home)
+        found, scores = library.vectors.search(unit_vectors(1, 77)[0], 1)
+        assert found[0] == row.id and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reader_does_not_write_faiss(home: Path) -> None:
+    fill(home, 3)
+    (home / "vectors.faiss").unlink()
+    with open_library(home) as library:
+        assert len(library.vectors) == 3
+    assert not (home / "vectors.faiss").exists()
+
+
+def test_newer_schema_refused(home: Path) -> None:
+    fill(home, 1)
+    db = Database(home / "library.sqlite3")
+    db.set_meta(schema_version="999")
+    db.close()
+    with pytest.raises(LibraryVersionError, match="newer vitsearch"):
+        open_library(home)
+
+
+def test_other_model_refused(home: Path) -> None:
+    fill(home, 1)
+    with open_library(home, write=True) as library, pytest.raises(ModelMismatchError):
+        library.adopt_model(ModelInfo("m2", "sha256:other", DIM), "fp32")
+
+
+def test_second_writer_refused_and_readers_allowed(home: Path) -> None:
+    with open_library(home, write=True):
+        with pytest.raises(LibraryLockedError, match="is writing to this library"):
+            open_library(home, write=True)
+        with open_library(home) as reader:
+            assert reader.db.counts().images == 0
+
+
+def test_lock_of_a_killed_writer_is_taken_over(home: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from vitsearch.store import open_library;"
+         f"lib = open_library({str(home)!r}, write=True); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert writer_pid(home) == holder.pid
+        with pytest.raises(LibraryLockedError, match=str(holder.pid)):
+            open_library(home, write=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert writer_pid(home) is None
+    with open_library(home, write=True) as library:
+        assert library.writable

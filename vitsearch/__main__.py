@@ -1,0 +1,3 @@
+from vitsearch.cli import main
+
+main()

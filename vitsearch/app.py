@@ -1,0 +1,106 @@
+"""The library API the CLI, the UI and the tests share: builds the real objects from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from vitsearch.config import Settings
+from vitsearch.errors import MissingFileError
+from vitsearch.indexer import Indexer, Summary
+from vitsearch.records import Hit, Label
+from vitsearch.search import classify, search_by_image, similar_to
+from vitsearch.store import Library, open_library, writer_pid
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: Settings):
+    """The embedder for ``settings.model`` (imported late: torch takes seconds to import)."""
+    from vitsearch.model import load_embedder
+
+    return load_embedder(settings)
+
+
+def index_folders(settings: Settings, folders: Sequence[Path], progress: bool = False) -> Summary:
+    """Bring the library at ``settings.home`` in step with ``folders``."""
+    with open_library(settings.home, write=True) as library:
+        indexer = make_indexer(settings, library, progress)
+        _known_folders(library, folders)
+        recorded = library.model
+        if recorded is not None and recorded.name != settings.model:
+            indexer.embedder  # noqa: B018  a different model name: check it now, before any work
+        return indexer.reconcile(folders)
+
+
+def make_indexer(settings: Settings, library: Library, progress: bool = False) -> Indexer:
+    return Indexer(
+        library,
+        embedder_factory=lambda: load_model(settings),
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers,
+        save_every_seconds=settings.index_save_seconds,
+        progress=progress,
+    )
+
+
+def search_image(settings: Settings, image: Path, k: int) -> list[Hit]:
+    embedder = load_model(settings)
+    with open_library(settings.home) as library:
+        library.check_model(embedder.info)
+        return search_by_image(library, embedder, image, k)
+
+
+def similar_images(settings: Settings, path: Path, k: int) -> list[Hit]:
+    with open_library(settings.home) as library:
+        return similar_to(library, path, k)
+
+
+def classify_images(settings: Settings, images: Sequence[Path]) -> list[tuple[str, tuple[Label, ...]]]:
+    return classify(load_model(settings), list(images))
+
+
+def forget_folder(settings: Settings, folder: Path) -> int:
+    """Remove a folder's photos from the library (the files stay on disk)."""
+    with open_library(settings.home, write=True) as library:
+        removed = library.db.forget_root(str(Path(folder).expanduser().absolute()))
+        library.mark_vectors_changed()
+        library.vectors  # noqa: B018  catches the FAISS cache up with the deletions
+        return removed
+
+
+def rebuild_vectors(settings: Settings) -> int:
+    """Rebuild the FAISS file from SQLite; no model work."""
+    with open_library(settings.home, write=True) as library:
+        library.vectors_path.unlink(missing_ok=True)
+        library.mark_vectors_changed()
+        return len(library.vectors)
+
+
+def library_status(settings: Settings) -> dict:
+    with open_library(settings.home) as library:
+        counts = library.db.counts()
+        model = library.model
+        return {
+            "images": counts.images,
+            "failed": counts.failed,
+            "offline": counts.offline,
+            "vectors": len(library.vectors) if model else 0,
+            "model": model.name if model else None,
+            "model_fingerprint": model.fingerprint if model else None,
+            "dim": model.dim if model else None,
+            "precision": library.db.get_meta("precision"),
+            "home": str(settings.home),
+            "folders": [{"path": p, "online": online} for p, online in library.db.roots()],
+            "writer_pid": writer_pid(settings.home),
+        }
+
+
+def _known_folders(library: Library, folders: Sequence[Path]) -> None:
+    """A folder never indexed must exist; a known one that vanished goes offline instead."""
+    known = {path for path, _online in library.db.roots()}
+    for folder in folders:
+        path = Path(folder).expanduser().absolute()
+        if not path.is_dir() and str(path) not in known:
+            raise MissingFileError(f"no such folder: {folder}")

@@ -1,0 +1,165 @@
+"""The ``vitsearch`` command: each command is a few lines over :mod:`vitsearch.app`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from vitsearch import app
+from vitsearch.config import Settings, load_settings
+from vitsearch.errors import VitsearchError
+from vitsearch.records import Hit, Label
+
+log = logging.getLogger("vitsearch")
+
+EXISTING_FILE = click.Path(path_type=Path)
+
+
+def library_options(command: Callable) -> Callable:
+    """--home, --model, --device, --precision, --debug, --verbose on every command."""
+    options = [
+        click.option("--home", type=click.Path(path_type=Path), help="Library directory [env VITSEARCH_HOME]."),
+        click.option("--model", help="Hub id or local checkpoint directory [env VITSEARCH_MODEL]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Model device."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Model precision."),
+        click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+        click.option("-v", "--verbose", is_flag=True, help="Log more."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(home, model, device, precision, debug, verbose, **kwargs):
+        _setup_logging(verbose)
+        settings = None
+        try:
+            settings = load_settings(home=home, model=model, device=device, precision=precision,
+                                     debug=debug, **_settings_flags(kwargs))
+            return command(settings, **kwargs)
+        except (VitsearchError, OSError) as exc:
+            if settings is not None and settings.debug:
+                raise
+            raise click.ClickException(f"{exc} (run with --debug for a traceback)") from None
+
+    return wrapper
+
+
+def _settings_flags(kwargs: dict) -> dict:
+    return {name: kwargs.pop(name) for name in ("batch_size", "threads", "decode_workers") if name in kwargs}
+
+
+@click.group()
+@click.version_option(package_name="vitsearch")
+def main() -> None:
+    """Local, private semantic search over your photos with a Vision Transformer."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
+@click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
+@click.option("--decode-workers", type=int, help="Decode threads [env VITSEARCH_DECODE_WORKERS].")
+@library_options
+def index(settings: Settings, paths: tuple[Path, ...]) -> None:
+    """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
+    summary = app.index_folders(settings, paths, progress=sys.stderr.isatty())
+    click.echo(summary.line())
+    if summary.interrupted:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("image", type=EXISTING_FILE)
+@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options
+def search(settings: Settings, image: Path, k: int, as_json: bool) -> None:
+    """Photos that look like IMAGE (any image file, indexed or not)."""
+    _print_hits(app.search_image(settings, image, k), as_json)
+
+
+@main.command()
+@click.argument("path", type=EXISTING_FILE)
+@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options
+def similar(settings: Settings, path: Path, k: int, as_json: bool) -> None:
+    """More photos like PATH, an indexed photo (itself excluded)."""
+    _print_hits(app.similar_images(settings, path, k), as_json)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=EXISTING_FILE)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options
+def classify(settings: Settings, images: tuple[Path, ...], as_json: bool) -> None:
+    """The model's top-5 labels for each of IMAGES."""
+    results = app.classify_images(settings, images)
+    if as_json:
+        click.echo(json.dumps([{"path": p, "labels": _labels(ls)} for p, ls in results], indent=2))
+        return
+    for path, labels in results:
+        click.echo(f"{path}: {_label_text(labels) or '(this model has no labels)'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options
+def status(settings: Settings, as_json: bool) -> None:
+    """What the library holds and which model built it."""
+    info = app.library_status(settings)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if key == "folders":
+            value = ", ".join(f["path"] + ("" if f["online"] else " (offline)") for f in value) or "-"
+        click.echo(f"{key:>17}: {value if value is not None else '-'}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@library_options
+def forget(settings: Settings, folder: Path) -> None:
+    """Remove FOLDER's photos from the library (the files are not touched)."""
+    click.echo(f"removed {app.forget_folder(settings, folder)} photos under {folder}")
+
+
+@main.command("rebuild-index")
+@library_options
+def rebuild_index(settings: Settings) -> None:
+    """Rebuild the FAISS index from the database (no model work)."""
+    click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
+
+
+def _print_hits(hits: list[Hit], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([hit.as_dict() for hit in hits], indent=2))
+        return
+    if not hits:
+        click.echo("no results (is the library empty? run `vitsearch index FOLDER`)")
+    for hit in hits:
+        offline = " [offline]" if not hit.online else ""
+        click.echo(f"{hit.score:.3f}  {hit.path}{offline}  {_label_text(hit.labels[:2])}")
+
+
+def _labels(labels: tuple[Label, ...]) -> list[dict]:
+    return [label.as_dict() for label in labels]
+
+
+def _label_text(labels: tuple[Label, ...]) -> str:
+    return ", ".join(f"{label.label} ({label.score:.0%})" for label in labels)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,117 @@
+"""Settings: the one home of configuration.
+
+Precedence: defaults < ``VITSEARCH_*`` environment variables < command-line flags.
+No other module reads environment variables; they receive a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from vitsearch.errors import ConfigError
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of vitsearch, each with a default and help text."""
+
+    home: Path = _setting(
+        Path(platformdirs.user_data_dir("vitsearch")),
+        "Directory holding the library (SQLite database, FAISS index).",
+    )
+    model: str = _setting(
+        DEFAULT_MODEL, "Hugging Face model id or a local checkpoint directory (safetensors)."
+    )
+    device: str = _setting("auto", "Device for the model: auto (cuda > mps > cpu), cpu, cuda, mps.")
+    precision: str = _setting(
+        "auto", "Model precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 hardware), fp32, bf16, fp16."
+    )
+    batch_size: int = _setting(16, "Images per model forward pass.")
+    threads: int = _setting(
+        _default_threads(), "Torch intra-op threads. Lower it when other work shares the CPU."
+    )
+    decode_workers: int = _setting(2, "Threads decoding photos while the model runs.")
+    index_save_seconds: float = _setting(
+        300.0, "During a long run, write the FAISS file at most this often (it is always written at the end)."
+    )
+    debug: bool = _setting(False, "Show tracebacks instead of one-line errors.")
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None overrides applied and validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return _validated(dataclasses.replace(self, **given))
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / "library.sqlite3"
+
+    @property
+    def faiss_path(self) -> Path:
+        return self.home / "vectors.faiss"
+
+
+def env_var(name: str) -> str:
+    return f"VITSEARCH_{name.upper()}"
+
+
+def settings_help() -> dict[str, str]:
+    """Setting name -> help text, for docs and ``--help``."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+    """Build settings from defaults, then ``VITSEARCH_*`` variables, then flags (non-None)."""
+    environ = os.environ if environ is None else environ
+    from_env = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(env_var(f.name))
+        if raw not in (None, ""):
+            from_env[f.name] = _parse(f, raw)
+    return Settings().replace(**from_env).replace(**flags)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind in (int, float):
+            return kind(raw)
+        if issubclass(kind, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{env_var(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _validated(settings: Settings) -> Settings:
+    if settings.device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {settings.device!r}")
+    if settings.precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}"
+        )
+    for name in ("batch_size", "threads", "decode_workers"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+    home = Path(settings.home).expanduser()
+    return dataclasses.replace(settings, home=home)

@@ -1,0 +1,42 @@
+"""Our own exceptions. Each message says what went wrong and how to fix it.
+
+The CLI turns these into one line; nothing below the CLI exits the process.
+"""
+
+from __future__ import annotations
+
+
+class VitsearchError(Exception):
+    """Base class for errors the user can act on."""
+
+
+class ConfigError(VitsearchError, ValueError):
+    """A setting, flag or environment variable has a bad value."""
+
+
+class ModelNotAvailableError(VitsearchError, FileNotFoundError):
+    """The model is neither cached nor reachable, or the checkpoint cannot be loaded."""
+
+
+class ModelMismatchError(VitsearchError):
+    """The library was built with another model than the one asked for."""
+
+
+class LibraryLockedError(VitsearchError):
+    """Another process is writing to the library."""
+
+
+class LibraryVersionError(VitsearchError):
+    """The library was written by a newer vitsearch."""
+
+
+class NotIndexedError(VitsearchError, LookupError):
+    """The image asked about is not in the library."""
+
+
+class ImageDecodeError(VitsearchError):
+    """A file could not be decoded as a photo."""
+
+
+class MissingFileError(VitsearchError, FileNotFoundError):
+    """A file or folder named on the command line does not exist."""

@@ -1,0 +1,116 @@
+"""Finding photos on disk and identifying their bytes cheaply."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+PLUGIN_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
+HEAD_BYTES = 1 << 20
+TAIL_BYTES = 1 << 10
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def image_extensions() -> frozenset[str]:
+    """Our formats, plus HEIC/AVIF when a Pillow plugin for them is installed."""
+    _register_optional_plugins()
+    registered = set(Image.registered_extensions())
+    return BASE_EXTENSIONS | (PLUGIN_EXTENSIONS & registered)
+
+
+def is_photo_name(name: str, extensions: frozenset[str]) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
+
+
+def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileStat]:
+    """Every photo below ``root``: hidden files and folders skipped, symlink loops safe."""
+    extensions = extensions or image_extensions()
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_log_walk_error):
+        here = os.stat(dirpath)
+        if (here.st_dev, here.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((here.st_dev, here.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not is_photo_name(name, extensions):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                log.warning("skipping %s: %s", path, exc.strerror or exc)
+                continue
+            yield FileStat(path, st.st_size, st.st_mtime_ns)
+
+
+def fingerprint_bytes(size: int, head: bytes, tail: bytes) -> str:
+    """Size plus a hash of the first MiB and last KiB: enough to spot a renamed file."""
+    digest = hashlib.blake2b(head, digest_size=16)
+    digest.update(tail)
+    return f"{size}:{digest.hexdigest()}"
+
+
+def fingerprint_data(data: bytes) -> str:
+    tail = data[-TAIL_BYTES:] if len(data) > HEAD_BYTES else b""
+    return fingerprint_bytes(len(data), data[:HEAD_BYTES], tail)
+
+
+def fingerprint_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+        size = os.fstat(handle.fileno()).st_size
+        tail = b""
+        if size > HEAD_BYTES:
+            handle.seek(-TAIL_BYTES, os.SEEK_END)
+            tail = handle.read(TAIL_BYTES)
+    return fingerprint_bytes(size, head, tail)
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def content_hash_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        return content_hash(handle.read())
+
+
+def _log_walk_error(exc: OSError) -> None:
+    log.warning("skipping %s: %s", exc.filename, exc.strerror or exc)
+
+
+_plugins_tried = False
+
+
+def _register_optional_plugins() -> None:
+    global _plugins_tried
+    if _plugins_tried:
+        return
+    _plugins_tried = True
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except ImportError:
+        pass
+    try:
+        import pillow_avif  # noqa: F401  (registers itself)
+    except ImportError:
+        pass

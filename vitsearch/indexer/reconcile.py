@@ -1,0 +1,259 @@
+"""``reconcile``: bring the library in step with folders. ``index`` and the watcher both call it.
+
+Decoding runs in a thread pool ahead of the model; each batch is committed in one
+transaction, so a run killed at any moment leaves a consistent library and the next run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vitsearch.errors import ImageDecodeError
+from vitsearch.indexer.decode import Photo, read_photo
+from vitsearch.indexer.files import FileStat, image_extensions, scan
+from vitsearch.indexer.plan import Plan, make_plan
+from vitsearch.records import FailedEntry, ImageEntry
+from vitsearch.store import Library
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    new: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    reused: int = 0  # copies whose embedding came from an identical indexed file
+    unchanged: int = 0
+    embedded: int = 0  # images that went through the model
+    offline: tuple[str, ...] = ()
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        if not (self.new or self.updated or self.moved or self.removed or self.failed):
+            head = f"nothing changed: {self.unchanged} photos up to date, no model work"
+        else:
+            head = (
+                f"{self.new} new, {self.updated} updated, {self.moved} moved, "
+                f"{self.removed} removed, {self.failed} failed"
+                f" in {self.seconds:.1f}s ({self.images_per_second:.1f} images/s)"
+            )
+        if self.reused:
+            head += f"; {self.reused} copies reused an embedding"
+        if self.offline:
+            head += f"; offline, kept: {', '.join(self.offline)}"
+        return head + ("; interrupted, run again to finish" if self.interrupted else "")
+
+
+@dataclass
+class _Decoded:
+    stat: FileStat
+    photo: Photo | None
+    pixels: np.ndarray | None
+    error: str | None
+
+
+class Indexer:
+    """Writes to a library opened for writing; the model is created only when needed."""
+
+    def __init__(
+        self,
+        library: Library,
+        embedder_factory: Callable[[], object],
+        batch_size: int = 16,
+        decode_workers: int = 2,
+        save_every_seconds: float = 300.0,
+        progress: bool = False,
+    ) -> None:
+        self.library = library
+        self._embedder_factory = embedder_factory
+        self._embedder = None
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers
+        self.save_every_seconds = save_every_seconds
+        self.progress = progress
+        self._last_save = time.monotonic()
+
+    @property
+    def embedder(self):
+        """The model, loaded on first use and checked against the library's."""
+        if self._embedder is None:
+            embedder = self._embedder_factory()
+            self.library.adopt_model(embedder.info, embedder.precision)
+            self._embedder = embedder
+        return self._embedder
+
+    def reconcile(self, roots: Iterable[Path]) -> Summary:
+        """Index new and changed photos under ``roots``, follow moves, drop deleted ones."""
+        started = time.perf_counter()
+        summary = Summary()
+        try:
+            for root in roots:
+                self._reconcile_root(Path(root), summary)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            self.library.save_vectors()
+            summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _reconcile_root(self, root: Path, summary: Summary) -> None:
+        root = root.expanduser().absolute()
+        root_id = self.library.db.root_id(str(root))
+        prefix = os.path.join(str(root), "")
+        stored = self.library.db.files_under(prefix)
+        if not root.is_dir() or (stored and not any(root.iterdir())):
+            # A missing or empty mount point: keep its photos, searchable as offline.
+            self.library.db.set_root_online(root_id, False)
+            summary.offline += (str(root),)
+            log.warning("%s is missing or empty; keeping its %d photos as offline", root, len(stored))
+            return
+        self.library.db.set_root_online(root_id, True)
+        on_disk = {stat.path: stat for stat in scan(root, image_extensions())}
+        plan = make_plan(on_disk, stored)
+        summary.unchanged += plan.unchanged
+        self._apply_moves_and_removals(plan, root_id, summary)
+        if plan.embed:
+            self._embed_all(plan, root_id, summary)
+
+    def _apply_moves_and_removals(self, plan: Plan, root_id: int, summary: Summary) -> None:
+        db = self.library.db
+        for row, stat in plan.moves:
+            db.move(row.id, stat.path, root_id, stat.mtime_ns)
+            log.debug("moved %s -> %s", row.path, stat.path)
+        if plan.remove:
+            ids = [row.id for row in plan.remove]
+            db.delete_images(ids)
+            self.library.vectors.remove(np.array(ids))
+            self.library.mark_vectors_changed()
+        summary.moved += len(plan.moves)
+        summary.removed += len(plan.remove)
+
+    def _embed_all(self, plan: Plan, root_id: int, summary: Summary) -> None:
+        with tqdm(total=len(plan.embed), unit="img", disable=not self.progress) as bar:
+            batch: list[_Decoded] = []
+            for item in self._decoded(plan.embed):
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self._write(batch, root_id, plan, summary)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                self._write(batch, root_id, plan, summary)
+                bar.update(len(batch))
+
+    def _decoded(self, files: list[FileStat]) -> Iterator[_Decoded]:
+        """Decode in worker threads, a bounded distance ahead of the model, in order."""
+        embedder = self.embedder
+        ahead = max(2 * self.batch_size, 4 * self.decode_workers)
+        pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="vitsearch-decode")
+        pending: deque[Future] = deque()
+        try:
+            todo = iter(files)
+            for stat in todo:
+                pending.append(pool.submit(_decode, stat, embedder))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write(self, batch: list[_Decoded], root_id: int, plan: Plan, summary: Summary) -> None:
+        entries, failures, to_model = [], [], []
+        for item in batch:
+            if item.error is not None:
+                log.warning("skipping %s: %s", item.stat.path, item.error)
+                failures.append(FailedEntry(item.stat.path, root_id, item.stat.size,
+                                            item.stat.mtime_ns, item.error))
+                continue
+            reused = self._reuse(item, root_id)
+            if reused is not None:
+                entries.append(reused)
+                summary.reused += 1
+            else:
+                to_model.append(item)
+        if to_model:
+            result = self.embedder.embed(np.stack([item.pixels for item in to_model]))
+            entries += [
+                _entry(item, root_id, vector, labels)
+                for item, vector, labels in zip(to_model, result.vectors, result.labels, strict=True)
+            ]
+            summary.embedded += len(to_model)
+        ids = self.library.db.write_batch(entries, failures)
+        if entries:
+            self.library.vectors.upsert(np.array(ids), np.stack([e.vector for e in entries]))
+            self.library.mark_vectors_changed()
+        self._count(entries, failures, plan, summary)
+        self._maybe_save()
+
+    def _reuse(self, item: _Decoded, root_id: int) -> ImageEntry | None:
+        """A byte-identical copy of an indexed photo takes its embedding, with no model call."""
+        source = self.library.db.indexed_with_hash(item.photo.content_hash)
+        if source is None:
+            return None
+        found = self.library.db.embedding(source)
+        if found is None:
+            return None
+        vector, labels = found
+        return _entry(item, root_id, vector, labels)
+
+    def _count(self, entries, failures, plan: Plan, summary: Summary) -> None:
+        for path in [e.path for e in entries]:
+            if path in plan.changed:
+                summary.updated += 1
+            else:
+                summary.new += 1
+        summary.failed += len(failures)
+
+    def _maybe_save(self) -> None:
+        if time.monotonic() - self._last_save >= self.save_every_seconds:
+            self.library.save_vectors()
+            self._last_save = time.monotonic()
+
+
+def _decode(stat: FileStat, embedder) -> _Decoded:
+    try:
+        photo = read_photo(stat.path, embedder.decode_size)
+        pixels = embedder.preprocess(photo.image)
+    except ImageDecodeError as exc:
+        return _Decoded(stat, None, None, str(exc))
+    except Exception as exc:  # the image processor may reject odd images; record, don't crash
+        return _Decoded(stat, None, None, f"cannot preprocess: {exc}")
+    return _Decoded(stat, photo, pixels, None)
+
+
+def _entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
+    photo = item.photo
+    return ImageEntry(
+        path=item.stat.path,
+        root_id=root_id,
+        size=item.stat.size,
+        mtime_ns=item.stat.mtime_ns,
+        fingerprint=photo.fingerprint,
+        content_hash=photo.content_hash,
+        width=photo.width,
+        height=photo.height,
+        taken_at=photo.taken_at if photo.taken_at is not None else item.stat.mtime_ns / 1e9,
+        vector=np.asarray(vector, dtype=np.float32),
+        labels=tuple(labels),
+    )
+

@@ -1,0 +1,50 @@
+"""Nearest-neighbour queries. The embedder is passed in; the library is opened by the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitsearch.errors import ImageDecodeError, MissingFileError, NotIndexedError
+from vitsearch.indexer.decode import read_photo
+from vitsearch.records import Hit, Label
+from vitsearch.store import Library
+
+
+def search_by_image(library: Library, embedder, image: Path, k: int = 10) -> list[Hit]:
+    """The k indexed photos nearest to any image file, best first."""
+    vector, _labels = embed_file(embedder, image)
+    return nearest(library, vector, k)
+
+
+def similar_to(library: Library, path: Path, k: int = 10) -> list[Hit]:
+    """The k photos most like an indexed one, excluding itself."""
+    stored = library.db.file_at(str(Path(path).expanduser().absolute()))
+    found = library.db.embedding(stored.id) if stored else None
+    if found is None:
+        raise NotIndexedError(f"{path} is not in the library; index its folder first")
+    hits = nearest(library, found[0], k + 1)
+    return [hit for hit in hits if hit.id != stored.id][:k]
+
+
+def classify(embedder, images: list[Path]) -> list[tuple[str, tuple[Label, ...]]]:
+    """The model's top labels for each image file."""
+    return [(str(image), embed_file(embedder, image)[1]) for image in images]
+
+
+def nearest(library: Library, vector: np.ndarray, k: int) -> list[Hit]:
+    ids, scores = library.vectors.search(vector, k)
+    return library.db.hits(ids.tolist(), scores.tolist())
+
+
+def embed_file(embedder, image: Path) -> tuple[np.ndarray, tuple[Label, ...]]:
+    """Decode an image file exactly as the indexer does and embed it."""
+    if not Path(image).is_file():
+        raise MissingFileError(f"no such image file: {image}")
+    try:
+        photo = read_photo(str(image), embedder.decode_size)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"cannot use {image}: {exc}") from exc
+    result = embedder.embed_images([photo.image])
+    return result.vectors[0], result.labels[0]

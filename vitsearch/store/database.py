@@ -1,0 +1,332 @@
+"""The SQLite library: every SQL statement of vitsearch lives here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitsearch.errors import LibraryVersionError
+from vitsearch.records import (
+    FailedEntry,
+    Hit,
+    ImageEntry,
+    Label,
+    LibraryCounts,
+    ModelInfo,
+    StoredFile,
+)
+from vitsearch.store.schema import (
+    SCHEMA_VERSION,
+    STATUS_FAILED,
+    STATUS_OK,
+    Base,
+    EmbeddingRow,
+    ImageRow,
+    LabelRow,
+    Meta,
+    Root,
+)
+
+# Ordered migrations: version -> function(connection). Version 1 is the initial create_all.
+MIGRATIONS: dict[int, callable] = {}
+
+
+class Database:
+    """A library database. Only the process holding the writer lock calls the write methods."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine = _engine(path)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._ensure_schema()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # -- meta -------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(Meta.value).where(Meta.key == key))
+
+    def set_meta(self, **values: str) -> None:
+        with self.session() as s, s.begin():
+            for key, value in values.items():
+                s.merge(Meta(key=key, value=value))
+
+    def model_info(self) -> ModelInfo | None:
+        raw = self.get_meta("model")
+        return ModelInfo(**json.loads(raw)) if raw else None
+
+    def record_model(self, info: ModelInfo, precision: str) -> None:
+        model = {"name": info.name, "fingerprint": info.fingerprint, "dim": info.dim,
+                 "preprocessing": info.preprocessing}
+        self.set_meta(model=json.dumps(model), precision=precision)
+
+    # -- roots ------------------------------------------------------------------------
+
+    def root_id(self, path: str) -> int:
+        with self.session() as s, s.begin():
+            root = s.scalar(select(Root).where(Root.path == path))
+            if root is None:
+                root = Root(path=path, online=True, last_seen_at=time.time())
+                s.add(root)
+                s.flush()
+            return root.id
+
+    def set_root_online(self, root_id: int, online: bool) -> None:
+        values = {"online": online} | ({"last_seen_at": time.time()} if online else {})
+        with self.session() as s, s.begin():
+            s.execute(update(Root).where(Root.id == root_id).values(**values))
+
+    def roots(self) -> list[tuple[str, bool]]:
+        with self.session() as s:
+            return [(r.path, r.online) for r in s.scalars(select(Root).order_by(Root.path))]
+
+    # -- files ------------------------------------------------------------------------
+
+    def files_under(self, prefix: str) -> dict[str, StoredFile]:
+        """Every file whose path starts with ``prefix`` (a folder path ending in a separator)."""
+        query = select(ImageRow).where(ImageRow.path.startswith(prefix, autoescape=True))
+        with self.session() as s:
+            return {row.path: _stored_file(row) for row in s.scalars(query)}
+
+    def file_at(self, path: str) -> StoredFile | None:
+        with self.session() as s:
+            row = s.scalar(select(ImageRow).where(ImageRow.path == path))
+            return _stored_file(row) if row else None
+
+    def indexed_with_hash(self, content_hash: str) -> int | None:
+        """An indexed image with exactly these bytes, whose embedding a copy may reuse."""
+        query = (
+            select(ImageRow.id)
+            .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
+            .where(ImageRow.content_hash == content_hash)
+            .limit(1)
+        )
+        with self.session() as s:
+            return s.scalar(query)
+
+    def write_batch(self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]) -> list[int]:
+        """Upsert embedded images and failures by path in one transaction; returns image ids."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            seq = self._next_seq(s, len(entries))
+            ids = []
+            for offset, entry in enumerate(entries):
+                row = _upsert_image(s, entry.path, entry.root_id, entry.size, entry.mtime_ns, now)
+                row.fingerprint, row.content_hash = entry.fingerprint, entry.content_hash
+                row.width, row.height, row.taken_at = entry.width, entry.height, entry.taken_at
+                row.status, row.error = STATUS_OK, None
+                s.flush()
+                vector = np.asarray(entry.vector, dtype=np.float32).tobytes()
+                s.merge(EmbeddingRow(image_id=row.id, vector=vector, seq=seq + offset))
+                s.execute(delete(LabelRow).where(LabelRow.image_id == row.id))
+                s.add_all(
+                    LabelRow(image_id=row.id, rank=rank, label=lab.label, score=lab.score)
+                    for rank, lab in enumerate(entry.labels)
+                )
+                ids.append(row.id)
+            for failure in failures:
+                row = _upsert_image(s, failure.path, failure.root_id, failure.size,
+                                    failure.mtime_ns, now)
+                row.status, row.error = STATUS_FAILED, failure.error
+                s.flush()
+                s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
+                s.execute(delete(LabelRow).where(LabelRow.image_id == row.id))
+            return ids
+
+    def move(self, image_id: int, path: str, root_id: int, mtime_ns: int) -> None:
+        """A renamed or moved file keeps its id and embedding."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(ImageRow)
+                .where(ImageRow.id == image_id)
+                .values(path=path, root_id=root_id, mtime_ns=mtime_ns)
+            )
+
+    def delete_images(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        with self.session() as s, s.begin():
+            for chunk in _chunks(ids, 500):
+                s.execute(delete(LabelRow).where(LabelRow.image_id.in_(chunk)))
+                s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(chunk)))
+                s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
+
+    def forget_root(self, path: str) -> int:
+        """Remove a root and all its rows; returns how many images went."""
+        with self.session() as s:
+            root = s.scalar(select(Root).where(Root.path == path))
+            if root is None:
+                return 0
+            ids = list(s.scalars(select(ImageRow.id).where(ImageRow.root_id == root.id)))
+        self.delete_images(ids)
+        with self.session() as s, s.begin():
+            s.execute(delete(Root).where(Root.path == path))
+        return len(ids)
+
+    # -- embeddings -------------------------------------------------------------------
+
+    def embedding(self, image_id: int) -> tuple[np.ndarray, tuple[Label, ...]] | None:
+        with self.session() as s:
+            blob = s.scalar(select(EmbeddingRow.vector).where(EmbeddingRow.image_id == image_id))
+            if blob is None:
+                return None
+            return np.frombuffer(blob, dtype=np.float32).copy(), self._labels(s, [image_id])[image_id]
+
+    def embedding_ids(self) -> np.ndarray:
+        with self.session() as s:
+            return np.fromiter(s.scalars(select(EmbeddingRow.image_id)), dtype=np.int64)
+
+    def max_seq(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.coalesce(func.max(EmbeddingRow.seq), 0)))
+
+    def iter_embeddings(
+        self, since_seq: int = 0, ids: Sequence[int] | None = None, chunk: int = 20_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in chunks: all, those written after ``since_seq``, or the given ids."""
+        query = select(EmbeddingRow.image_id, EmbeddingRow.vector).where(EmbeddingRow.seq > since_seq)
+        id_chunks = _chunks(list(ids), 500) if ids is not None else [None]
+        with self.session() as s:
+            for id_chunk in id_chunks:
+                q = query if id_chunk is None else query.where(EmbeddingRow.image_id.in_(id_chunk))
+                rows = s.execute(q.execution_options(yield_per=chunk))
+                for part in rows.partitions(chunk):
+                    yield (
+                        np.array([r[0] for r in part], dtype=np.int64),
+                        np.frombuffer(b"".join(r[1] for r in part), dtype=np.float32).reshape(
+                            len(part), -1
+                        ),
+                    )
+
+    # -- reading results --------------------------------------------------------------
+
+    def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        """Hits in the given order, dropping ids that vanished meanwhile."""
+        with self.session() as s:
+            rows = {
+                row.id: (row.path, online)
+                for row, online in s.execute(
+                    select(ImageRow, Root.online)
+                    .join(Root, Root.id == ImageRow.root_id)
+                    .where(ImageRow.id.in_(list(ids)))
+                )
+            }
+            labels = self._labels(s, list(rows))
+        return [
+            Hit(id=i, path=rows[i][0], score=float(sc), labels=labels[i], online=rows[i][1])
+            for i, sc in zip(ids, scores, strict=True)
+            if i in rows
+        ]
+
+    def counts(self) -> LibraryCounts:
+        with self.session() as s:
+            by_status = dict(
+                s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()
+            )
+            vectors = s.scalar(select(func.count()).select_from(EmbeddingRow))
+            offline = s.scalar(
+                select(func.count())
+                .select_from(ImageRow)
+                .join(Root, Root.id == ImageRow.root_id)
+                .where(Root.online.is_(False))
+            )
+        return LibraryCounts(
+            images=by_status.get(STATUS_OK, 0),
+            failed=by_status.get(STATUS_FAILED, 0),
+            vectors=vectors,
+            offline=offline,
+        )
+
+    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        query = select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
+        with self.session() as s:
+            return [tuple(r) for r in s.execute(query.order_by(ImageRow.path).limit(limit))]
+
+    # -- internals --------------------------------------------------------------------
+
+    def _labels(self, s: Session, ids: list[int]) -> dict[int, tuple[Label, ...]]:
+        found: dict[int, list[Label]] = {i: [] for i in ids}
+        for chunk in _chunks(ids, 500):
+            query = select(LabelRow).where(LabelRow.image_id.in_(chunk)).order_by(
+                LabelRow.image_id, LabelRow.rank
+            )
+            for row in s.scalars(query):
+                found[row.image_id].append(Label(row.label, row.score))
+        return {i: tuple(labels) for i, labels in found.items()}
+
+    def _next_seq(self, s: Session, count: int) -> int:
+        """Reserve ``count`` write numbers; they never repeat, even after deletes."""
+        current = int(s.scalar(select(Meta.value).where(Meta.key == "vector_seq")) or 0)
+        s.merge(Meta(key="vector_seq", value=str(current + count)))
+        return current + 1
+
+    def _ensure_schema(self) -> None:
+        with self.engine.begin() as conn:
+            Base.metadata.create_all(conn)
+        found = self.get_meta("schema_version")
+        version = int(found) if found else None
+        if version is None:
+            self.set_meta(schema_version=str(SCHEMA_VERSION))
+            return
+        if version > SCHEMA_VERSION:
+            raise LibraryVersionError(
+                f"the library at {self.path} was written by a newer vitsearch (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade vitsearch"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.engine.begin() as conn:
+                MIGRATIONS[target](conn)
+            self.set_meta(schema_version=str(target))
+
+
+def _engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def _upsert_image(s: Session, path: str, root_id: int, size: int, mtime_ns: int, now: float) -> ImageRow:
+    row = s.scalar(select(ImageRow).where(ImageRow.path == path))
+    if row is None:
+        row = ImageRow(path=path)
+        s.add(row)
+    row.root_id, row.size, row.mtime_ns, row.indexed_at = root_id, size, mtime_ns, now
+    return row
+
+
+def _stored_file(row: ImageRow) -> StoredFile:
+    return StoredFile(
+        id=row.id,
+        path=row.path,
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        fingerprint=row.fingerprint,
+        content_hash=row.content_hash,
+        ok=row.status == STATUS_OK,
+    )
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

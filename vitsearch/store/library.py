@@ -1,0 +1,97 @@
+"""A library home: the database, its FAISS cache, the model it was built with, the writer lock."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from vitsearch.errors import ModelMismatchError
+from vitsearch.records import ModelInfo
+from vitsearch.store.database import Database
+from vitsearch.store.lock import WriterLock, holder_pid
+from vitsearch.store.vectors import VectorIndex, open_vector_index
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "library.sqlite3"
+VECTORS_NAME = "vectors.faiss"
+
+
+class Library:
+    """Open with :func:`open_library`. Readers never write; a writer holds the lock."""
+
+    def __init__(self, home: Path, writable: bool) -> None:
+        self.home = home
+        self.writable = writable
+        self._lock = WriterLock(home).acquire() if writable else None
+        self.db = Database(home / DATABASE_NAME)
+        self._vectors: VectorIndex | None = None
+        self._vectors_dirty = False
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.home / VECTORS_NAME
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self.db.model_info()
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, loaded (and caught up with SQLite) on first use."""
+        if self._vectors is None:
+            info = self.model
+            self._vectors, changed = open_vector_index(self.db, self.vectors_path, info.dim if info else 1)
+            self._vectors_dirty = changed
+        return self._vectors
+
+    def check_model(self, info: ModelInfo) -> None:
+        """Refuse a model whose embeddings differ from the library's."""
+        current = self.model
+        if current is not None and (current.fingerprint != info.fingerprint or current.dim != info.dim):
+            raise ModelMismatchError(
+                f"this library was built with model {current.name} ({current.fingerprint}), "
+                f"not {info.name} ({info.fingerprint}); use --model {current.name} or another --home"
+            )
+
+    def adopt_model(self, info: ModelInfo, precision: str) -> None:
+        """Record the model of a new library (or its new name), after :meth:`check_model`."""
+        self.check_model(info)
+        current = self.model
+        if current is None or current.name != info.name:
+            self.db.record_model(info, precision)
+        if current is None:
+            self._vectors = None  # it was opened before the library knew its dimension
+
+    def mark_vectors_changed(self) -> None:
+        self._vectors_dirty = True
+
+    def save_vectors(self) -> None:
+        """Write the FAISS file if it changed; only the writer does."""
+        if self.writable and self._vectors is not None and self._vectors_dirty:
+            self._vectors.seq = self.db.max_seq()
+            self._vectors.save(self.vectors_path)
+            self._vectors_dirty = False
+
+    def close(self) -> None:
+        try:
+            self.save_vectors()
+        finally:
+            self.db.close()
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_library(home: Path, write: bool = False) -> Library:
+    return Library(Path(home), writable=write)
+
+
+def writer_pid(home: Path) -> int | None:
+    """The pid of the process writing to the library at ``home``, if any."""
+    return holder_pid(WriterLock(Path(home)).path)

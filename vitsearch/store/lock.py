@@ -1,0 +1,78 @@
+"""One writer per library: an exclusive lock on a file in the home that holds the writer's pid.
+
+The OS drops the lock when its process dies (even by SIGKILL), so a stale lock file left by a
+dead writer is simply taken over.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vitsearch.errors import LibraryLockedError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+class WriterLock:
+    def __init__(self, home: Path) -> None:
+        self.path = home / "writer.lock"
+        self._handle = None
+
+    def acquire(self) -> WriterLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            _lock(handle)
+        except OSError:
+            handle.close()
+            pid = holder_pid(self.path)
+            raise LibraryLockedError(
+                f"another vitsearch process (pid {pid or '?'}) is writing to this library; "
+                "wait for it to finish or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.seek(0)
+            self._handle.truncate()
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid of the live writer, or None when nobody holds the lock."""
+    try:
+        with open(path) as handle:
+            try:
+                _lock(handle, shared=True)
+            except OSError:
+                text = path.read_text().strip()
+                return int(text) if text.isdigit() else None
+            return None
+    except FileNotFoundError:
+        return None
+
+
+def _lock(handle, shared: bool = False) -> None:
+    if fcntl is None:
+        import msvcrt
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
