@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ PIPELINE_TARGET = 0.85  # pipeline / model-only
 NAIVE_TARGET = 4.0  # pipeline / naive, on a CPU with bf16 hardware
 COSINE_TARGET = 0.999  # auto precision vs fp32
 COSINE_IMAGES = 32
+BUSY_WARNING_CORES = 0.1
 
 
 @dataclass
@@ -77,9 +77,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def save_vit_b16(directory: Path) -> Path:
     """A seeded random ViT-B/16 (ViTConfig defaults, 1000 labels) plus its processor config."""
     import torch
+    import transformers
     from PIL import Image
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
+    transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
     id2label = {i: f"class_{i:03d}" for i in range(1000)}
     config = ViTConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
@@ -207,7 +209,39 @@ def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
 
 
-def print_machine(settings: Settings) -> bool:
+class CpuMeter:
+    """Records into ``busy[phase]`` the cores other processes kept busy during the block."""
+
+    def __init__(self, busy: dict[str, float], phase: str) -> None:
+        self.busy, self.phase = busy, phase
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, machine, own = (a - b for a, b in zip(
+            (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()), self._start,
+            strict=True))
+        self.busy[self.phase] = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
+
+
+def _machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float:
+    """CPU seconds all processes spent busy since boot (Linux; 0 where unreadable)."""
+    try:
+        fields = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def print_machine(settings: Settings) -> None:
     import torch
 
     flags = cpu_flags()
@@ -221,7 +255,6 @@ def print_machine(settings: Settings) -> bool:
     print(f"torch threads:     {torch.get_num_threads()} (torch {torch.__version__})")
     print(f"batch size:        {settings.batch_size}")
     print(f"decode workers:    {settings.decode_workers}")
-    return bf16
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -229,60 +262,96 @@ def main(argv: Sequence[str] | None = None) -> None:
     photos = pick_photos(args.path, args.limit)
     if not photos:
         raise SystemExit(f"no photos in {args.path}")
-    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as temp:
-        run(args, photos, Path(temp))
-
-
-def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
     print("NOTE: the model is a randomly initialised ViT-B/16 (torch.manual_seed(0)); real")
-    print("      weights are not available here. Speed is representative, labels are not.")
+    print("      weights are not available here. Speeds are representative, labels are not.")
+    with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as temp:
+        results = run(args, photos, Path(temp))
+    report(results, args.batch_size, has_bf16_hardware(cpu_flags()))
+
+
+@dataclass
+class Results:
+    photos: int
+    precision: str
+    load_s: float
+    decode_s: float
+    summary_line: str
+    wall_s: float
+    run_load_s: float
+    pipeline: Timing
+    model: Timing
+    naive: Timing
+    auto_vs_fp32: float
+    stored_vs_model: float
+    busy: dict[str, float]  # phase -> cores used by other processes meanwhile
+
+
+def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     checkpoint, save_s = timed(lambda: save_vit_b16(temp / "vit-b16"))
     folder = link_photos(photos, temp / "photos")
     settings = load_settings(environ={}, home=temp / "home", model=str(checkpoint),
                              device="auto", precision="auto", batch_size=args.batch_size,
                              threads=args.threads)
     print(f"checkpoint saved in {save_s:.1f}s; {len(photos)} photos from {args.path}")
-
     embedder, load_s = timed(lambda: app.load_model(settings))  # also sets torch threads
-    bf16 = print_machine(settings)
+    print_machine(settings)
     pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
-    model, model_vectors = model_only(embedder, pixels, settings.batch_size)
-
-    summary, wall_s, run_load_s = run_pipeline(settings, folder)
-    pipeline = Timing(len(photos), wall_s - run_load_s)
+    busy = {}
+    with CpuMeter(busy, "model-only"):
+        model, model_vectors = model_only(embedder, pixels, settings.batch_size)
+    with CpuMeter(busy, "pipeline"):
+        summary, wall_s, run_load_s = run_pipeline(settings, folder)
     stored = stored_vectors(settings.home, folder, [p.name for p in photos])
-
-    naive = naive_loop(checkpoint, photos[:args.naive_limit])
+    with CpuMeter(busy, "naive"):
+        naive = naive_loop(checkpoint, photos[:args.naive_limit])
     fp32 = app.load_model(settings.replace(precision="fp32"))
     auto_vs_fp32 = min_cosine(embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
                               embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size))
+    return Results(
+        photos=len(photos), precision=embedder.precision, load_s=load_s, decode_s=decode_s,
+        summary_line=summary.line(), wall_s=wall_s, run_load_s=run_load_s,
+        pipeline=Timing(len(photos), wall_s - run_load_s), model=model, naive=naive,
+        auto_vs_fp32=auto_vs_fp32, stored_vs_model=min_cosine(stored, model_vectors), busy=busy,
+    )
 
+
+def report(r: Results, batch_size: int, bf16: bool) -> None:
     print()
-    print(f"model load (separate, warm cache):     {load_s:.2f}s")
-    print(f"decode + preprocess, 1 thread:         {1000 * decode_s / len(photos):.1f} ms/image "
-          f"({len(photos) / decode_s:.1f} images/s)")
-    print(f"Summary: {summary.line()}")
-    print("         (Summary's rate counts the model load done inside the run)")
-    print(f"index_folders wall time:               {wall_s:.2f}s, of which model load "
-          f"{run_load_s:.2f}s (timed inside the run)")
+    print(f"model load (separate, warm cache):      {r.load_s:.2f}s")
+    print(f"decode + preprocess, 1 thread:          {1000 * r.decode_s / r.photos:.1f} ms/image "
+          f"({r.photos / r.decode_s:.1f} images/s)")
+    print(f"Summary: {r.summary_line}")
+    print("         (Summary's seconds include the model load done inside the run)")
+    print(f"index_folders wall time:                {r.wall_s:.2f}s, of which model load "
+          f"{r.run_load_s:.2f}s (timed inside the run)")
     print()
-    print(f"pipeline   (index_folders, excl. load): {pipeline.rate:7.2f} images/s  "
-          f"[{pipeline.images} images / {pipeline.seconds:.2f}s: scan, read, decode, "
+    print(f"pipeline   (index_folders, excl. load): {r.pipeline.rate:7.2f} images/s  "
+          f"[{r.pipeline.images} images / {r.pipeline.seconds:.2f}s: scan, read, decode, "
           "preprocess, forward, SQLite, FAISS]")
-    print(f"end-to-end (index_folders, incl. load): {len(photos) / wall_s:7.2f} images/s")
-    print(f"model-only (Embedder.embed, {embedder.precision}):      {model.rate:7.2f} images/s  "
-          f"[{model.images} pre-decoded images / {model.seconds:.2f}s, batch "
-          f"{settings.batch_size}, after 1 warm-up batch]")
-    print(f"naive loop (fp32, 1 image at a time):   {naive.rate:7.2f} images/s  "
-          f"[{naive.images} images / {naive.seconds:.2f}s, incl. open+decode+process]")
+    print(f"end-to-end (index_folders, incl. load): {r.photos / r.wall_s:7.2f} images/s")
+    print(f"model-only (Embedder.embed, {r.precision}):      {r.model.rate:7.2f} images/s  "
+          f"[{r.model.images} pre-decoded images / {r.model.seconds:.2f}s, batch {batch_size},"
+          " after 1 warm-up batch]")
+    print(f"naive loop (fp32, 1 image at a time):   {r.naive.rate:7.2f} images/s  "
+          f"[{r.naive.images} images / {r.naive.seconds:.2f}s, incl. open+decode+process,"
+          " after 1 warm-up image]")
     print()
-    report_ratios(pipeline, model, naive, bf16)
-    print(f"min cosine auto({embedder.precision}) vs fp32, first {min(COSINE_IMAGES, len(photos))}"
-          f" images: {auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "
-          f"{verdict(auto_vs_fp32, COSINE_TARGET)}")
-    print(f"min cosine pipeline (stored) vs model-only, all {len(photos)} images: "
-          f"{min_cosine(stored, model_vectors):.5f}  (same inputs, should be ~1)")
-    shutil.rmtree(settings.home, ignore_errors=True)
+    report_ratios(r.pipeline, r.model, r.naive, bf16)
+    print(f"min cosine auto ({r.precision}) vs fp32, first {min(COSINE_IMAGES, r.photos)} images: "
+          f"{r.auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "
+          f"{verdict(r.auto_vs_fp32, COSINE_TARGET)}")
+    print(f"min cosine pipeline (stored in library) vs model-only, {r.photos} images: "
+          f"{r.stored_vs_model:.5f}  (same pixels, so ~1)")
+    report_busy(r.busy)
+
+
+def report_busy(busy: dict[str, float]) -> None:
+    """Other processes on the machine skew every rate: say how much CPU they took."""
+    shares = ", ".join(f"{phase} {cores:.2f}" for phase, cores in busy.items())
+    print(f"CPU used by other processes (cores, mean over phase): {shares}")
+    if max(busy.values()) > BUSY_WARNING_CORES:
+        print("WARNING: the machine was not idle; the rates above are unreliable. Run again "
+              "when nothing else is running.")
 
 
 def report_ratios(pipeline: Timing, model: Timing, naive: Timing, bf16: bool) -> None:

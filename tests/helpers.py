@@ -20,7 +20,9 @@ TINY_LABELS = {
 }
 
 
-def save_tiny_vit(directory: Path, seed: int = 0, with_head: bool = True, image_size: int = 32) -> Path:
+def save_tiny_vit(
+    directory: Path, seed: int = 0, with_head: bool = True, image_size: int = 32
+) -> Path:
     """A randomly initialised (seeded) tiny ViT saved exactly as a real checkpoint is."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
@@ -36,14 +38,26 @@ def save_tiny_vit(directory: Path, seed: int = 0, with_head: bool = True, image_
         id2label=TINY_LABELS,
         label2id={v: k for k, v in TINY_LABELS.items()},
     )
-    model = ViTForImageClassification(config) if with_head else ViTModel(config, add_pooling_layer=False)
+    model = (
+        ViTForImageClassification(config)
+        if with_head
+        else ViTModel(config, add_pooling_layer=False)
+    )
     model.save_pretrained(directory)
-    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(
+        directory
+    )
     return directory
 
 
-def draw_photo(path: Path, seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB",
-               fmt: str | None = None, **save_args) -> Path:
+def draw_photo(
+    path: Path,
+    seed: int,
+    size: tuple[int, int] = (96, 72),
+    mode: str = "RGB",
+    fmt: str | None = None,
+    **save_args,
+) -> Path:
     """A distinct picture per seed: a coloured background with a few shapes."""
     rng = random.Random(seed)
     image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
@@ -77,8 +91,12 @@ class FakeEmbedder:
     def __init__(self, dim: int = 24, seed: int = 7, name: str = "fake-vit") -> None:
         rng = np.random.default_rng(seed)
         self._projection = rng.standard_normal((8 * 8 * 3, dim)).astype(np.float32)
-        self.info = ModelInfo(name=name, fingerprint=f"fake:{seed}:{dim}", dim=dim,
-                              preprocessing={"size": {"height": 8, "width": 8}})
+        self.info = ModelInfo(
+            name=name,
+            fingerprint=f"fake:{seed}:{dim}",
+            dim=dim,
+            preprocessing={"size": {"height": 8, "width": 8}},
+        )
         self.precision = "fp32"
         self.device = "cpu"
         self.input_size = (8, 8)
@@ -95,7 +113,9 @@ class FakeEmbedder:
 
         self.calls += 1
         self.images_embedded += len(pixels)
-        flat = pixels.reshape(len(pixels), -1) - pixels.reshape(len(pixels), -1).mean(1, keepdims=True)
+        flat = pixels.reshape(len(pixels), -1) - pixels.reshape(len(pixels), -1).mean(
+            1, keepdims=True
+        )
         vectors = flat @ self._projection
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
         labels = [self._labels(v) for v in vectors]

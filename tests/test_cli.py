@@ -20,18 +20,27 @@ pytestmark = pytest.mark.slow
 
 def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "vitsearch", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "vitsearch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=180,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"vitsearch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"vitsearch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
 @pytest.fixture
 def env(home: Path, tiny_model: Path) -> dict:
-    return {**os.environ, "VITSEARCH_HOME": str(home), "VITSEARCH_MODEL": str(tiny_model),
-            "VITSEARCH_THREADS": "1"}
+    return {
+        **os.environ,
+        "VITSEARCH_HOME": str(home),
+        "VITSEARCH_MODEL": str(tiny_model),
+        "VITSEARCH_THREADS": "1",
+    }
 
 
 @pytest.fixture
@@ -55,13 +64,17 @@ def test_index_search_similar_classify_status(env: dict, album: list[Path], tmp_
     hits = json.loads(vitsearch("search", str(album[2]), "-k", "3", "--json", env=env).stdout)
     assert hits[0]["path"] == str(album[2]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert set(hits[0]) == {"id", "path", "score", "labels"}
-    assert len(hits) == 3 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert len(hits) == 3 and [h["score"] for h in hits] == sorted(
+        (h["score"] for h in hits), reverse=True
+    )
     assert set(hits[0]["labels"][0]) == {"label", "score"}
 
     similar = json.loads(vitsearch("similar", str(album[2]), "-k", "4", "--json", env=env).stdout)
     assert len(similar) == 4 and str(album[2]) not in [h["path"] for h in similar]
 
-    classified = json.loads(vitsearch("classify", str(album[0]), str(album[1]), "--json", env=env).stdout)
+    classified = json.loads(
+        vitsearch("classify", str(album[0]), str(album[1]), "--json", env=env).stdout
+    )
     assert [c["path"] for c in classified] == [str(album[0]), str(album[1])]
     assert all(len(c["labels"]) == 5 for c in classified)
 
@@ -94,7 +107,9 @@ def test_faiss_file_deleted_or_corrupt_is_rebuilt(
 def test_other_model_refused_with_one_line(env: dict, album: list[Path], tmp_path: Path) -> None:
     vitsearch("index", str(tmp_path / "album"), env=env)
     other = save_tiny_vit(tmp_path / "other-model", seed=3)
-    result = vitsearch("index", str(tmp_path / "album"), "--model", str(other), env=env, check=False)
+    result = vitsearch(
+        "index", str(tmp_path / "album"), "--model", str(other), env=env, check=False
+    )
     assert result.returncode != 0
     assert "built with model" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -113,8 +128,14 @@ def test_other_model_refused_with_one_line(env: dict, album: list[Path], tmp_pat
 )
 def test_errors_are_one_line(env: dict, args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(b"")
-    result = subprocess.run([sys.executable, "-m", "vitsearch", *args], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitsearch", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -125,12 +146,25 @@ def test_debug_shows_traceback(env: dict) -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_killed_run_resumes_and_indexes_each_photo_once(env: dict, tmp_path: Path, home: Path) -> None:
+def test_killed_run_resumes_and_indexes_each_photo_once(
+    env: dict, tmp_path: Path, home: Path
+) -> None:
     photos = draw_album(tmp_path / "big", 400)
     process = subprocess.Popen(
-        [sys.executable, "-m", "vitsearch", "index", str(tmp_path / "big"), "--batch-size", "2",
-         "--decode-workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "vitsearch",
+            "index",
+            str(tmp_path / "big"),
+            "--batch-size",
+            "2",
+            "--decode-workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     committed = _wait_for_rows(home / "library.sqlite3", at_least=20, process=process)
     process.send_signal(signal.SIGKILL)
@@ -144,6 +178,20 @@ def test_killed_run_resumes_and_indexes_each_photo_once(env: dict, tmp_path: Pat
     assert sorted(paths) == sorted(map(str, photos)) and embeddings == 400
     info = status(env)
     assert info["images"] == info["vectors"] == 400
+    assert faiss_file_ids(home) == sqlite_ids(home)
+
+
+def faiss_file_ids(home: Path) -> set[int]:
+    """The ids in the FAISS file as written on disk (not caught up by a reader)."""
+    import faiss
+
+    index = faiss.read_index(str(home / "vectors.faiss"))
+    return set(faiss.vector_to_array(index.id_map).tolist())
+
+
+def sqlite_ids(home: Path) -> set[int]:
+    with sqlite3.connect(home / "library.sqlite3") as db:
+        return {row[0] for row in db.execute("SELECT image_id FROM embeddings")}
 
 
 def _wait_for_rows(database: Path, at_least: int, process: subprocess.Popen) -> int:
@@ -159,3 +207,22 @@ def _wait_for_rows(database: Path, at_least: int, process: subprocess.Popen) -> 
                 return count
         time.sleep(0.05)
     raise AssertionError("the indexer never committed enough rows to be killed mid-run")
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(env: dict, tmp_path: Path, home: Path) -> None:
+    draw_album(tmp_path / "big", 300)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitsearch", "index", str(tmp_path / "big"), "--batch-size", "2",
+         "--decode-workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_rows(home / "library.sqlite3", at_least=10, process=process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted, run again to finish" in out and "Traceback" not in err
+    info = status(env)
+    assert 10 <= info["images"] < 300 and info["vectors"] == info["images"]
+    assert faiss_file_ids(home) == sqlite_ids(home)
+    with sqlite3.connect(home / "library.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM embeddings").fetchone()[0] == info["images"]

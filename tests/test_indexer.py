@@ -76,7 +76,9 @@ def test_unchanged_rerun_loads_no_model(run: Run, tmp_path: Path) -> None:
     assert summary.line().startswith("nothing changed: 5 photos up to date")
 
 
-def test_rename_and_move_keep_id_without_model_call(run: Run, tmp_path: Path, fake_embedder) -> None:
+def test_rename_and_move_keep_id_without_model_call(
+    run: Run, tmp_path: Path, fake_embedder
+) -> None:
     photos = draw_album(tmp_path / "album", 4)
     run(tmp_path / "album")
     before = library_ids(run.home)
@@ -172,8 +174,12 @@ def test_missing_root_goes_offline_and_comes_back(run: Run, tmp_path: Path, fake
     summary = run(tmp_path / "drive" / "photos")
     assert summary.removed == 0 and summary.offline == (str(tmp_path / "drive" / "photos"),)
     with open_library(run.home) as library:
-        hits = search_by_image(library, fake_embedder, photos[0].parent.parent.parent
-                               / "unplugged" / "photos" / photos[0].name, k=3)
+        hits = search_by_image(
+            library,
+            fake_embedder,
+            photos[0].parent.parent.parent / "unplugged" / "photos" / photos[0].name,
+            k=3,
+        )
         assert len(hits) == 3 and not any(hit.online for hit in hits)
     shutil.move(tmp_path / "unplugged", tmp_path / "drive")
     back = run(tmp_path / "drive" / "photos")

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 def photos(tmp_path: Path, count: int = 6) -> list[Image.Image]:
-    return [Image.open(draw_photo(tmp_path / f"p{i}.png", seed=i, fmt="PNG")).convert("RGB")
-            for i in range(count)]
+    return [
+        Image.open(draw_photo(tmp_path / f"p{i}.png", seed=i, fmt="PNG")).convert("RGB")
+        for i in range(count)
+    ]
 
 
 def embedder_for(model: Path | str, **flags):
@@ -58,7 +60,9 @@ def test_embedding_is_the_cls_token_the_head_reads(tiny_model: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("precision", ["bf16"])
-def test_low_precision_stays_close_to_fp32(tiny_model: Path, tmp_path: Path, precision: str) -> None:
+def test_low_precision_stays_close_to_fp32(
+    tiny_model: Path, tmp_path: Path, precision: str
+) -> None:
     images = photos(tmp_path)
     reference = embedder_for(tiny_model, precision="fp32").embed_images(images).vectors
     low = embedder_for(tiny_model, precision=precision).embed_images(images).vectors
@@ -95,7 +99,7 @@ def test_missing_directory_and_uncached_hub_model_fail_fast(tmp_path: Path) -> N
     with pytest.raises(ModelNotAvailableError, match="no model checkpoint directory"):
         embedder_for(tmp_path / "nope")
     started = time.monotonic()
-    with pytest.raises(ModelNotAvailableError, match="not cached.*--model DIR"):
+    with pytest.raises(ModelNotAvailableError, match=r"not cached.*--model DIR"):
         embedder_for("google/vit-base-patch16-224")
     assert time.monotonic() - started < 10
 

@@ -25,8 +25,12 @@ pytestmark = [
 
 
 def test_real_checkpoint_labels_and_precision(tmp_path: Path) -> None:
-    images = [Image.open(draw_photo(tmp_path / f"{i}.png", seed=i, size=(320, 240), fmt="PNG"))
-              .convert("RGB") for i in range(8)]
+    images = [
+        Image.open(draw_photo(tmp_path / f"{i}.png", seed=i, size=(320, 240), fmt="PNG")).convert(
+            "RGB"
+        )
+        for i in range(8)
+    ]
     fp32 = load_embedder(load_settings(environ={}, model=REAL_MODEL, precision="fp32"))
     auto = load_embedder(load_settings(environ={}, model=REAL_MODEL))
     reference = fp32.embed_images(images)

@@ -24,9 +24,19 @@ def unit_vectors(count: int, seed: int) -> np.ndarray:
 
 def entries(root_id: int, vectors: np.ndarray, prefix: str = "/photos/p") -> list[ImageEntry]:
     return [
-        ImageEntry(path=f"{prefix}{i}.jpg", root_id=root_id, size=100 + i, mtime_ns=i,
-                   fingerprint=f"f{i}", content_hash=f"{prefix}h{i}", width=4, height=3,
-                   taken_at=None, vector=v, labels=(Label("cat", 0.9), Label("dog", 0.1)))
+        ImageEntry(
+            path=f"{prefix}{i}.jpg",
+            root_id=root_id,
+            size=100 + i,
+            mtime_ns=i,
+            fingerprint=f"f{i}",
+            content_hash=f"{prefix}h{i}",
+            width=4,
+            height=3,
+            taken_at=None,
+            vector=v,
+            labels=(Label("cat", 0.9), Label("dog", 0.1)),
+        )
         for i, v in enumerate(vectors)
     ]
 
@@ -59,7 +69,7 @@ def test_write_and_read_back(home: Path) -> None:
         hits = library.db.hits(ids[::-1], [0.5] * 5)
         assert [hit.id for hit in hits] == ids[::-1]
         assert hits[0].labels == (Label("cat", 0.9), Label("dog", 0.1))
-        vector, labels = library.db.embedding(ids[0])
+        vector, _labels = library.db.embedding(ids[0])
         assert vector.dtype == np.float32 and vector.shape == (DIM,)
         assert library.db.counts().vectors == 5
 
@@ -149,10 +159,14 @@ def test_second_writer_refused_and_readers_allowed(home: Path) -> None:
 
 def test_lock_of_a_killed_writer_is_taken_over(home: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from vitsearch.store import open_library;"
-         f"lib = open_library({str(home)!r}, write=True); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from vitsearch.store import open_library;"
+            f"lib = open_library({str(home)!r}, write=True); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

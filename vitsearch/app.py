@@ -29,8 +29,8 @@ def index_folders(settings: Settings, folders: Sequence[Path], progress: bool = 
         indexer = make_indexer(settings, library, progress)
         _known_folders(library, folders)
         recorded = library.model
-        if recorded is not None and recorded.name != settings.model:
-            indexer.embedder  # noqa: B018  a different model name: check it now, before any work
+        if recorded is None or recorded.name != settings.model:
+            indexer.embedder  # noqa: B018  a new library or another model: load it before any work
         return indexer.reconcile(folders)
 
 
@@ -57,7 +57,9 @@ def similar_images(settings: Settings, path: Path, k: int) -> list[Hit]:
         return similar_to(library, path, k)
 
 
-def classify_images(settings: Settings, images: Sequence[Path]) -> list[tuple[str, tuple[Label, ...]]]:
+def classify_images(
+    settings: Settings, images: Sequence[Path]
+) -> list[tuple[str, tuple[Label, ...]]]:
     return classify(load_model(settings), list(images))
 
 

@@ -24,10 +24,20 @@ EXISTING_FILE = click.Path(path_type=Path)
 def library_options(command: Callable) -> Callable:
     """--home, --model, --device, --precision, --debug, --verbose on every command."""
     options = [
-        click.option("--home", type=click.Path(path_type=Path), help="Library directory [env VITSEARCH_HOME]."),
+        click.option(
+            "--home",
+            type=click.Path(path_type=Path),
+            help="Library directory [env VITSEARCH_HOME].",
+        ),
         click.option("--model", help="Hub id or local checkpoint directory [env VITSEARCH_MODEL]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Model device."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Model precision."),
+        click.option(
+            "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Model device."
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            help="Model precision.",
+        ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
         click.option("-v", "--verbose", is_flag=True, help="Log more."),
     ]
@@ -39,8 +49,14 @@ def library_options(command: Callable) -> Callable:
         _setup_logging(verbose)
         settings = None
         try:
-            settings = load_settings(home=home, model=model, device=device, precision=precision,
-                                     debug=debug, **_settings_flags(kwargs))
+            settings = load_settings(
+                home=home,
+                model=model,
+                device=device,
+                precision=precision,
+                debug=debug,
+                **_settings_flags(kwargs),
+            )
             return command(settings, **kwargs)
         except (VitsearchError, OSError) as exc:
             if settings is not None and settings.debug:
@@ -51,7 +67,11 @@ def library_options(command: Callable) -> Callable:
 
 
 def _settings_flags(kwargs: dict) -> dict:
-    return {name: kwargs.pop(name) for name in ("batch_size", "threads", "decode_workers") if name in kwargs}
+    return {
+        name: kwargs.pop(name)
+        for name in ("batch_size", "threads", "decode_workers")
+        if name in kwargs
+    }
 
 
 @click.group()
@@ -119,7 +139,9 @@ def status(settings: Settings, as_json: bool) -> None:
         return
     for key, value in info.items():
         if key == "folders":
-            value = ", ".join(f["path"] + ("" if f["online"] else " (offline)") for f in value) or "-"
+            value = (
+                ", ".join(f["path"] + ("" if f["online"] else " (offline)") for f in value) or "-"
+            )
         click.echo(f"{key:>17}: {value if value is not None else '-'}")
 
 

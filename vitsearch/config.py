@@ -43,7 +43,8 @@ class Settings:
     )
     device: str = _setting("auto", "Device for the model: auto (cuda > mps > cpu), cpu, cuda, mps.")
     precision: str = _setting(
-        "auto", "Model precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 hardware), fp32, bf16, fp16."
+        "auto",
+        "Model precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 hardware), fp32, bf16, fp16.",
     )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(
@@ -51,7 +52,8 @@ class Settings:
     )
     decode_workers: int = _setting(2, "Threads decoding photos while the model runs.")
     index_save_seconds: float = _setting(
-        300.0, "During a long run, write the FAISS file at most this often (it is always written at the end)."
+        300.0,
+        "During a long run, write the FAISS file at most this often (always at the end).",
     )
     debug: bool = _setting(False, "Show tracebacks instead of one-line errors.")
 

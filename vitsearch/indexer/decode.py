@@ -70,7 +70,7 @@ def decode_bytes(
             image.draft("RGB", draft_size)
         image.seek(0)  # first frame of animations
         image.load()
-        upright = image
+        upright = ImageOps.exif_transpose(image)
         return to_rgb(upright), width, height, capture_time(exif)
 
 

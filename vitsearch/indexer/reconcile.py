@@ -124,7 +124,9 @@ class Indexer:
             # A missing or empty mount point: keep its photos, searchable as offline.
             self.library.db.set_root_online(root_id, False)
             summary.offline += (str(root),)
-            log.warning("%s is missing or empty; keeping its %d photos as offline", root, len(stored))
+            log.warning(
+                "%s is missing or empty; keeping its %d photos as offline", root, len(stored)
+            )
             return
         self.library.db.set_root_online(root_id, True)
         on_disk = {stat.path: stat for stat in scan(root, image_extensions())}
@@ -182,8 +184,11 @@ class Indexer:
         for item in batch:
             if item.error is not None:
                 log.warning("skipping %s: %s", item.stat.path, item.error)
-                failures.append(FailedEntry(item.stat.path, root_id, item.stat.size,
-                                            item.stat.mtime_ns, item.error))
+                failures.append(
+                    FailedEntry(
+                        item.stat.path, root_id, item.stat.size, item.stat.mtime_ns, item.error
+                    )
+                )
                 continue
             reused = self._reuse(item, root_id)
             if reused is not None:
@@ -195,7 +200,9 @@ class Indexer:
             result = self.embedder.embed(np.stack([item.pixels for item in to_model]))
             entries += [
                 _entry(item, root_id, vector, labels)
-                for item, vector, labels in zip(to_model, result.vectors, result.labels, strict=True)
+                for item, vector, labels in zip(
+                    to_model, result.vectors, result.labels, strict=True
+                )
             ]
             summary.embedded += len(to_model)
         ids = self.library.db.write_batch(entries, failures)
@@ -256,4 +263,3 @@ def _entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
         vector=np.asarray(vector, dtype=np.float32),
         labels=tuple(labels),
     )
-

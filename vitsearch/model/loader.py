@@ -67,13 +67,15 @@ def resolve_checkpoint(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=CHECKPOINT_FILES))
     except Exception as exc:  # the hub's errors are many; all mean "cannot get it"
-        raise ModelNotAvailableError(f"could not download model {name!r}: {exc}; {FIX_HINT}") from exc
+        raise ModelNotAvailableError(
+            f"could not download model {name!r}: {exc}; {FIX_HINT}"
+        ) from exc
 
 
 def checkpoint_fingerprint(directory: Path) -> str:
     """A content hash of the weights and config: the same checkpoint anywhere hashes the same."""
     digest = hashlib.sha256()
-    for file in sorted(directory.glob("*.safetensors")) + [directory / "config.json"]:
+    for file in [*sorted(directory.glob("*.safetensors")), directory / "config.json"]:
         with open(file, "rb") as handle:
             for chunk in iter(lambda h=handle: h.read(1 << 22), b""):
                 digest.update(chunk)
@@ -83,7 +85,11 @@ def checkpoint_fingerprint(directory: Path) -> str:
 def _load_from_directory(directory: Path, name: str):
     if not any(directory.glob("*.safetensors")):
         pickled = any(directory.glob("*.bin"))
-        why = "has only pickle .bin weights, which vitsearch does not load" if pickled else "has no weights"
+        why = (
+            "has only pickle .bin weights, which vitsearch does not load"
+            if pickled
+            else "has no weights"
+        )
         raise ModelNotAvailableError(
             f"checkpoint {name} {why}; save it with safetensors (model.save_pretrained(dir))"
         )
@@ -98,7 +104,9 @@ def _load_from_directory(directory: Path, name: str):
         )
     try:
         model_class = _model_class(config)
-        model = model_class.from_pretrained(directory, use_safetensors=True, trust_remote_code=False)
+        model = model_class.from_pretrained(
+            directory, use_safetensors=True, trust_remote_code=False
+        )
         processor = transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(f"cannot load checkpoint {name}: {exc}") from exc
@@ -112,8 +120,18 @@ def _model_class(config):
 
 
 def _preprocessing(processor) -> dict:
-    keys = ("size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
-            "image_mean", "image_std", "crop_size", "do_center_crop")
+    keys = (
+        "size",
+        "resample",
+        "do_resize",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "crop_size",
+        "do_center_crop",
+    )
     settings = processor.to_dict()
     return {key: _jsonable(settings[key]) for key in keys if key in settings}
 

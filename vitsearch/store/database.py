@@ -70,8 +70,12 @@ class Database:
         return ModelInfo(**json.loads(raw)) if raw else None
 
     def record_model(self, info: ModelInfo, precision: str) -> None:
-        model = {"name": info.name, "fingerprint": info.fingerprint, "dim": info.dim,
-                 "preprocessing": info.preprocessing}
+        model = {
+            "name": info.name,
+            "fingerprint": info.fingerprint,
+            "dim": info.dim,
+            "preprocessing": info.preprocessing,
+        }
         self.set_meta(model=json.dumps(model), precision=precision)
 
     # -- roots ------------------------------------------------------------------------
@@ -118,7 +122,9 @@ class Database:
         with self.session() as s:
             return s.scalar(query)
 
-    def write_batch(self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]) -> list[int]:
+    def write_batch(
+        self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
+    ) -> list[int]:
         """Upsert embedded images and failures by path in one transaction; returns image ids."""
         now = time.time()
         with self.session() as s, s.begin():
@@ -139,8 +145,9 @@ class Database:
                 )
                 ids.append(row.id)
             for failure in failures:
-                row = _upsert_image(s, failure.path, failure.root_id, failure.size,
-                                    failure.mtime_ns, now)
+                row = _upsert_image(
+                    s, failure.path, failure.root_id, failure.size, failure.mtime_ns, now
+                )
                 row.status, row.error = STATUS_FAILED, failure.error
                 s.flush()
                 s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
@@ -183,7 +190,9 @@ class Database:
             blob = s.scalar(select(EmbeddingRow.vector).where(EmbeddingRow.image_id == image_id))
             if blob is None:
                 return None
-            return np.frombuffer(blob, dtype=np.float32).copy(), self._labels(s, [image_id])[image_id]
+            return np.frombuffer(blob, dtype=np.float32).copy(), self._labels(s, [image_id])[
+                image_id
+            ]
 
     def embedding_ids(self) -> np.ndarray:
         with self.session() as s:
@@ -197,7 +206,9 @@ class Database:
         self, since_seq: int = 0, ids: Sequence[int] | None = None, chunk: int = 20_000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) in chunks: all, those written after ``since_seq``, or the given ids."""
-        query = select(EmbeddingRow.image_id, EmbeddingRow.vector).where(EmbeddingRow.seq > since_seq)
+        query = select(EmbeddingRow.image_id, EmbeddingRow.vector).where(
+            EmbeddingRow.seq > since_seq
+        )
         id_chunks = _chunks(list(ids), 500) if ids is not None else [None]
         with self.session() as s:
             for id_chunk in id_chunks:
@@ -260,8 +271,10 @@ class Database:
     def _labels(self, s: Session, ids: list[int]) -> dict[int, tuple[Label, ...]]:
         found: dict[int, list[Label]] = {i: [] for i in ids}
         for chunk in _chunks(ids, 500):
-            query = select(LabelRow).where(LabelRow.image_id.in_(chunk)).order_by(
-                LabelRow.image_id, LabelRow.rank
+            query = (
+                select(LabelRow)
+                .where(LabelRow.image_id.in_(chunk))
+                .order_by(LabelRow.image_id, LabelRow.rank)
             )
             for row in s.scalars(query):
                 found[row.image_id].append(Label(row.label, row.score))
@@ -306,7 +319,9 @@ def _engine(path: Path) -> Engine:
     return engine
 
 
-def _upsert_image(s: Session, path: str, root_id: int, size: int, mtime_ns: int, now: float) -> ImageRow:
+def _upsert_image(
+    s: Session, path: str, root_id: int, size: int, mtime_ns: int, now: float
+) -> ImageRow:
     row = s.scalar(select(ImageRow).where(ImageRow.path == path))
     if row is None:
         row = ImageRow(path=path)

@@ -41,17 +41,22 @@ class Library:
         """The FAISS index, loaded (and caught up with SQLite) on first use."""
         if self._vectors is None:
             info = self.model
-            self._vectors, changed = open_vector_index(self.db, self.vectors_path, info.dim if info else 1)
+            self._vectors, changed = open_vector_index(
+                self.db, self.vectors_path, info.dim if info else 1
+            )
             self._vectors_dirty = changed
         return self._vectors
 
     def check_model(self, info: ModelInfo) -> None:
         """Refuse a model whose embeddings differ from the library's."""
         current = self.model
-        if current is not None and (current.fingerprint != info.fingerprint or current.dim != info.dim):
+        if current is not None and (
+            current.fingerprint != info.fingerprint or current.dim != info.dim
+        ):
             raise ModelMismatchError(
                 f"this library was built with model {current.name} ({current.fingerprint}), "
-                f"not {info.name} ({info.fingerprint}); use --model {current.name} or another --home"
+                f"not {info.name} ({info.fingerprint}); "
+                f"use --model {current.name} or another --home"
             )
 
     def adopt_model(self, info: ModelInfo, precision: str) -> None:

@@ -24,7 +24,7 @@ class WriterLock:
 
     def acquire(self) -> WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        handle = open(self.path, "a+")  # noqa: SIM115  held open for the lock's lifetime
         try:
             _lock(handle)
         except OSError:

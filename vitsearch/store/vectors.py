@@ -56,8 +56,10 @@ class VectorIndex:
         temp = path.with_name(path.name + f".tmp{os.getpid()}")
         faiss.write_index(self.index, str(temp))
         os.replace(temp, path)
-        _write_json(_sidecar(path), {"seq": self.seq, "dim": self.dim, "count": len(self),
-                                     "saved_at": time.time()})
+        _write_json(
+            _sidecar(path),
+            {"seq": self.seq, "dim": self.dim, "count": len(self), "saved_at": time.time()},
+        )
 
 
 def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, bool]:
@@ -93,8 +95,11 @@ def _catch_up(index: VectorIndex, db: Database) -> bool:
         index.upsert(ids, vectors)
         changed = True
     if changed:
-        log.info("vector index caught up with the database (%d added, %d removed)",
-                 len(missing), len(stale))
+        log.info(
+            "vector index caught up with the database (%d added, %d removed)",
+            len(missing),
+            len(stale),
+        )
     index.seq = max(index.seq, target_seq)
     return changed
 
