@@ -179,3 +179,17 @@ def test_lock_of_a_killed_writer_is_taken_over(home: Path) -> None:
     assert writer_pid(home) is None
     with open_library(home, write=True) as library:
         assert library.writable
+
+
+def test_save_includes_rows_committed_but_not_yet_added(home: Path) -> None:
+    """Ctrl-C can land between a commit and the in-memory add; the saved file must not lie."""
+    fill(home, 2, seed=1)
+    with open_library(home, write=True) as library:
+        library.vectors  # noqa: B018
+        library.db.write_batch(entries(1, unit_vectors(3, 5), prefix="/photos/late_"), [])
+        library.mark_vectors_changed()
+    import faiss
+
+    on_disk = faiss.read_index(str(home / "vectors.faiss"))
+    assert set(faiss.vector_to_array(on_disk.id_map).tolist()) == db_ids(home)
+    assert on_disk.ntotal == 5

@@ -9,7 +9,7 @@ from vitsearch.errors import ModelMismatchError
 from vitsearch.records import ModelInfo
 from vitsearch.store.database import Database
 from vitsearch.store.lock import WriterLock, holder_pid
-from vitsearch.store.vectors import VectorIndex, open_vector_index
+from vitsearch.store.vectors import VectorIndex, catch_up, open_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class Library:
     def save_vectors(self) -> None:
         """Write the FAISS file if it changed; only the writer does."""
         if self.writable and self._vectors is not None and self._vectors_dirty:
-            self._vectors.seq = self.db.max_seq()
+            # An interrupt can fall between a commit and the in-memory add: check before saving.
+            catch_up(self._vectors, self.db)
             self._vectors.save(self.vectors_path)
             self._vectors_dirty = False
 

@@ -75,11 +75,12 @@ def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, 
             index.upsert(ids, vectors)
         log.info("rebuilt the vector index from the database (%d vectors)", len(index))
         return index, True
-    changed = _catch_up(loaded, db)
+    changed = catch_up(loaded, db)
     return loaded, changed
 
 
-def _catch_up(index: VectorIndex, db: Database) -> bool:
+def catch_up(index: VectorIndex, db: Database) -> bool:
+    """Make the index hold exactly the database's embeddings; True if anything changed."""
     changed = False
     target_seq = db.max_seq()
     for ids, vectors in db.iter_embeddings(since_seq=index.seq):
