@@ -117,6 +117,13 @@ def big_jpeg(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write(tmp_path_factory.mktemp("big"), "big.jpg", encode(image, "JPEG", quality=80))
 
 
+@pytest.fixture(scope="module")
+def tall_jpeg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Stored 4000x3000 with Orientation=6, so upright it is 3000x4000."""
+    data = marked_jpeg(size=(4000, 3000), orientation=6)
+    return write(tmp_path_factory.mktemp("tall"), "tall.jpg", data)
+
+
 # --- to_rgb: every mode -------------------------------------------------------------------
 
 
@@ -151,7 +158,7 @@ def test_to_rgb_converts_each_mode(mode: str, fill: object, expected: tuple[int,
     assert close_to(result.getpixel((2, 2)), expected, tolerance=1)
 
 
-def test_to_rgb_composites_half_transparent_palette_on_white() -> None:
+def test_to_rgb_transparent_palette_index_becomes_white() -> None:
     image = Image.new("P", (4, 4), 1)
     image.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
     image.info["transparency"] = 1
@@ -340,6 +347,18 @@ def test_garbage_date_gives_none_and_the_photo_still_decodes(tmp_path: Path, raw
     assert photo.image.size == (64, 32)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_corrupt_exif_is_ignored_and_the_photo_still_decodes(tmp_path: Path) -> None:
+    """An Exif block cut short (count says 5 entries, 2 bytes follow)."""
+    payload = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12"
+    segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    jpeg = encode(Image.new("RGB", (16, 12), RED), "JPEG")
+    photo = read_photo(write(tmp_path, "odd.jpg", jpeg[:2] + segment + jpeg[2:]))
+    assert photo.taken_at is None
+    assert (photo.width, photo.height) == (16, 12)
+    assert close_to(photo.image.getpixel((8, 6)), RED, tolerance=4)
+
+
 def test_capture_time_strips_padding_and_sub_second_suffix() -> None:
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = TAKEN + ".123\x00 "
@@ -377,12 +396,18 @@ def test_draft_never_goes_below_the_size_asked_for(
     assert (photo.width, photo.height) == (4000, 3000)
 
 
-def test_drafted_jpeg_with_orientation_reports_turned_full_size(tmp_path: Path) -> None:
-    path = write(tmp_path, "tall.jpg", marked_jpeg(size=(4000, 3000), orientation=6))
-    photo = read_photo(path, draft_size=(448, 448))
+def test_drafted_jpeg_with_orientation_reports_turned_full_size(tall_jpeg: str) -> None:
+    photo = read_photo(tall_jpeg, draft_size=(448, 448))
     assert (photo.width, photo.height) == (3000, 4000)
     assert photo.image.size == (750, 1000)
     assert close_to(photo.image.getpixel((748, 1)), RED, tolerance=40)
+
+
+def test_draft_size_is_for_the_upright_photo(tall_jpeg: str) -> None:
+    """A wide draft size on a photo stored sideways must not leave it too narrow."""
+    photo = read_photo(tall_jpeg, draft_size=(1000, 400))
+    assert photo.image.width >= 1000 and photo.image.height >= 400
+    assert photo.image.size == (1500, 2000)
 
 
 def test_multi_picture_jpeg_is_drafted_too(tmp_path: Path) -> None:

@@ -192,6 +192,7 @@ def test_scan_skips_an_unreadable_folder(tmp_path: Path, caplog: pytest.LogCaptu
     assert f"skipping {tmp_path / 'locked'}: Permission denied" in caplog.messages
 
 
+@pytest.mark.timeout(10)  # a walk that loops must fail fast, not hang
 def test_scan_survives_a_link_to_the_parent_folder(tmp_path: Path) -> None:
     make_files(tmp_path, ["a.jpg", "sub/b.jpg"])
     (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
@@ -199,6 +200,7 @@ def test_scan_survives_a_link_to_the_parent_folder(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["a.jpg", "sub/b.jpg"]
 
 
+@pytest.mark.timeout(10)  # a walk that loops must fail fast, not hang
 def test_scan_survives_two_folders_linking_to_each_other(tmp_path: Path) -> None:
     make_files(tmp_path, ["left/l.jpg", "right/r.jpg"])
     (tmp_path / "left" / "to_right").symlink_to(tmp_path / "right", target_is_directory=True)
@@ -212,6 +214,7 @@ def test_scan_follows_a_link_to_a_folder_outside_the_root(tmp_path: Path) -> Non
     assert listing(tmp_path / "root") == ["a.jpg", "linked/e.jpg"]
 
 
+@pytest.mark.timeout(10)  # a walk that loops must fail fast, not hang
 def test_scan_lists_a_folder_reached_twice_only_once(tmp_path: Path) -> None:
     make_files(tmp_path, ["album/p.jpg"])
     (tmp_path / "alias").symlink_to(tmp_path / "album", target_is_directory=True)

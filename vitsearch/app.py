@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from vitsearch.config import Settings
 from vitsearch.errors import MissingFileError
 from vitsearch.indexer import Indexer, Summary
+from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.records import Hit, Label
 from vitsearch.search import classify, search_by_image, similar_to
 from vitsearch.store import Library, open_library, writer_pid
@@ -32,6 +34,26 @@ def index_folders(settings: Settings, folders: Sequence[Path], progress: bool = 
         if recorded is None or recorded.name != settings.model:
             indexer.embedder  # noqa: B018  a new library or another model: load it before any work
         return indexer.reconcile(folders)
+
+
+def watch_folders(
+    settings: Settings, folders: Sequence[Path], on_start: Callable[[Watcher], None] | None = None
+) -> WatchState:
+    """Reconcile ``folders``, then follow them until the watcher is stopped."""
+    with open_library(settings.home, write=True) as library:
+        indexer = make_indexer(settings, library)
+        _known_folders(library, folders)
+        indexer.embedder  # noqa: B018  fail now, not at the first photo, if the model is wrong
+        watcher = Watcher(
+            indexer,
+            folders,
+            quiet_seconds=settings.watch_quiet_seconds,
+            rescan_seconds=settings.watch_rescan_seconds,
+            save_seconds=settings.index_save_seconds,
+        )
+        if on_start is not None:
+            on_start(watcher)
+        return watcher.run()
 
 
 def make_indexer(settings: Settings, library: Library, progress: bool = False) -> Indexer:
@@ -96,7 +118,14 @@ def library_status(settings: Settings) -> dict:
             "home": str(settings.home),
             "folders": [{"path": p, "online": online} for p, online in library.db.roots()],
             "writer_pid": writer_pid(settings.home),
+            "last_commit_at": _iso(library.db.get_meta("last_commit_at")),
         }
+
+
+def _iso(timestamp: str | None) -> str | None:
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
 
 
 def _known_folders(library: Library, folders: Sequence[Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,12 @@ log = logging.getLogger("vitsearch")
 EXISTING_FILE = click.Path(path_type=Path)
 
 
-def library_options(command: Callable) -> Callable:
-    """--home, --model, --device, --precision, --debug, --verbose on every command."""
+def library_options(log_level: int = logging.WARNING) -> Callable[[Callable], Callable]:
+    """--home, --model, --device, --precision, --debug, -v/-q on every command."""
+    return functools.partial(_with_library_options, log_level=log_level)
+
+
+def _with_library_options(command: Callable, log_level: int) -> Callable:
     options = [
         click.option(
             "--home",
@@ -39,14 +44,15 @@ def library_options(command: Callable) -> Callable:
             help="Model precision.",
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
-        click.option("-v", "--verbose", is_flag=True, help="Log more."),
+        click.option("-v", "--verbose", is_flag=True, help="Log more (debug)."),
+        click.option("-q", "--quiet", is_flag=True, help="Log only errors."),
     ]
     for option in reversed(options):
         command = option(command)
 
     @functools.wraps(command)
-    def wrapper(home, model, device, precision, debug, verbose, **kwargs):
-        _setup_logging(verbose)
+    def wrapper(home, model, device, precision, debug, verbose, quiet, **kwargs):
+        _setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else log_level)
         settings = None
         try:
             settings = load_settings(
@@ -66,12 +72,17 @@ def library_options(command: Callable) -> Callable:
     return wrapper
 
 
+SETTINGS_FLAGS = (
+    "batch_size",
+    "threads",
+    "decode_workers",
+    "watch_quiet_seconds",
+    "watch_rescan_seconds",
+)
+
+
 def _settings_flags(kwargs: dict) -> dict:
-    return {
-        name: kwargs.pop(name)
-        for name in ("batch_size", "threads", "decode_workers")
-        if name in kwargs
-    }
+    return {name: kwargs.pop(name) for name in SETTINGS_FLAGS if name in kwargs}
 
 
 @click.group()
@@ -85,7 +96,7 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
 @click.option("--decode-workers", type=int, help="Decode threads [env VITSEARCH_DECODE_WORKERS].")
-@library_options
+@library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
     summary = app.index_folders(settings, paths, progress=sys.stderr.isatty())
@@ -95,10 +106,43 @@ def index(settings: Settings, paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--quiet-seconds",
+    "watch_quiet_seconds",
+    type=float,
+    help="Index a file once it was stable this long [env VITSEARCH_WATCH_QUIET_SECONDS].",
+)
+@click.option(
+    "--rescan-seconds",
+    "watch_rescan_seconds",
+    type=float,
+    help="Full re-walk period [env VITSEARCH_WATCH_RESCAN_SECONDS].",
+)
+@click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
+@click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
+@library_options(log_level=logging.INFO)
+def watch(settings: Settings, paths: tuple[Path, ...]) -> None:
+    """Index PATHS, then keep the library in step with them until stopped (SIGTERM/Ctrl-C)."""
+    state = app.watch_folders(settings, paths, on_start=_stop_on_signals)
+    totals = state.totals
+    click.echo(
+        f"stopped: {totals.new} new, {totals.updated} updated, {totals.moved} moved, "
+        f"{totals.removed} removed, {totals.failed} failed while watching"
+    )
+
+
+def _stop_on_signals(watcher) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: watcher.stop())
+    log.info("watching %s (stop with Ctrl-C or SIGTERM)", ", ".join(map(str, watcher.roots)))
+
+
+@main.command()
 @click.argument("image", type=EXISTING_FILE)
 @click.option("-k", default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@library_options
+@library_options()
 def search(settings: Settings, image: Path, k: int, as_json: bool) -> None:
     """Photos that look like IMAGE (any image file, indexed or not)."""
     _print_hits(app.search_image(settings, image, k), as_json)
@@ -108,7 +152,7 @@ def search(settings: Settings, image: Path, k: int, as_json: bool) -> None:
 @click.argument("path", type=EXISTING_FILE)
 @click.option("-k", default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@library_options
+@library_options()
 def similar(settings: Settings, path: Path, k: int, as_json: bool) -> None:
     """More photos like PATH, an indexed photo (itself excluded)."""
     _print_hits(app.similar_images(settings, path, k), as_json)
@@ -117,7 +161,7 @@ def similar(settings: Settings, path: Path, k: int, as_json: bool) -> None:
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=EXISTING_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@library_options
+@library_options()
 def classify(settings: Settings, images: tuple[Path, ...], as_json: bool) -> None:
     """The model's top-5 labels for each of IMAGES."""
     results = app.classify_images(settings, images)
@@ -130,7 +174,7 @@ def classify(settings: Settings, images: tuple[Path, ...], as_json: bool) -> Non
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@library_options
+@library_options()
 def status(settings: Settings, as_json: bool) -> None:
     """What the library holds and which model built it."""
     info = app.library_status(settings)
@@ -147,14 +191,14 @@ def status(settings: Settings, as_json: bool) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@library_options
+@library_options()
 def forget(settings: Settings, folder: Path) -> None:
     """Remove FOLDER's photos from the library (the files are not touched)."""
     click.echo(f"removed {app.forget_folder(settings, folder)} photos under {folder}")
 
 
 @main.command("rebuild-index")
-@library_options
+@library_options()
 def rebuild_index(settings: Settings) -> None:
     """Rebuild the FAISS index from the database (no model work)."""
     click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
@@ -179,9 +223,11 @@ def _label_text(labels: tuple[Label, ...]) -> str:
     return ", ".join(f"{label.label} ({label.score:.0%})" for label in labels)
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(level: int) -> None:
+    verbose = level <= logging.DEBUG
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+        level=logging.WARNING if not verbose else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("vitsearch").setLevel(level)

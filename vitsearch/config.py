@@ -55,6 +55,12 @@ class Settings:
         300.0,
         "During a long run, write the FAISS file at most this often (always at the end).",
     )
+    watch_quiet_seconds: float = _setting(
+        2.0, "watch: a file is indexed once its size and mtime were stable this long."
+    )
+    watch_rescan_seconds: float = _setting(
+        300.0, "watch: walk all folders this often to repair missed events (stat only)."
+    )
     debug: bool = _setting(False, "Show tracebacks instead of one-line errors.")
 
     def replace(self, **overrides: Any) -> Settings:

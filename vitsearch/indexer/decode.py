@@ -62,12 +62,13 @@ def decode_bytes(
         if width * height > Image.MAX_IMAGE_PIXELS:
             raise ImageDecodeError(f"refused, {width}x{height} exceeds the pixel limit")
         exif = image.getexif()
-        orientation = exif.get(ORIENTATION, 1)
-        if orientation in TRANSPOSING_ORIENTATIONS:
+        turned = exif.get(ORIENTATION, 1) in TRANSPOSING_ORIENTATIONS
+        if turned:
             width, height = height, width
         if image.format in ("JPEG", "MPO"):  # MPO: phone JPEGs with a second picture
             # Decode at a reduced DCT scale: a 24 MP photo becomes ~1/8 the work.
-            image.draft("RGB", draft_size)
+            # The draft applies before turning upright, so ask for the size as stored.
+            image.draft("RGB", draft_size[::-1] if turned else draft_size)
         image.seek(0)  # first frame of animations
         image.load()
         upright = ImageOps.exif_transpose(image)

@@ -44,7 +44,7 @@ def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileS
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_log_walk_error):
         here = os.stat(dirpath)
         if (here.st_dev, here.st_ino) in seen_dirs:
-            pass
+            dirnames[:] = []
             continue
         seen_dirs.add((here.st_dev, here.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

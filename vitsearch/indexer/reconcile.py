@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -21,9 +22,9 @@ from tqdm import tqdm
 
 from vitsearch.errors import ImageDecodeError
 from vitsearch.indexer.decode import Photo, read_photo
-from vitsearch.indexer.files import FileStat, image_extensions, scan
+from vitsearch.indexer.files import FileStat, image_extensions, is_photo_name, scan
 from vitsearch.indexer.plan import Plan, make_plan
-from vitsearch.records import FailedEntry, ImageEntry
+from vitsearch.records import FailedEntry, ImageEntry, StoredFile
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ class Summary:
         else:
             head = (
                 f"{self.new} new, {self.updated} updated, {self.moved} moved, "
-                f"{self.removed} removed, {self.failed} failed"
-                f" in {self.seconds:.1f}s ({self.images_per_second:.1f} images/s)"
+                f"{self.removed} removed, {self.failed} failed in {self.seconds:.1f}s"
             )
+            if self.embedded:
+                head += f" ({self.images_per_second:.1f} images/s)"
         if self.reused:
             head += f"; {self.reused} copies reused an embedding"
         if self.offline:
@@ -91,6 +93,8 @@ class Indexer:
         self.save_every_seconds = save_every_seconds
         self.progress = progress
         self._last_save = time.monotonic()
+        self._extensions = image_extensions()
+        self.stop = threading.Event()  # set it to finish the current batch and return
 
     @property
     def embedder(self):
@@ -101,22 +105,36 @@ class Indexer:
             self._embedder = embedder
         return self._embedder
 
-    def reconcile(self, roots: Iterable[Path]) -> Summary:
-        """Index new and changed photos under ``roots``, follow moves, drop deleted ones."""
+    def reconcile(
+        self, roots: Iterable[Path], changed: Iterable[Path] | None = None, save: bool = True
+    ) -> Summary:
+        """Index new and changed photos under ``roots``, follow moves, drop deleted ones.
+
+        With ``changed`` (files and folders that the watcher saw change), only those are
+        looked at; otherwise every root is walked. ``save=False`` leaves writing the FAISS
+        file to the caller (the watcher writes it every so often, not after each event).
+        """
         started = time.perf_counter()
         summary = Summary()
+        changed = None if changed is None else [Path(p).absolute() for p in changed]
         try:
             for root in roots:
-                self._reconcile_root(Path(root), summary)
+                root = Path(root).expanduser().absolute()
+                if changed is None:
+                    self._reconcile_root(root, summary)
+                else:
+                    inside = [p for p in changed if p == root or root in p.parents]
+                    if inside:
+                        self._reconcile_paths(root, inside, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
-            self.library.save_vectors()
+            if save:
+                self.library.save_vectors()
             summary.seconds = time.perf_counter() - started
         return summary
 
     def _reconcile_root(self, root: Path, summary: Summary) -> None:
-        root = root.expanduser().absolute()
         root_id = self.library.db.root_id(str(root))
         prefix = os.path.join(str(root), "")
         stored = self.library.db.files_under(prefix)
@@ -129,8 +147,29 @@ class Indexer:
             )
             return
         self.library.db.set_root_online(root_id, True)
-        on_disk = {stat.path: stat for stat in scan(root, image_extensions())}
-        plan = make_plan(on_disk, stored)
+        on_disk = {stat.path: stat for stat in scan(root, self._extensions)}
+        self._apply(make_plan(on_disk, stored), root_id, summary)
+
+    def _reconcile_paths(self, root: Path, paths: list[Path], summary: Summary) -> None:
+        db = self.library.db
+        root_id = db.root_id(str(root))
+        on_disk: dict[str, FileStat] = {}
+        stored: dict[str, StoredFile] = {}
+        for path in paths:
+            stored.update(db.files_under(os.path.join(str(path), "")))  # a folder, or one that went
+            if path.is_dir():
+                if not _hidden_below(root, path):
+                    on_disk.update((stat.path, stat) for stat in scan(path, self._extensions))
+                continue
+            known = db.file_at(str(path))
+            if known is not None:
+                stored[known.path] = known
+            stat = _stat_photo(root, path, self._extensions)
+            if stat is not None:
+                on_disk[stat.path] = stat
+        self._apply(make_plan(on_disk, stored), root_id, summary)
+
+    def _apply(self, plan: Plan, root_id: int, summary: Summary) -> None:
         summary.unchanged += plan.unchanged
         self._apply_moves_and_removals(plan, root_id, summary)
         if plan.embed:
@@ -153,6 +192,9 @@ class Indexer:
         with tqdm(total=len(plan.embed), unit="img", disable=not self.progress) as bar:
             batch: list[_Decoded] = []
             for item in self._decoded(plan.embed):
+                if self.stop.is_set():
+                    summary.interrupted = True
+                    return
                 batch.append(item)
                 if len(batch) >= self.batch_size:
                     self._write(batch, root_id, plan, summary)
@@ -180,6 +222,7 @@ class Indexer:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _write(self, batch: list[_Decoded], root_id: int, plan: Plan, summary: Summary) -> None:
+        started = time.perf_counter()
         entries, failures, to_model = [], [], []
         for item in batch:
             if item.error is not None:
@@ -210,6 +253,12 @@ class Indexer:
             self.library.vectors.upsert(np.array(ids), np.stack([e.vector for e in entries]))
             self.library.mark_vectors_changed()
         self._count(entries, failures, plan, summary)
+        log.info(
+            "committed %d photos (%d failed) in %.2fs",
+            len(entries),
+            len(failures),
+            time.perf_counter() - started,
+        )
         self._maybe_save()
 
     def _reuse(self, item: _Decoded, root_id: int) -> ImageEntry | None:
@@ -235,6 +284,21 @@ class Indexer:
         if time.monotonic() - self._last_save >= self.save_every_seconds:
             self.library.save_vectors()
             self._last_save = time.monotonic()
+
+
+def _hidden_below(root: Path, path: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _stat_photo(root: Path, path: Path, extensions: frozenset[str]) -> FileStat | None:
+    """The stat of a photo file the walk would have listed, or None."""
+    if not is_photo_name(path.name, extensions) or _hidden_below(root, path.parent):
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return FileStat(str(path), st.st_size, st.st_mtime_ns) if path.is_file() else None
 
 
 def _decode(stat: FileStat, embedder) -> _Decoded:

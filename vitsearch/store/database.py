@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -128,6 +129,7 @@ class Database:
         """Upsert embedded images and failures by path in one transaction; returns image ids."""
         now = time.time()
         with self.session() as s, s.begin():
+            _touch(s)
             seq = self._next_seq(s, len(entries))
             ids = []
             for offset, entry in enumerate(entries):
@@ -163,9 +165,28 @@ class Database:
                 .values(path=path, root_id=root_id, mtime_ns=mtime_ns)
             )
 
+    def move_tree(self, source: str, dest: str, root_id: int) -> int:
+        """A file or folder renamed on disk: its rows follow, ids and embeddings kept."""
+        old_prefix, new_prefix = os.path.join(source, ""), os.path.join(dest, "")
+        with self.session() as s, s.begin():
+            _touch(s)
+            moved = s.execute(
+                update(ImageRow).where(ImageRow.path == source).values(path=dest, root_id=root_id)
+            ).rowcount
+            moved += s.execute(
+                update(ImageRow)
+                .where(ImageRow.path.startswith(old_prefix, autoescape=True))
+                .values(
+                    path=new_prefix + func.substr(ImageRow.path, len(old_prefix) + 1),
+                    root_id=root_id,
+                )
+            ).rowcount
+        return moved
+
     def delete_images(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         with self.session() as s, s.begin():
+            _touch(s)
             for chunk in _chunks(ids, 500):
                 s.execute(delete(LabelRow).where(LabelRow.image_id.in_(chunk)))
                 s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id.in_(chunk)))
@@ -317,6 +338,11 @@ def _engine(path: Path) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _touch(s: Session) -> None:
+    """Record when the library last changed (``status`` shows it)."""
+    s.merge(Meta(key="last_commit_at", value=repr(time.time())))
 
 
 def _upsert_image(

@@ -73,7 +73,7 @@ def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, 
         index = VectorIndex(dim, seq=db.max_seq())
         for ids, vectors in db.iter_embeddings():
             index.upsert(ids, vectors)
-        log.info("rebuilt the vector index from the database (%d vectors)", len(index))
+        log.debug("built the vector index from the database (%d vectors)", len(index))
         return index, True
     changed = catch_up(loaded, db)
     return loaded, changed

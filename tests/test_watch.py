@@ -1,0 +1,207 @@
+"""`vitsearch watch` as people run it: a real subprocess following a real folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import draw_album, draw_photo
+from vitsearch.store import open_library
+
+pytestmark = pytest.mark.slow
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def env(home: Path, tiny_model: Path) -> dict:
+    return {
+        **os.environ,
+        "VITSEARCH_HOME": str(home),
+        "VITSEARCH_MODEL": str(tiny_model),
+        "VITSEARCH_THREADS": "1",
+        "VITSEARCH_WATCH_QUIET_SECONDS": "1.0",
+    }
+
+
+class WatchProcess:
+    def __init__(self, folder: Path, env: dict, log: Path) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vitsearch", "watch", str(folder), "--batch-size", "8"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "w"),
+            text=True,
+        )
+
+    def wait_ready(self) -> None:
+        eventually(lambda: "watching" in self.log.read_text(), "the watcher never started")
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str]:
+        self.process.send_signal(signum)
+        out, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, out
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def start_watch(env: dict, tmp_path: Path):
+    started: list[WatchProcess] = []
+
+    def start(folder: Path) -> WatchProcess:
+        watcher = WatchProcess(folder, env, tmp_path / f"watch-{len(started)}.log")
+        started.append(watcher)
+        watcher.wait_ready()
+        return watcher
+
+    yield start
+    for watcher in started:
+        watcher.kill()
+
+
+def eventually(check: Callable[[], bool], message: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+def library_rows(home: Path) -> dict[str, tuple[int, bool]]:
+    """path -> (id, indexed ok) as a reader sees it."""
+    with open_library(home) as library:
+        return {path: (row.id, row.ok) for path, row in library.db.files_under("/").items()}
+
+
+def photos_on_disk(folder: Path) -> set[str]:
+    names = (".jpg", ".png")
+    return {str(p) for p in folder.rglob("*") if p.suffix in names and not p.name.startswith(".")}
+
+
+def converged(home: Path, folder: Path, broken: set[str] = frozenset()) -> bool:
+    rows = library_rows(home)
+    ok = {path for path, (_id, good) in rows.items() if good}
+    return ok == photos_on_disk(folder) - broken and set(rows) - ok == broken
+
+
+def vitsearch(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vitsearch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_watch_follows_every_kind_of_change(
+    start_watch, env: dict, home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "library"
+    originals = draw_album(folder / "album", 6)
+    watcher = start_watch(folder)
+    eventually(lambda: converged(home, folder), "initial reconcile did not index the folder")
+    ids_before = {path: row[0] for path, row in library_rows(home).items()}
+
+    # a burst of 50, while a reader searches
+    burst = draw_album(tmp_path / "staging", 50, start_seed=100)
+    (folder / "burst").mkdir()
+    for photo in burst:
+        shutil.copy(photo, folder / "burst" / photo.name)
+    during = vitsearch(env, "search", str(originals[0]), "--json")
+    assert during.returncode == 0 and json.loads(during.stdout)[0]["path"] == str(originals[0])
+
+    # one photo written slowly, in chunks, slower than nothing but faster than the quiet time
+    data = draw_photo(tmp_path / "slow-source.jpg", seed=500, size=(400, 300)).read_bytes()
+    with open(folder / "slow.jpg", "wb") as slow:
+        for start in range(0, len(data), len(data) // 4 + 1):
+            slow.write(data[start : start + len(data) // 4 + 1])
+            slow.flush()
+            time.sleep(0.4)
+
+    # a rename, a folder move, a deletion, a corrupt file and a partial download
+    renamed = folder / "album" / "renamed.jpg"
+    originals[1].rename(renamed)
+    (folder / "album").rename(folder / "moved-album")
+    (folder / "moved-album" / originals[2].name).unlink()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "incoming.jpg.part").write_bytes(data[:100])
+
+    broken = {str(folder / "broken.jpg")}
+    eventually(lambda: converged(home, folder, broken), "the library did not converge")
+    rows = library_rows(home)
+    assert rows[str(folder / "moved-album" / "renamed.jpg")][0] == ids_before[str(originals[1])]
+    assert rows[str(folder / "moved-album" / originals[0].name)][0] == ids_before[str(originals[0])]
+    assert (
+        f"skipping {folder / 'slow.jpg'}" not in watcher.log.read_text()
+    )  # never read half-written
+    hits = json.loads(
+        vitsearch(env, "search", str(tmp_path / "slow-source.jpg"), "--json", "-k", "1").stdout
+    )
+    assert hits[0]["path"] == str(folder / "slow.jpg") and hits[0]["score"] == pytest.approx(
+        1.0, abs=1e-3
+    )
+
+    second = vitsearch(env, "index", str(folder))
+    assert second.returncode != 0 and "is writing to this library" in second.stderr
+    assert (
+        json.loads(vitsearch(env, "status", "--json").stdout)["writer_pid"] == watcher.process.pid
+    )
+
+    code, out = watcher.stop(signal.SIGTERM)
+    assert code == 0 and out.startswith("stopped:")
+    info = json.loads(vitsearch(env, "status", "--json").stdout)
+    assert (
+        info["writer_pid"] is None
+        and info["images"] == info["vectors"] == len(photos_on_disk(folder)) - 1
+    )
+    assert_faiss_file_matches(home)
+
+
+def test_sigkill_mid_burst_then_restart_converges(
+    start_watch, env: dict, home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    watcher = start_watch(folder)
+    for photo in draw_album(tmp_path / "staging", 120):
+        shutil.copy(photo, folder / photo.name)
+    eventually(lambda: 0 < len(library_rows(home)), "nothing was committed")
+    watcher.kill()
+    committed = len(library_rows(home))
+    start_watch(folder)
+    eventually(lambda: converged(home, folder), "restart did not converge")
+    assert committed < 120, "the burst finished before the kill; the test proved nothing"
+    assert len(library_rows(home)) == 120
+
+
+def test_sigint_exits_zero(start_watch, tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    draw_album(folder, 2)
+    watcher = start_watch(folder)
+    code, out = watcher.stop(signal.SIGINT)
+    assert code == 0 and "stopped:" in out
+
+
+def assert_faiss_file_matches(home: Path) -> None:
+    import faiss
+
+    index = faiss.read_index(str(home / "vectors.faiss"))
+    with open_library(home) as library:
+        assert set(faiss.vector_to_array(index.id_map).tolist()) == set(
+            library.db.embedding_ids().tolist()
+        )
