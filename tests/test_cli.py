@@ -212,9 +212,21 @@ def _wait_for_rows(database: Path, at_least: int, process: subprocess.Popen) -> 
 def test_ctrl_c_stops_cleanly_with_a_summary(env: dict, tmp_path: Path, home: Path) -> None:
     draw_album(tmp_path / "big", 300)
     process = subprocess.Popen(
-        [sys.executable, "-m", "vitsearch", "index", str(tmp_path / "big"), "--batch-size", "2",
-         "--decode-workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vitsearch",
+            "index",
+            str(tmp_path / "big"),
+            "--batch-size",
+            "2",
+            "--decode-workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_rows(home / "library.sqlite3", at_least=10, process=process)
     process.send_signal(signal.SIGINT)

@@ -15,7 +15,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_precedence_defaults_env_flags(tmp_path: Path) -> None:
-    environ = {"VITSEARCH_BATCH_SIZE": "8", "VITSEARCH_MODEL": "env-model", "VITSEARCH_HOME": str(tmp_path)}
+    environ = {
+        "VITSEARCH_BATCH_SIZE": "8",
+        "VITSEARCH_MODEL": "env-model",
+        "VITSEARCH_HOME": str(tmp_path),
+    }
     settings = load_settings(environ=environ, model="flag-model")
     assert settings.batch_size == 8
     assert settings.model == "flag-model"

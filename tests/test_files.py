@@ -23,6 +23,7 @@ from vitsearch.indexer.files import (
     fingerprint_file,
     image_extensions,
     is_photo_name,
+    is_temporary_name,
     scan,
 )
 
@@ -297,3 +298,21 @@ def test_content_hash_file_equals_content_hash(tmp_path: Path) -> None:
     assert content_hash_file(path) == content_hash(data)
     assert len(content_hash(data)) == 40
     assert content_hash(b"") != content_hash(b"\x00")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "~$report.jpg",
+        "#autosave.png",
+        "photo.jpg.crdownload",
+        "photo.jpg.tmp",
+        "IMG_1.JPG.part",
+        ".DS_Store",
+        "photo.jpg.swp",
+        "photo.jpg~",
+    ],
+)
+def test_temporary_names_are_not_photos(name: str) -> None:
+    assert is_temporary_name(name)
+    assert not is_photo_name(name, image_extensions())

@@ -35,13 +35,14 @@ def env(home: Path, tiny_model: Path) -> dict:
 class WatchProcess:
     def __init__(self, folder: Path, env: dict, log: Path) -> None:
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vitsearch", "watch", str(folder), "--batch-size", "8"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "w"),
-            text=True,
-        )
+        with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vitsearch", "watch", str(folder), "--batch-size", "8"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
 
     def wait_ready(self) -> None:
         eventually(lambda: "watching" in self.log.read_text(), "the watcher never started")
@@ -180,7 +181,7 @@ def test_sigkill_mid_burst_then_restart_converges(
     watcher = start_watch(folder)
     for photo in draw_album(tmp_path / "staging", 120):
         shutil.copy(photo, folder / photo.name)
-    eventually(lambda: 0 < len(library_rows(home)), "nothing was committed")
+    eventually(lambda: len(library_rows(home)) > 0, "nothing was committed")
     watcher.kill()
     committed = len(library_rows(home))
     start_watch(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -33,8 +35,17 @@ def image_extensions() -> frozenset[str]:
     return BASE_EXTENSIONS | (PLUGIN_EXTENSIONS & registered)
 
 
+# Hidden files, partial downloads, editors' swap files and Office lock files.
+TEMPORARY_PREFIXES = (".", "~$", "#")
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".swp", ".swx", "~")
+
+
+def is_temporary_name(name: str) -> bool:
+    return name.startswith(TEMPORARY_PREFIXES) or name.lower().endswith(TEMPORARY_SUFFIXES)
+
+
 def is_photo_name(name: str, extensions: frozenset[str]) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
+    return not is_temporary_name(name) and os.path.splitext(name)[1].lower() in extensions
 
 
 def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileStat]:
@@ -47,7 +58,7 @@ def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileS
             dirnames[:] = []
             continue
         seen_dirs.add((here.st_dev, here.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not is_temporary_name(d))
         for name in sorted(filenames):
             if not is_photo_name(name, extensions):
                 continue
@@ -96,21 +107,11 @@ def _log_walk_error(exc: OSError) -> None:
     log.warning("skipping %s: %s", exc.filename, exc.strerror or exc)
 
 
-_plugins_tried = False
-
-
+@functools.cache
 def _register_optional_plugins() -> None:
-    global _plugins_tried
-    if _plugins_tried:
-        return
-    _plugins_tried = True
-    try:
+    with contextlib.suppress(ImportError):
         from pillow_heif import register_heif_opener
 
         register_heif_opener()
-    except ImportError:
-        pass
-    try:
-        import pillow_avif  # noqa: F401  (registers itself)
-    except ImportError:
-        pass
+    with contextlib.suppress(ImportError):
+        import pillow_avif  # noqa: F401  (registers itself on import)

@@ -22,7 +22,13 @@ from tqdm import tqdm
 
 from vitsearch.errors import ImageDecodeError
 from vitsearch.indexer.decode import Photo, read_photo
-from vitsearch.indexer.files import FileStat, image_extensions, is_photo_name, scan
+from vitsearch.indexer.files import (
+    FileStat,
+    image_extensions,
+    is_photo_name,
+    is_temporary_name,
+    scan,
+)
 from vitsearch.indexer.plan import Plan, make_plan
 from vitsearch.records import FailedEntry, ImageEntry, StoredFile
 from vitsearch.store import Library
@@ -95,6 +101,8 @@ class Indexer:
         self._last_save = time.monotonic()
         self._extensions = image_extensions()
         self.stop = threading.Event()  # set it to finish the current batch and return
+        # The watcher holds back files that are still changing: neither read nor removed.
+        self.hold: Callable[[FileStat], bool] | None = None
 
     @property
     def embedder(self):
@@ -148,7 +156,7 @@ class Indexer:
             return
         self.library.db.set_root_online(root_id, True)
         on_disk = {stat.path: stat for stat in scan(root, self._extensions)}
-        self._apply(make_plan(on_disk, stored), root_id, summary)
+        self._apply(self._plan(on_disk, stored), root_id, summary)
 
     def _reconcile_paths(self, root: Path, paths: list[Path], summary: Summary) -> None:
         db = self.library.db
@@ -167,7 +175,15 @@ class Indexer:
             stat = _stat_photo(root, path, self._extensions)
             if stat is not None:
                 on_disk[stat.path] = stat
-        self._apply(make_plan(on_disk, stored), root_id, summary)
+        self._apply(self._plan(on_disk, stored), root_id, summary)
+
+    def _plan(self, on_disk: dict[str, FileStat], stored: dict[str, StoredFile]) -> Plan:
+        """The diff, leaving out files the caller holds back (still being written)."""
+        if self.hold is not None:
+            held = {path for path, stat in on_disk.items() if self.hold(stat)}
+            on_disk = {path: stat for path, stat in on_disk.items() if path not in held}
+            stored = {path: row for path, row in stored.items() if path not in held}
+        return make_plan(on_disk, stored)
 
     def _apply(self, plan: Plan, root_id: int, summary: Summary) -> None:
         summary.unchanged += plan.unchanged
@@ -287,7 +303,8 @@ class Indexer:
 
 
 def _hidden_below(root: Path, path: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    """Whether the walk from ``root`` would skip ``path`` for a hidden or temporary name."""
+    return any(is_temporary_name(part) for part in path.relative_to(root).parts)
 
 
 def _stat_photo(root: Path, path: Path, extensions: frozenset[str]) -> FileStat | None:

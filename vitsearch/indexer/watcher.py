@@ -20,6 +20,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from vitsearch.indexer.files import FileStat, is_temporary_name
 from vitsearch.indexer.reconcile import Indexer, Summary
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class _EventCollector(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.is_directory and event.event_type == "modified":
+            return  # its entries report their own events
         with self._lock:
             if event.event_type == "moved":
                 self._moves.append((_text(event.src_path), _text(event.dest_path)))
@@ -89,6 +92,7 @@ class Watcher:
         self._collector = _EventCollector()
         self._pending: dict[str, _Pending] = {}
         self._watched: set[Path] = set()
+        indexer.hold = self._still_changing
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, write FAISS, return from :meth:`run`."""
@@ -151,6 +155,15 @@ class Watcher:
             log.info("moved %s -> %s (%d photos)", source, dest, moved)
             self.state.totals.moved += moved
 
+    def _still_changing(self, stat: FileStat) -> bool:
+        """A file modified within the quiet time (or awaiting it) waits for a later pass."""
+        if stat.path in self._pending:
+            return True
+        if time.time_ns() - stat.mtime_ns < self.quiet_seconds * 1e9:
+            self._pending[stat.path] = _Pending((stat.size, stat.mtime_ns), time.monotonic())
+            return True
+        return False
+
     def _settled(self, now: float) -> list[Path]:
         """Paths that have not changed for ``quiet_seconds``; the others stay pending."""
         ready = []
@@ -179,14 +192,9 @@ class Watcher:
         return max(matches, key=lambda r: len(r.parts)) if matches else None
 
 
-TEMPORARY_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", ".download", ".swp", ".swx", "~")
-TEMPORARY_PREFIXES = (".", "~$", "#")
-
-
 def _ignored(path: str) -> bool:
     """Hidden, temporary and partial names are never looked at (the walk skips them too)."""
-    name = os.path.basename(path)
-    return name.startswith(TEMPORARY_PREFIXES) or name.lower().endswith(TEMPORARY_SUFFIXES)
+    return is_temporary_name(os.path.basename(path))
 
 
 def _stat(path: str) -> tuple[int, int] | None:
