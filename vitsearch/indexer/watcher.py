@@ -131,7 +131,15 @@ class Watcher:
     def _observe(self, observer: Observer) -> None:
         for root in self.roots:
             if root.is_dir() and root not in self._watched:
-                observer.schedule(self._collector, str(root), recursive=True)
+                try:
+                    observer.schedule(self._collector, str(root), recursive=True)
+                except OSError as exc:  # e.g. the inotify watch limit on a huge tree
+                    log.warning(
+                        "cannot follow events under %s (%s); relying on a full walk every %.0fs",
+                        root,
+                        exc,
+                        self.rescan_seconds,
+                    )
                 self._watched.add(root)
 
     def _take_events(self) -> None:
