@@ -129,3 +129,75 @@ class FakeEmbedder:
         scores /= scores.sum()
         order = np.argsort(-scores)[:5]
         return tuple(Label(TINY_LABELS[int(i)], float(scores[i])) for i in order)
+
+
+def plant(
+    home: Path,
+    vectors: np.ndarray,
+    *,
+    labels=None,
+    taken_at=None,
+    paths=None,
+    hashes=None,
+    sizes=None,
+    folder: str = "/photos",
+) -> list[int]:
+    """Write embeddings with known structure through the store API, as the indexer would."""
+    from vitsearch.records import ImageEntry
+    from vitsearch.store import open_library
+
+    count = len(vectors)
+    paths = paths or [f"{folder}/p{i:05d}.jpg" for i in range(count)]
+    with open_library(home, write=True) as library:
+        if library.model is None:
+            library.adopt_model(ModelInfo("planted", "planted:1", vectors.shape[1]), "fp32")
+        root = library.db.root_id(folder)
+        new = [
+            ImageEntry(
+                path=paths[i],
+                root_id=root,
+                size=1000 + i,
+                mtime_ns=i,
+                fingerprint=f"f{i}",
+                content_hash=hashes[i] if hashes else f"{paths[i]}#hash",
+                width=(sizes[i][0] if sizes else 64),
+                height=(sizes[i][1] if sizes else 48),
+                taken_at=taken_at[i] if taken_at is not None else None,
+                vector=np.asarray(vectors[i], np.float32),
+                labels=tuple(labels[i]) if labels else (),
+            )
+            for i in range(count)
+        ]
+        ids = library.db.write_batch(new, [])
+        library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
+        library.mark_vectors_changed()
+        return ids
+
+
+def sphere_groups(sizes: list[int], dim: int = 24, spread: float = 0.15, seed: int = 0):
+    """Well-separated groups on the unit sphere: (vectors, group of each vector)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(sizes), dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vectors, groups = [], []
+    for g, size in enumerate(sizes):
+        points = centres[g] + spread * rng.standard_normal((size, dim)) / np.sqrt(dim)
+        vectors.append(points / np.linalg.norm(points, axis=1, keepdims=True))
+        groups += [g] * size
+    return np.concatenate(vectors).astype(np.float32), np.array(groups)
+
+
+def adjusted_rand_index(truth: np.ndarray, found: np.ndarray) -> float:
+    """ARI from the contingency table (Hubert & Arabie)."""
+    from math import comb
+
+    _, t = np.unique(truth, return_inverse=True)
+    _, f = np.unique(found, return_inverse=True)
+    table = np.zeros((t.max() + 1, f.max() + 1), dtype=np.int64)
+    np.add.at(table, (t, f), 1)
+    pairs = sum(comb(int(n), 2) for n in table.ravel())
+    rows = sum(comb(int(n), 2) for n in table.sum(1))
+    cols = sum(comb(int(n), 2) for n in table.sum(0))
+    expected = rows * cols / comb(len(truth), 2)
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else (pairs - expected) / (top - expected)

@@ -11,8 +11,11 @@ from vitsearch.config import Settings
 from vitsearch.errors import MissingFileError
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.watcher import Watcher, WatchState
-from vitsearch.records import Hit, Label
-from vitsearch.search import classify, search_by_image, similar_to
+from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label
+from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
+from vitsearch.search.clusters import clusters
+from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
+from vitsearch.search.labels import LabelCount
 from vitsearch.store import Library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,44 @@ def make_indexer(settings: Settings, library: Library, progress: bool = False) -
     )
 
 
-def search_image(settings: Settings, image: Path, k: int) -> list[Hit]:
+def search_image(
+    settings: Settings, image: Path, k: int, filters: Filters = NO_FILTERS
+) -> list[Hit]:
     embedder = load_model(settings)
     with open_library(settings.home) as library:
         library.check_model(embedder.info)
-        return search_by_image(library, embedder, image, k)
+        return search_by_image(library, embedder, image, k, filters)
 
 
-def similar_images(settings: Settings, path: Path, k: int) -> list[Hit]:
+def similar_images(
+    settings: Settings, path: Path, k: int, filters: Filters = NO_FILTERS
+) -> list[Hit]:
     with open_library(settings.home) as library:
-        return similar_to(library, path, k)
+        return similar_to(library, path, k, filters)
+
+
+def search_label(settings: Settings, text: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+    with open_library(settings.home) as library:
+        return search_by_label(library, text, k, filters)
+
+
+def list_labels(settings: Settings) -> list[LabelCount]:
+    with open_library(settings.home) as library:
+        return label_counts(library)
+
+
+def library_clusters(
+    settings: Settings, k: int | str = "auto", recompute: bool = False
+) -> list[Cluster]:
+    with open_library(settings.home) as library:
+        return clusters(library, k, recompute)
+
+
+def library_duplicates(
+    settings: Settings, kinds: tuple[str, ...], threshold: float | None = None
+) -> list[DuplicateGroup]:
+    with open_library(settings.home) as library:
+        return find_duplicates(library, kinds, threshold)
 
 
 def classify_images(

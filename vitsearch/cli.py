@@ -15,7 +15,7 @@ import click
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
 from vitsearch.errors import VitsearchError
-from vitsearch.records import Hit, Label
+from vitsearch.records import Cluster, Filters, Hit, Label
 
 log = logging.getLogger("vitsearch")
 
@@ -64,6 +64,9 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
                 **_settings_flags(kwargs),
             )
             return command(settings, **kwargs)
+        except BrokenPipeError:  # `vitsearch ... | head` closed the pipe: not an error
+            sys.stderr.close()
+            sys.exit(0)
         except (VitsearchError, OSError) as exc:
             if settings is not None and settings.debug:
                 raise
@@ -83,6 +86,29 @@ SETTINGS_FLAGS = (
 
 def _settings_flags(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in SETTINGS_FLAGS if name in kwargs}
+
+
+DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+def filter_options(command: Callable) -> Callable:
+    """--under, --after, --before, --min-score, passed on as one ``filters`` argument."""
+
+    @click.option("--under", type=click.Path(path_type=Path), help="Only photos below FOLDER.")
+    @click.option("--after", type=DATE, help="Taken on/after DATE (EXIF, else file time).")
+    @click.option("--before", type=DATE, help="Taken before DATE.")
+    @click.option("--min-score", type=float, help="Only results scoring at least this.")
+    @functools.wraps(command)
+    def wrapper(*args, under, after, before, min_score, **kwargs):
+        filters = Filters(
+            under=str(under.expanduser().absolute()) if under else None,
+            after=after.timestamp() if after else None,
+            before=before.timestamp() if before else None,
+            min_score=min_score,
+        )
+        return command(*args, filters=filters, **kwargs)
+
+    return wrapper
 
 
 @click.group()
@@ -139,23 +165,97 @@ def _stop_on_signals(watcher) -> None:
 
 
 @main.command()
-@click.argument("image", type=EXISTING_FILE)
+@click.argument("image", type=EXISTING_FILE, required=False)
+@click.option("--label", help="Find photos by label instead (e.g. 'cat', 'golden retriever').")
 @click.option("-k", default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@filter_options
 @library_options()
-def search(settings: Settings, image: Path, k: int, as_json: bool) -> None:
-    """Photos that look like IMAGE (any image file, indexed or not)."""
-    _print_hits(app.search_image(settings, image, k), as_json)
+def search(
+    settings: Settings,
+    image: Path | None,
+    label: str | None,
+    k: int,
+    as_json: bool,
+    filters: Filters,
+) -> None:
+    """Photos that look like IMAGE (any image file, indexed or not), or that carry --label."""
+    if (image is None) == (label is None):
+        raise click.UsageError("give either IMAGE or --label TEXT")
+    if label is not None:
+        _print_hits(app.search_label(settings, label, k, filters), as_json)
+    else:
+        _print_hits(app.search_image(settings, image, k, filters), as_json)
 
 
 @main.command()
 @click.argument("path", type=EXISTING_FILE)
 @click.option("-k", default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@filter_options
 @library_options()
-def similar(settings: Settings, path: Path, k: int, as_json: bool) -> None:
+def similar(settings: Settings, path: Path, k: int, as_json: bool, filters: Filters) -> None:
     """More photos like PATH, an indexed photo (itself excluded)."""
-    _print_hits(app.similar_images(settings, path, k), as_json)
+    _print_hits(app.similar_images(settings, path, k, filters), as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options()
+def labels(settings: Settings, as_json: bool) -> None:
+    """The labels in the library, with how many photos carry each."""
+    counts = app.list_labels(settings)
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in counts], indent=2))
+        return
+    for c in counts:
+        click.echo(f"{c.top:>7} top  {c.anywhere:>7} any  {c.label}")
+
+
+@main.command()
+@click.option("--k", "k", default="auto", show_default=True, help="Number of clusters, or auto.")
+@click.option("--recompute", is_flag=True, help="Recompute even if stored clusters are fresh.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options()
+def clusters(settings: Settings, k: str, recompute: bool, as_json: bool) -> None:
+    """Group the library into clusters of look-alike photos, without any labels."""
+    if k != "auto" and not k.isdigit():
+        raise click.BadParameter("--k takes a whole number or 'auto'")
+    found = app.library_clusters(settings, k if k == "auto" else int(k), recompute)
+    if as_json:
+        click.echo(json.dumps([_cluster_dict(c) for c in found], indent=2))
+        return
+    for c in found:
+        click.echo(f"#{c.id:<4} {c.size:>6} photos  cohesion {c.cohesion:.2f}  {c.name}")
+        for hit in c.representatives[:3]:
+            click.echo(f"        {hit.path}")
+
+
+@main.command()
+@click.option(
+    "--kind",
+    type=click.Choice(["exact", "near", "burst"]),
+    multiple=True,
+    help="Which tier(s) [default: all three].",
+)
+@click.option("--threshold", type=float, help="Cosine cut for the one --kind given.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@library_options()
+def duplicates(
+    settings: Settings, kind: tuple[str, ...], threshold: float | None, as_json: bool
+) -> None:
+    """Exact copies, near-duplicates and bursts, with the photo to keep. Deletes nothing."""
+    groups = app.library_duplicates(settings, kind or ("exact", "near", "burst"), threshold)
+    if as_json:
+        click.echo(json.dumps([g.as_dict() for g in groups], indent=2))
+        return
+    if not groups:
+        click.echo("no duplicates found")
+    for group in groups:
+        click.echo(f"{group.kind} ({len(group.members)} photos, similarity {group.similarity:.3f})")
+        for p in group.members:
+            mark = "keep" if p.id == group.keeper.id else "    "
+            click.echo(f"  {mark} {p.width}x{p.height} {p.size:>10} B  {p.path}")
 
 
 @main.command()
@@ -202,6 +302,16 @@ def forget(settings: Settings, folder: Path) -> None:
 def rebuild_index(settings: Settings) -> None:
     """Rebuild the FAISS index from the database (no model work)."""
     click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
+
+
+def _cluster_dict(c: Cluster) -> dict:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "size": c.size,
+        "cohesion": round(c.cohesion, 6),
+        "representatives": [hit.as_dict() for hit in c.representatives],
+    }
 
 
 def _print_hits(hits: list[Hit], as_json: bool) -> None:

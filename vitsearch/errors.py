@@ -40,3 +40,7 @@ class ImageDecodeError(VitsearchError):
 
 class MissingFileError(VitsearchError, FileNotFoundError):
     """A file or folder named on the command line does not exist."""
+
+
+class NoSuchLabelError(VitsearchError, LookupError):
+    """No label in the library matches the query."""

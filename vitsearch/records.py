@@ -93,3 +93,47 @@ class LibraryCounts:
     failed: int
     vectors: int
     offline: int
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions every query takes; applied inside the vector search, not after it."""
+
+    under: str | None = None  # a folder: only photos below it
+    after: float | None = None  # capture time (EXIF, else mtime), POSIX seconds, inclusive
+    before: float | None = None  # exclusive
+    min_score: float | None = None
+
+    @property
+    def restricts_ids(self) -> bool:
+        return self.under is not None or self.after is not None or self.before is not None
+
+
+NO_FILTERS = Filters()
+
+
+@dataclass(frozen=True)
+class PhotoDetails:
+    """What a person compares between duplicates."""
+
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    taken_at: float | None
+    content_hash: str | None
+    online: bool = True
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: int
+    name: str
+    size: int
+    cohesion: float  # mean cosine of the members to the centroid
+    representatives: tuple[Hit, ...] = ()

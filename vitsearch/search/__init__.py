@@ -1,5 +1,13 @@
-"""Queries over a library: by image, by indexed image, classification."""
+"""Queries over a library: by image, by indexed image, by label; clusters and duplicates."""
 
-from vitsearch.search.query import classify, search_by_image, similar_to
+from vitsearch.search.labels import label_counts, search_by_label
+from vitsearch.search.query import classify, nearest, search_by_image, similar_to
 
-__all__ = ["classify", "search_by_image", "similar_to"]
+__all__ = [
+    "classify",
+    "label_counts",
+    "nearest",
+    "search_by_image",
+    "search_by_label",
+    "similar_to",
+]

@@ -8,23 +8,27 @@ import numpy as np
 
 from vitsearch.errors import ImageDecodeError, MissingFileError, NotIndexedError
 from vitsearch.indexer.decode import read_photo
-from vitsearch.records import Hit, Label
+from vitsearch.records import NO_FILTERS, Filters, Hit, Label
 from vitsearch.store import Library
 
 
-def search_by_image(library: Library, embedder, image: Path, k: int = 10) -> list[Hit]:
+def search_by_image(
+    library: Library, embedder, image: Path, k: int = 10, filters: Filters = NO_FILTERS
+) -> list[Hit]:
     """The k indexed photos nearest to any image file, best first."""
     vector, _labels = embed_file(embedder, image)
-    return nearest(library, vector, k)
+    return nearest(library, vector, k, filters)
 
 
-def similar_to(library: Library, path: Path, k: int = 10) -> list[Hit]:
+def similar_to(
+    library: Library, path: Path, k: int = 10, filters: Filters = NO_FILTERS
+) -> list[Hit]:
     """The k photos most like an indexed one, excluding itself."""
     stored = library.db.file_at(str(Path(path).expanduser().absolute()))
     found = library.db.embedding(stored.id) if stored else None
     if found is None:
         raise NotIndexedError(f"{path} is not in the library; index its folder first")
-    hits = nearest(library, found[0], k + 1)
+    hits = nearest(library, found[0], k + 1, filters)
     return [hit for hit in hits if hit.id != stored.id][:k]
 
 
@@ -33,8 +37,15 @@ def classify(embedder, images: list[Path]) -> list[tuple[str, tuple[Label, ...]]
     return [(str(image), embed_file(embedder, image)[1]) for image in images]
 
 
-def nearest(library: Library, vector: np.ndarray, k: int) -> list[Hit]:
-    ids, scores = library.vectors.search(vector, k)
+def nearest(
+    library: Library, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS
+) -> list[Hit]:
+    """The k nearest photos that pass ``filters``, best first."""
+    allowed = library.db.filtered_ids(filters) if filters.restricts_ids else None
+    ids, scores = library.vectors.search(vector, k, allowed)
+    if filters.min_score is not None:
+        keep = scores >= filters.min_score
+        ids, scores = ids[keep], scores[keep]
     return library.db.hits(ids.tolist(), scores.tolist())
 
 

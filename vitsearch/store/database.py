@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import case, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitsearch.errors import LibraryVersionError
 from vitsearch.records import (
     FailedEntry,
+    Filters,
     Hit,
     ImageEntry,
     Label,
     LibraryCounts,
     ModelInfo,
+    PhotoDetails,
     StoredFile,
 )
 from vitsearch.store.schema import (
@@ -28,15 +30,24 @@ from vitsearch.store.schema import (
     STATUS_FAILED,
     STATUS_OK,
     Base,
+    ClusterMemberRow,
+    ClusterRow,
     EmbeddingRow,
     ImageRow,
     LabelRow,
+    MapPointRow,
     Meta,
     Root,
 )
 
+
+def _create_derived_tables(conn) -> None:
+    tables = [ClusterRow.__table__, ClusterMemberRow.__table__, MapPointRow.__table__]
+    Base.metadata.create_all(conn, tables=tables)
+
+
 # Ordered migrations: version -> function(connection). Version 1 is the initial create_all.
-MIGRATIONS: dict[int, callable] = {}
+MIGRATIONS: dict[int, Callable] = {2: _create_derived_tables}
 
 
 class Database:
@@ -245,6 +256,44 @@ class Database:
 
     # -- reading results --------------------------------------------------------------
 
+    def filtered_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of indexed photos that pass the folder and date filters."""
+        query = select(EmbeddingRow.image_id).join(ImageRow, ImageRow.id == EmbeddingRow.image_id)
+        for condition in _filter_conditions(filters):
+            query = query.where(condition)
+        with self.session() as s:
+            return np.fromiter(s.scalars(query), dtype=np.int64)
+
+    def label_vocabulary(self) -> list[tuple[str, int, int]]:
+        """(label, photos with it as top label, photos with it in their top labels)."""
+        top = func.sum(case((LabelRow.rank == 0, 1), else_=0))
+        query = (
+            select(LabelRow.label, top, func.count())
+            .group_by(LabelRow.label)
+            .order_by(top.desc(), func.count().desc(), LabelRow.label)
+        )
+        with self.session() as s:
+            return [(label, int(top), int(total)) for label, top, total in s.execute(query)]
+
+    def best_with_labels(self, labels: Sequence[str], filters: Filters, k: int) -> list[Hit]:
+        """Photos carrying any of ``labels``, ranked by that label's probability."""
+        score = func.max(LabelRow.score).label("score")
+        query = (
+            select(LabelRow.image_id, score)
+            .join(ImageRow, ImageRow.id == LabelRow.image_id)
+            .where(LabelRow.label.in_(list(labels)))
+            .group_by(LabelRow.image_id)
+            .order_by(score.desc(), LabelRow.image_id)
+            .limit(k)
+        )
+        for condition in _filter_conditions(filters):
+            query = query.where(condition)
+        if filters.min_score is not None:
+            query = query.having(score >= filters.min_score)
+        with self.session() as s:
+            rows = s.execute(query).all()
+        return self.hits([r[0] for r in rows], [r[1] for r in rows])
+
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         """Hits in the given order, dropping ids that vanished meanwhile."""
         with self.session() as s:
@@ -281,6 +330,165 @@ class Database:
             vectors=vectors,
             offline=offline,
         )
+
+    def details(self, ids: Sequence[int]) -> dict[int, PhotoDetails]:
+        query = select(ImageRow, Root.online).join(Root, Root.id == ImageRow.root_id)
+        found = {}
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 500):
+                for row, online in s.execute(query.where(ImageRow.id.in_(chunk))):
+                    found[row.id] = PhotoDetails(
+                        row.id,
+                        row.path,
+                        row.size,
+                        row.width,
+                        row.height,
+                        row.taken_at,
+                        row.content_hash,
+                        online,
+                    )
+        return found
+
+    def exact_duplicate_groups(self) -> list[list[int]]:
+        """Ids of indexed photos sharing a content hash, one list per hash."""
+        hashes = (
+            select(ImageRow.content_hash)
+            .where(ImageRow.status == STATUS_OK, ImageRow.content_hash.is_not(None))
+            .group_by(ImageRow.content_hash)
+            .having(func.count() > 1)
+        )
+        query = (
+            select(ImageRow.content_hash, ImageRow.id)
+            .where(ImageRow.content_hash.in_(hashes))
+            .order_by(ImageRow.content_hash, ImageRow.id)
+        )
+        groups: dict[str, list[int]] = {}
+        with self.session() as s:
+            for content, image_id in s.execute(query):
+                groups.setdefault(content, []).append(image_id)
+        return list(groups.values())
+
+    def taken_at(self, ids: Sequence[int]) -> dict[int, float | None]:
+        found = {}
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 500):
+                query = select(ImageRow.id, ImageRow.taken_at).where(ImageRow.id.in_(chunk))
+                found.update(s.execute(query).tuples().all())
+        return found
+
+    # -- derived data: clusters and the map (any process may rewrite these) -----------
+
+    def replace_clusters(
+        self,
+        clusters: Sequence[tuple[int, str, int, float, np.ndarray]],
+        ids: np.ndarray,
+        assignment: np.ndarray,
+        scores: np.ndarray,
+        state: dict,
+    ) -> None:
+        """Store a clustering: (id, name, size, cohesion, centroid) rows, each photo's cluster."""
+        with self.session() as s, s.begin():
+            s.execute(delete(ClusterMemberRow))
+            s.execute(delete(ClusterRow))
+            s.add_all(
+                ClusterRow(
+                    id=cid,
+                    name=name,
+                    size=size,
+                    cohesion=cohesion,
+                    centroid=np.asarray(centroid, np.float32).tobytes(),
+                )
+                for cid, name, size, cohesion, centroid in clusters
+            )
+            s.flush()
+            rows = [
+                {"image_id": int(i), "cluster_id": int(c), "score": float(sc)}
+                for i, c, sc in zip(ids, assignment, scores, strict=True)
+            ]
+            for chunk in _chunks(rows, 5000):
+                s.execute(ClusterMemberRow.__table__.insert(), chunk)
+            s.merge(Meta(key="clusters", value=json.dumps(state)))
+
+    def cluster_state(self) -> dict | None:
+        raw = self.get_meta("clusters")
+        return json.loads(raw) if raw else None
+
+    def clusters(self) -> list[tuple[int, str, int, float]]:
+        query = select(ClusterRow.id, ClusterRow.name, ClusterRow.size, ClusterRow.cohesion)
+        with self.session() as s:
+            return [tuple(row) for row in s.execute(query.order_by(ClusterRow.size.desc()))]
+
+    def cluster_members(self, cluster_id: int, offset: int = 0, limit: int = 60) -> list[Hit]:
+        """A cluster's photos, closest to its centre first (paged)."""
+        query = (
+            select(ClusterMemberRow.image_id, ClusterMemberRow.score)
+            .where(ClusterMemberRow.cluster_id == cluster_id)
+            .order_by(ClusterMemberRow.score.desc(), ClusterMemberRow.image_id)
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.session() as s:
+            rows = s.execute(query).all()
+        return self.hits([r[0] for r in rows], [r[1] for r in rows])
+
+    def cluster_of(self, ids: Sequence[int]) -> dict[int, int]:
+        found = {}
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 500):
+                query = select(ClusterMemberRow.image_id, ClusterMemberRow.cluster_id).where(
+                    ClusterMemberRow.image_id.in_(chunk)
+                )
+                found.update(s.execute(query).tuples().all())
+        return found
+
+    def top_label_counts(self, ids: Sequence[int]) -> dict[str, int]:
+        """How many of ``ids`` have each label as their most likely one."""
+        counts: dict[str, int] = {}
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 500):
+                query = (
+                    select(LabelRow.label, func.count())
+                    .where(LabelRow.rank == 0, LabelRow.image_id.in_(chunk))
+                    .group_by(LabelRow.label)
+                )
+                for label, count in s.execute(query):
+                    counts[label] = counts.get(label, 0) + count
+        return counts
+
+    def upsert_map_points(self, ids: np.ndarray, xy: np.ndarray, state: dict | None = None) -> None:
+        rows = [
+            {"image_id": int(i), "x": float(p[0]), "y": float(p[1])}
+            for i, p in zip(ids, xy, strict=True)
+        ]
+        with self.session() as s, s.begin():
+            if state is not None:  # a new projection replaces every point
+                s.execute(delete(MapPointRow))
+                s.merge(Meta(key="map", value=json.dumps(state)))
+            for chunk in _chunks(rows, 5000):
+                s.execute(
+                    delete(MapPointRow).where(
+                        MapPointRow.image_id.in_([r["image_id"] for r in chunk])
+                    )
+                )
+                s.execute(MapPointRow.__table__.insert(), chunk)
+
+    def map_state(self) -> dict | None:
+        raw = self.get_meta("map")
+        return json.loads(raw) if raw else None
+
+    def map_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, xy) of every photo on the map."""
+        with self.session() as s:
+            rows = s.execute(select(MapPointRow.image_id, MapPointRow.x, MapPointRow.y)).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
+
+    def unmapped_ids(self) -> np.ndarray:
+        query = select(EmbeddingRow.image_id).where(
+            EmbeddingRow.image_id.not_in(select(MapPointRow.image_id))
+        )
+        with self.session() as s:
+            return np.fromiter(s.scalars(query), dtype=np.int64)
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         query = select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
@@ -338,6 +546,18 @@ def _engine(path: Path) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _filter_conditions(filters: Filters) -> list:
+    conditions = []
+    if filters.under is not None:
+        prefix = os.path.join(filters.under, "")
+        conditions.append(ImageRow.path.startswith(prefix, autoescape=True))
+    if filters.after is not None:
+        conditions.append(ImageRow.taken_at >= filters.after)
+    if filters.before is not None:
+        conditions.append(ImageRow.taken_at < filters.before)
+    return conditions
 
 
 def _touch(s: Session) -> None:

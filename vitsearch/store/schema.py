@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: clusters, cluster_members, map_points
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -79,3 +79,34 @@ class LabelRow(Base):
     label: Mapped[str] = mapped_column(String)
     score: Mapped[float] = mapped_column(Float)
     __table_args__ = (Index("ix_labels_label", "label"),)
+
+
+class ClusterRow(Base):
+    """A stored clustering of the library (derived data: recomputed, never edited)."""
+
+    __tablename__ = "clusters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    size: Mapped[int] = mapped_column(Integer)
+    cohesion: Mapped[float] = mapped_column(Float)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ClusterMemberRow(Base):
+    __tablename__ = "cluster_members"
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    cluster_id: Mapped[int] = mapped_column(Integer, index=True)
+    score: Mapped[float] = mapped_column(Float)  # cosine to the centroid
+
+
+class MapPointRow(Base):
+    """2-D coordinates of a photo on the library map."""
+
+    __tablename__ = "map_points"
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)

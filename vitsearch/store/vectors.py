@@ -42,14 +42,40 @@ class VectorIndex:
         if len(ids):
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of the k nearest, best first; fewer when the index is smaller."""
-        if len(self) == 0 or k < 1:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the k nearest, best first; only ``allowed`` ids when given.
+
+        The restriction is an ID selector inside the search, so k hits come back whenever
+        k allowed vectors exist.
+        """
+        limit = len(self) if allowed is None else min(len(self), len(allowed))
+        if limit == 0 or k < 1:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        scores, ids = self.index.search(query, min(k, len(self)))
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
+        scores, ids = self.index.search(query, min(k, limit), params=params)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
+
+    def pairs_above(
+        self, ids: np.ndarray, vectors: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, score) for every indexed b with cosine >= threshold to a query a, with a < b.
+
+        FAISS range search: memory is bounded by the number of close pairs, not by n².
+        """
+        if len(self) == 0 or len(ids) == 0:
+            empty = np.empty(0, np.int64)
+            return empty, empty, np.empty(0, np.float32)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        limits, scores, found = self.index.range_search(queries, float(threshold))
+        sources = np.repeat(np.asarray(ids, dtype=np.int64), np.diff(limits).astype(np.int64))
+        keep = sources < found
+        return sources[keep], found[keep], scores[keep]
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + rename), then the sidecar: it may lag, never lead."""

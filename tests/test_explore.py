@@ -1,0 +1,198 @@
+"""Label search, clusters, duplicates and filters on embeddings with known structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import adjusted_rand_index, plant, sphere_groups
+from vitsearch.errors import ConfigError, NoSuchLabelError, VitsearchError
+from vitsearch.records import Filters, Label
+from vitsearch.search import label_counts, nearest, search_by_label
+from vitsearch.search.clusters import clusters, compute_clusters, silhouette
+from vitsearch.search.duplicates import find_duplicates
+from vitsearch.store import open_library
+
+DOG = Label("golden retriever", 0.8)
+CAT = Label("tabby, tabby cat", 0.7)
+CAR = Label("sports car, sport car", 0.9)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+# -- clusters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [4, "auto"])
+def test_separated_groups_come_back_as_clusters(home: Path, k) -> None:
+    vectors, truth = sphere_groups([40, 30, 25, 15])
+    ids = plant(home, vectors)
+    with open_library(home) as library:
+        found = clusters(library, k)
+        assert len(found) == 4 and sum(c.size for c in found) == 110
+        assignment = library.db.cluster_of(ids)
+    predicted = np.array([assignment[i] for i in ids])
+    assert adjusted_rand_index(truth, predicted) >= 0.9
+
+
+def test_clusters_are_named_from_labels_and_stored(home: Path) -> None:
+    vectors, truth = sphere_groups([20, 20], seed=3)
+    labels = [(DOG, CAT) if g == 0 else (CAR,) for g in truth]
+    plant(home, vectors, labels=labels)
+    with open_library(home) as library:
+        first = clusters(library, 2)
+        assert sorted(c.name for c in first) == ["golden retriever", "sports car"]
+        assert all(0.9 < c.cohesion <= 1.0 for c in first)
+        assert all(len(c.representatives) == 6 for c in first)
+        state = library.db.cluster_state()
+        again = clusters(library, 2)
+        assert library.db.cluster_state() == state and again == first  # reused, not recomputed
+        clusters(library, 2, recompute=True)
+        assert library.db.cluster_state()["computed_at"] > state["computed_at"]
+
+
+def test_clusters_recomputed_when_library_grew(home: Path) -> None:
+    vectors, _ = sphere_groups([20, 20], seed=4)
+    plant(home, vectors)
+    with open_library(home) as library:
+        clusters(library, 2)
+        before = library.db.cluster_state()
+    plant(home, sphere_groups([10], seed=5)[0], folder="/more")
+    with open_library(home) as library:
+        clusters(library, 2)
+        assert library.db.cluster_state()["count"] == 50 != before["count"]
+
+
+def test_two_photos_cluster_and_one_refuses(home: Path) -> None:
+    plant(home, unit(np.eye(8)[:1]))
+    with open_library(home) as library, pytest.raises(VitsearchError, match="at least 2"):
+        compute_clusters(library)
+    plant(home, unit(np.eye(8)[1:2]), folder="/b")
+    with open_library(home) as library:
+        found = clusters(library)
+        assert sum(c.size for c in found) == 2
+
+
+def test_silhouette_matches_the_definition() -> None:
+    vectors, truth = sphere_groups([12, 9, 7], spread=0.8, seed=2)
+    distances = 1 - vectors.astype(np.float64) @ vectors.T
+    values = []
+    for i, own in enumerate(truth):
+        same = (truth == own) & (np.arange(len(truth)) != i)
+        a = distances[i, same].mean()
+        b = min(distances[i, truth == g].mean() for g in set(truth) - {own})
+        values.append((b - a) / max(a, b))
+    assert silhouette(vectors, truth) == pytest.approx(np.mean(values), abs=1e-6)
+
+
+# -- duplicates -------------------------------------------------------------------------
+
+
+def test_duplicate_tiers(home: Path) -> None:
+    rng = np.random.default_rng(1)
+    base = unit(rng.standard_normal((6, 32)))
+    near_copy = unit(base[0] + 0.05 * unit(rng.standard_normal(32)))  # cosine ~0.999
+    burst_shot = unit(base[1] + 0.5 * unit(rng.standard_normal(32)))  # cosine ~0.89
+    late_shot = unit(base[2] + 0.5 * unit(rng.standard_normal(32)))  # similar, but an hour later
+    vectors = np.vstack([base, near_copy, burst_shot, late_shot, base[3]])
+    assert (near_copy @ base[0]) > 0.95 and 0.85 < (burst_shot @ base[1]) < 0.95
+    taken = [0, 100, 200, 300, 400, 500, 1, 105, 200 + 3600, 400]
+    hashes = [f"h{i}" for i in range(9)] + ["h3"]  # the last is a byte copy of photo 3
+    sizes = [(64, 48)] * 6 + [(128, 96), (64, 48), (64, 48), (64, 48)]
+    ids = plant(home, vectors, taken_at=taken, hashes=hashes, sizes=sizes)
+    with open_library(home) as library:
+        groups = find_duplicates(library)
+    by_kind = {(g.kind, frozenset(m.id for m in g.members)): g for g in groups}
+    assert set(by_kind) == {
+        ("exact", frozenset({ids[3], ids[9]})),
+        ("near", frozenset({ids[0], ids[6]})),
+        ("burst", frozenset({ids[1], ids[7]})),
+    }
+    assert by_kind[("near", frozenset({ids[0], ids[6]}))].keeper.id == ids[6]  # larger
+    assert by_kind[("burst", frozenset({ids[1], ids[7]}))].keeper.id == ids[1]  # older
+
+
+def test_threshold_moves_the_cut(home: Path) -> None:
+    rng = np.random.default_rng(2)
+    a = unit(rng.standard_normal(16))
+    b = unit(a + 0.8 * unit(rng.standard_normal(16)))
+    plant(home, np.vstack([a, b]))
+    cosine = float(a @ b)
+    with open_library(home) as library:
+        assert find_duplicates(library, ("near",)) == []
+        loose = find_duplicates(library, ("near",), threshold=cosine - 0.01)
+        assert len(loose) == 1 and loose[0].similarity == pytest.approx(cosine, abs=1e-5)
+        with pytest.raises(ConfigError, match="exactly one --kind"):
+            find_duplicates(library, ("near", "burst"), threshold=0.5)
+
+
+def test_planted_groups_at_scale_are_found_without_false_pairs(home: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = unit(rng.standard_normal((2000, 64)))
+    copies = unit(base[:50] + 0.03 * rng.standard_normal((50, 64)))
+    ids = plant(home, np.vstack([base, copies]))
+    with open_library(home) as library:
+        groups = find_duplicates(library, ("near",))
+    expected = {frozenset({ids[i], ids[2000 + i]}) for i in range(50)}
+    assert {frozenset(m.id for m in g.members) for g in groups} == expected
+
+
+# -- filters ----------------------------------------------------------------------------
+
+
+def test_folder_and_date_filters_still_return_k(home: Path) -> None:
+    vectors, _ = sphere_groups([60], seed=7)
+    days = [1_700_000_000 + 86400 * i for i in range(60)]
+    paths = [f"/photos/{'a' if i % 3 == 0 else 'b'}/p{i}.jpg" for i in range(60)]
+    ids = plant(home, vectors, taken_at=days, paths=paths)
+    with open_library(home) as library:
+        query = vectors[1]  # lives in folder b
+        in_a = nearest(library, query, 5, Filters(under="/photos/a"))
+        assert len(in_a) == 5 and all(h.path.startswith("/photos/a/") for h in in_a)
+        window = Filters(after=days[10], before=days[20])
+        dated = nearest(library, query, 8, window)
+        allowed = {ids[i] for i in range(10, 20)}
+        assert len(dated) == 8 and {h.id for h in dated} <= allowed
+        both = nearest(
+            library, query, 50, Filters(under="/photos/a", after=days[10], before=days[20])
+        )
+        assert {h.id for h in both} == {ids[i] for i in range(10, 20) if i % 3 == 0}
+        top = nearest(library, query, 60)
+        floor = top[10].score
+        assert all(h.score >= floor for h in nearest(library, query, 60, Filters(min_score=floor)))
+
+
+def test_label_search_with_filters(home: Path) -> None:
+    vectors, _ = sphere_groups([4], seed=8)
+    labels = [
+        (Label("tabby, tabby cat", 0.9),),
+        (Label("tabby, tabby cat", 0.6),),
+        (Label("Egyptian cat", 0.7),),
+        (Label("golden retriever", 0.8),),
+    ]
+    paths = ["/photos/a/1.jpg", "/photos/b/2.jpg", "/photos/a/3.jpg", "/photos/a/4.jpg"]
+    plant(home, vectors, labels=labels, paths=paths)
+    with open_library(home) as library:
+        hits = search_by_label(library, "CAT", k=10)
+        assert [h.path for h in hits] == ["/photos/a/1.jpg", "/photos/a/3.jpg", "/photos/b/2.jpg"]
+        assert [h.path for h in search_by_label(library, "tabby cat", 10)] == [
+            "/photos/a/1.jpg",
+            "/photos/b/2.jpg",
+        ]
+        assert [
+            h.path for h in search_by_label(library, "cat", 10, Filters(under="/photos/b"))
+        ] == ["/photos/b/2.jpg"]
+        assert [h.path for h in search_by_label(library, "cat", 10, Filters(min_score=0.65))] == [
+            "/photos/a/1.jpg",
+            "/photos/a/3.jpg",
+        ]
+        with pytest.raises(NoSuchLabelError, match="did you mean: .*golden"):
+            search_by_label(library, "goldne", 10)
+        assert [(c.label, c.top) for c in label_counts(library)][0] == ("tabby, tabby cat", 2)
+        assert search_by_label(library, "retriever", 10)[0].path == "/photos/a/4.jpg"
+        with pytest.raises(NoSuchLabelError):
+            search_by_label(library, "tab", 10)  # not a whole word

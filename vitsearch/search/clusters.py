@@ -1,0 +1,190 @@
+"""Zero-label clustering: spherical k-means on the stored embeddings, stored for instant reuse.
+
+``k="auto"`` tries a few k around sqrt(n/2) (halved to doubled, bounded to 2..200) and keeps
+the one with the best silhouette (cosine distance) on a seeded sample of at most 2,000
+photos. The centroids are trained on at most 256 photos per centroid (FAISS subsamples, seeded),
+then every photo is assigned in chunks, so memory stays bounded from 2 photos to millions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import faiss
+import numpy as np
+
+from vitsearch.errors import VitsearchError
+from vitsearch.records import Cluster
+from vitsearch.search.labels import synonyms
+from vitsearch.store import Library
+
+log = logging.getLogger(__name__)
+
+SEED = 1234
+MAX_AUTO_K = 200
+SILHOUETTE_SAMPLE = 2000
+TRAIN_POINTS_PER_CENTROID = 256
+RESTARTS = 5
+STALE_FRACTION = 0.1  # recompute once the library changed by this much
+REPRESENTATIVES = 6
+
+
+def clusters(library: Library, k: int | str = "auto", recompute: bool = False) -> list[Cluster]:
+    """The library's clusters, largest first: stored ones when still fresh, else recomputed."""
+    state = library.db.cluster_state()
+    if recompute or _stale(state, library.db.counts().vectors, k):
+        compute_clusters(library, k)
+    return stored_clusters(library)
+
+
+def stored_clusters(library: Library, representatives: int = REPRESENTATIVES) -> list[Cluster]:
+    return [
+        Cluster(
+            cid, name, size, cohesion, tuple(library.db.cluster_members(cid, 0, representatives))
+        )
+        for cid, name, size, cohesion in library.db.clusters()
+    ]
+
+
+def compute_clusters(library: Library, k: int | str = "auto") -> dict:
+    """Cluster every embedding and store the result; returns the stored state."""
+    started = time.perf_counter()
+    ids, vectors = _all_embeddings(library)
+    if len(ids) < 2:
+        raise VitsearchError("clustering needs at least 2 indexed photos")
+    chosen = choose_k(vectors) if k == "auto" else int(k)
+    chosen = max(1, min(chosen, len(ids)))
+    centroids = train_centroids(vectors, chosen)
+    assignment, scores = assign(vectors, centroids)
+    rows = [_cluster_row(library, c, centroids[c], ids, assignment, scores) for c in range(chosen)]
+    state = {
+        "k": chosen,
+        "requested": str(k),
+        "count": len(ids),
+        "seed": SEED,
+        "computed_at": time.time(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    library.db.replace_clusters([r for r in rows if r[2] > 0], ids, assignment, scores, state)
+    log.info("clustered %d photos into %d clusters in %.1fs", len(ids), chosen, state["seconds"])
+    return state
+
+
+def choose_k(vectors: np.ndarray) -> int:
+    """The k with the best silhouette among a few around sqrt(n/2)."""
+    n = len(vectors)
+    if n < 4:
+        return 1 if n < 3 else 2
+    centre = max(2.0, np.sqrt(n / 2))
+    candidates = sorted(
+        {
+            int(np.clip(round(centre * f), 2, min(MAX_AUTO_K, n - 1)))
+            for f in (0.5, 0.75, 1.0, 1.5, 2.0)
+        }
+    )
+    sample = _sample(vectors, SILHOUETTE_SAMPLE)
+    scored = []
+    for k in candidates:
+        labels, _ = assign(sample, train_centroids(vectors, k))
+        scored.append((silhouette(sample, labels), -k))
+    best = max(scored)
+    return -best[1]
+
+
+def train_centroids(vectors: np.ndarray, k: int) -> np.ndarray:
+    # Seeded restarts: one unlucky random start can split a group and merge two others.
+    kmeans = faiss.Kmeans(
+        vectors.shape[1],
+        k,
+        niter=25,
+        nredo=RESTARTS,
+        seed=SEED,
+        spherical=True,
+        verbose=False,
+        max_points_per_centroid=TRAIN_POINTS_PER_CENTROID,
+        min_points_per_centroid=1,
+    )
+    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return kmeans.centroids
+
+
+def assign(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 65536):
+    """(cluster of each vector, its cosine to that centroid), in bounded chunks."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(vectors), dtype=np.int64)
+    scores = np.empty(len(vectors), dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        part = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
+        found_scores, found = index.search(part, 1)
+        labels[start : start + len(part)] = found[:, 0]
+        scores[start : start + len(part)] = found_scores[:, 0]
+    return labels, scores
+
+
+def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette with cosine distance (vectors are unit length)."""
+    present, members = np.unique(labels, return_inverse=True)
+    if len(present) < 2:
+        return -1.0
+    distances = 1.0 - vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    one_hot = np.eye(len(present))[members]
+    sizes = one_hot.sum(axis=0)
+    totals = distances @ one_hot  # summed distance from each point to each cluster
+    rows = np.arange(len(vectors))
+    own_size = sizes[members]
+    a = totals[rows, members] / np.maximum(own_size - 1, 1)
+    mean_to = totals / sizes
+    mean_to[rows, members] = np.inf
+    b = mean_to.min(axis=1)
+    values = np.where(own_size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(values.mean())  # a singleton counts 0, by convention
+
+
+def cluster_name(label_counts: dict[str, int], size: int) -> str:
+    """A name from the members' most frequent labels, e.g. "golden retriever · Labrador"."""
+    if not label_counts:
+        return ""
+    names = []
+    for label, count in Counter(label_counts).most_common(3):
+        if names and count < 0.2 * size:
+            break
+        names.append(synonyms(label)[0] if synonyms(label) else label)
+    return " · ".join(names)
+
+
+def _cluster_row(library, cid, centroid, ids, assignment, scores):
+    members = assignment == cid
+    member_ids = ids[members]
+    size = int(members.sum())
+    cohesion = float(scores[members].mean()) if size else 0.0
+    name = (
+        cluster_name(library.db.top_label_counts(member_ids.tolist()), size) or f"cluster {cid + 1}"
+    )
+    return (cid, name, size, cohesion, centroid)
+
+
+def _stale(state: dict | None, count: int, k: int | str) -> bool:
+    if (
+        state is None
+        or (k != "auto" and int(k) != state["k"])
+        or (k == "auto") != (state.get("requested") == "auto")
+    ):
+        return True
+    return abs(count - state["count"]) > STALE_FRACTION * max(state["count"], 1)
+
+
+def _all_embeddings(library: Library) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(library.db.iter_embeddings())
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, 1), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _sample(vectors: np.ndarray, size: int) -> np.ndarray:
+    if len(vectors) <= size:
+        return vectors
+    rng = np.random.default_rng(SEED)
+    return vectors[np.sort(rng.choice(len(vectors), size, replace=False))]
