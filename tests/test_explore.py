@@ -190,9 +190,12 @@ def test_label_search_with_filters(home: Path) -> None:
             "/photos/a/1.jpg",
             "/photos/a/3.jpg",
         ]
-        with pytest.raises(NoSuchLabelError, match="did you mean: .*golden"):
+        with pytest.raises(NoSuchLabelError, match=r"did you mean: .*golden"):
             search_by_label(library, "goldne", 10)
-        assert [(c.label, c.top) for c in label_counts(library)][0] == ("tabby, tabby cat", 2)
+        assert (label_counts(library)[0].label, label_counts(library)[0].top) == (
+            "tabby, tabby cat",
+            2,
+        )
         assert search_by_label(library, "retriever", 10)[0].path == "/photos/a/4.jpg"
         with pytest.raises(NoSuchLabelError):
             search_by_label(library, "tab", 10)  # not a whole word

@@ -373,7 +373,7 @@ class Database:
         with self.session() as s:
             for chunk in _chunks(list(ids), 500):
                 query = select(ImageRow.id, ImageRow.taken_at).where(ImageRow.id.in_(chunk))
-                found.update(s.execute(query).tuples().all())
+                found.update((key, value) for key, value in s.execute(query))
         return found
 
     # -- derived data: clusters and the map (any process may rewrite these) -----------
@@ -438,7 +438,7 @@ class Database:
                 query = select(ClusterMemberRow.image_id, ClusterMemberRow.cluster_id).where(
                     ClusterMemberRow.image_id.in_(chunk)
                 )
-                found.update(s.execute(query).tuples().all())
+                found.update((key, value) for key, value in s.execute(query))
         return found
 
     def top_label_counts(self, ids: Sequence[int]) -> dict[str, int]:
