@@ -238,3 +238,46 @@ def test_ctrl_c_stops_cleanly_with_a_summary(env: dict, tmp_path: Path, home: Pa
     assert faiss_file_ids(home) == sqlite_ids(home)
     with sqlite3.connect(home / "library.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM embeddings").fetchone()[0] == info["images"]
+
+
+def test_explore_commands_on_the_tiny_model(env: dict, album: list[Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    original = album[3]
+    with Image.open(original) as image:
+        image.resize((image.width // 2, image.height // 2)).save(
+            tmp_path / "album" / "copy-small.jpg", quality=60
+        )
+    vitsearch("index", str(tmp_path / "album"), env=env)
+
+    groups = json.loads(vitsearch("duplicates", "--kind", "near", "--json", env=env).stdout)
+    together = [g for g in groups if str(original) in {m["path"] for m in g["members"]}]
+    assert len(together) == 1
+    assert str(tmp_path / "album" / "copy-small.jpg") in {m["path"] for m in together[0]["members"]}
+    assert together[0]["keep"] != next(
+        m["id"] for m in together[0]["members"] if m["path"].endswith("copy-small.jpg")
+    )
+
+    labels = json.loads(vitsearch("labels", "--json", env=env).stdout)
+    top_label = labels[0]["label"]
+    word = top_label.split(",")[0].split()[-1].upper()
+    hits = json.loads(vitsearch("search", "--label", word, "--json", env=env).stdout)
+    assert hits and all(any(word.lower() in lab["label"] for lab in h["labels"]) for h in hits)
+    missing = vitsearch("search", "--label", "zzzz", env=env, check=False)
+    assert missing.returncode != 0 and "no label 'zzzz'" in missing.stderr
+
+    found = json.loads(vitsearch("clusters", "--k", "2", "--json", env=env).stdout)
+    assert len(found) == 2 and sum(c["size"] for c in found) == 11
+    under = json.loads(
+        vitsearch(
+            "search",
+            str(original),
+            "--under",
+            str(tmp_path / "album" / "modes"),
+            "-k",
+            "5",
+            "--json",
+            env=env,
+        ).stdout
+    )
+    assert [h["path"] for h in under] and all("/modes/" in h["path"] for h in under)
