@@ -43,10 +43,25 @@ def nearest(
     """The k nearest photos that pass ``filters``, best first."""
     allowed = library.db.filtered_ids(filters) if filters.restricts_ids else None
     ids, scores = library.vectors.search(vector, k, allowed)
+    if allowed is not None and len(ids) < min(k, len(allowed)):
+        # An approximate index probes only some lists; a narrow filter can leave them short.
+        ids, scores = _exact_among(library, vector, k, allowed)
     if filters.min_score is not None:
         keep = scores >= filters.min_score
         ids, scores = ids[keep], scores[keep]
     return library.db.hits(ids.tolist(), scores.tolist())
+
+
+def _exact_among(
+    library: Library, vector: np.ndarray, k: int, allowed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    for ids, vectors in library.db.iter_embeddings(ids=allowed.tolist()):
+        ids = np.concatenate([best_ids, ids])
+        scores = np.concatenate([best_scores, vectors @ vector.astype(np.float32)])
+        order = np.argsort(-scores, kind="stable")[:k]
+        best_ids, best_scores = ids[order], scores[order]
+    return best_ids, best_scores
 
 
 def embed_file(embedder, image: Path) -> tuple[np.ndarray, tuple[Label, ...]]:

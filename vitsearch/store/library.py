@@ -9,7 +9,13 @@ from vitsearch.errors import ModelMismatchError
 from vitsearch.records import ModelInfo
 from vitsearch.store.database import Database
 from vitsearch.store.lock import WriterLock, holder_pid
-from vitsearch.store.vectors import VectorIndex, catch_up, open_vector_index
+from vitsearch.store.vectors import (
+    VectorIndex,
+    build_index,
+    catch_up,
+    open_vector_index,
+    wants_rebuild,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,8 @@ class Library:
         if self.writable and self._vectors is not None and self._vectors_dirty:
             # An interrupt can fall between a commit and the in-memory add: check before saving.
             catch_up(self._vectors, self.db)
+            if wants_rebuild(self._vectors):
+                self._vectors = build_index(self.db, self._vectors.dim)
             self._vectors.save(self.vectors_path)
             self._vectors_dirty = False
 
