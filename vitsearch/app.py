@@ -16,6 +16,7 @@ from vitsearch.search import classify, label_counts, search_by_image, search_by_
 from vitsearch.search.clusters import clusters
 from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
 from vitsearch.search.labels import LabelCount
+from vitsearch.search.projection import map_figure_html, map_json, project
 from vitsearch.store import Library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,16 @@ def library_clusters(
 ) -> list[Cluster]:
     with open_library(settings.home) as library:
         return clusters(library, k, recompute)
+
+
+def library_map(
+    settings: Settings, method: str = "auto", refit: bool = False, out: Path | None = None
+) -> tuple[list[dict], Path | None]:
+    """The 2-D map of the library (as JSON rows) and, with ``out``, a standalone HTML scatter."""
+    with open_library(settings.home) as library:
+        points = project(library, method=method, refit=refit)
+        written = map_figure_html(library, points, out) if out is not None else None
+        return map_json(points, library), written
 
 
 def library_duplicates(

@@ -304,6 +304,31 @@ def rebuild_index(settings: Settings) -> None:
     click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
 
 
+@main.command("map")
+@click.option("--out", type=click.Path(path_type=Path), help="Write an interactive HTML scatter.")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "umap", "pca"]),
+    default="auto",
+    show_default=True,
+    help="auto: UMAP when umap-learn is installed, else PCA.",
+)
+@click.option("--refit", is_flag=True, help="Fit the projection again instead of reusing it.")
+@click.option("--json", "as_json", is_flag=True, help="Print every photo's x, y and cluster.")
+@library_options()
+def map_command(
+    settings: Settings, out: Path | None, method: str, refit: bool, as_json: bool
+) -> None:
+    """A 2-D map of the library, coloured by cluster (HTML with --out)."""
+    rows, written = app.library_map(settings, method, refit, out)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif written is None:
+        click.echo(f"{len(rows)} photos on the map; use --out map.html to see it")
+    if written is not None:
+        click.echo(f"wrote {written} ({len(rows)} photos)", err=as_json)
+
+
 def _cluster_dict(c: Cluster) -> dict:
     return {
         "id": c.id,

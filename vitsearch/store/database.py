@@ -151,7 +151,7 @@ class Database:
                 s.flush()
                 vector = np.asarray(entry.vector, dtype=np.float32).tobytes()
                 s.merge(EmbeddingRow(image_id=row.id, vector=vector, seq=seq + offset))
-                s.execute(delete(LabelRow).where(LabelRow.image_id == row.id))
+                _forget_derived(s, row.id)
                 s.add_all(
                     LabelRow(image_id=row.id, rank=rank, label=lab.label, score=lab.score)
                     for rank, lab in enumerate(entry.labels)
@@ -164,7 +164,7 @@ class Database:
                 row.status, row.error = STATUS_FAILED, failure.error
                 s.flush()
                 s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
-                s.execute(delete(LabelRow).where(LabelRow.image_id == row.id))
+                _forget_derived(s, row.id)
             return ids
 
     def move(self, image_id: int, path: str, root_id: int, mtime_ns: int) -> None:
@@ -465,12 +465,17 @@ class Database:
                 s.execute(delete(MapPointRow))
                 s.merge(Meta(key="map", value=json.dumps(state)))
             for chunk in _chunks(rows, 5000):
-                s.execute(
-                    delete(MapPointRow).where(
-                        MapPointRow.image_id.in_([r["image_id"] for r in chunk])
+                chunk_ids = [r["image_id"] for r in chunk]
+                s.execute(delete(MapPointRow).where(MapPointRow.image_id.in_(chunk_ids)))
+                # a photo deleted while the projection ran has no place on the map
+                present = set(
+                    s.scalars(
+                        select(EmbeddingRow.image_id).where(EmbeddingRow.image_id.in_(chunk_ids))
                     )
                 )
-                s.execute(MapPointRow.__table__.insert(), chunk)
+                chunk = [r for r in chunk if r["image_id"] in present]
+                if chunk:
+                    s.execute(MapPointRow.__table__.insert(), chunk)
 
     def map_state(self) -> dict | None:
         raw = self.get_meta("map")
@@ -479,7 +484,8 @@ class Database:
     def map_points(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, xy) of every photo on the map."""
         with self.session() as s:
-            rows = s.execute(select(MapPointRow.image_id, MapPointRow.x, MapPointRow.y)).all()
+            query = select(MapPointRow.image_id, MapPointRow.x, MapPointRow.y)
+            rows = s.execute(query.order_by(MapPointRow.image_id)).all()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         return ids, np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
 
@@ -558,6 +564,12 @@ def _filter_conditions(filters: Filters) -> list:
     if filters.before is not None:
         conditions.append(ImageRow.taken_at < filters.before)
     return conditions
+
+
+def _forget_derived(s: Session, image_id: int) -> None:
+    """A new (or no) vector invalidates the photo's labels, map point and cluster membership."""
+    for table in (LabelRow, MapPointRow, ClusterMemberRow):
+        s.execute(delete(table).where(table.image_id == image_id))
 
 
 def _touch(s: Session) -> None:

@@ -1,0 +1,322 @@
+"""The library map: 2-D projections fitted on a sample, stored, extended, drawn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.records import ImageEntry, Label, ModelInfo
+from vitsearch.search.clusters import clusters
+from vitsearch.search.projection import (
+    AUTO_UMAP_MIN_POINTS,
+    UMAP_FILE,
+    UNCLUSTERED,
+    MapPoints,
+    map_figure_html,
+    map_json,
+    project,
+)
+from vitsearch.store import open_library
+
+DIM = 24
+INFO = ModelInfo(name="m", fingerprint="sha256:map", dim=DIM)
+LABELS = ("tabby, tabby cat", "golden retriever", "pizza, pizza pie")
+# Three orthonormal directions: cosine 0 between groups, about 0.97 within one.
+CENTRES = np.linalg.qr(np.random.default_rng(99).standard_normal((DIM, 3)))[0].T
+
+requires_umap = pytest.mark.skipif(
+    find_spec("umap") is None, reason='umap-learn is not installed (pip install "vitsearch[map]")'
+)
+requires_plotly = pytest.mark.skipif(
+    find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
+)
+
+
+def grouped(per_group: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, their group) for ``per_group`` photos around each of the 3 centres."""
+    groups = np.repeat(np.arange(3), per_group)
+    noise = np.random.default_rng(seed).standard_normal((len(groups), DIM)) * 0.05
+    vectors = CENTRES[groups] + noise
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), groups
+
+
+def add_photos(home: Path, vectors: np.ndarray, groups: np.ndarray, tag: str) -> list[int]:
+    """Write embedded photos through a writer, as the indexer does; returns their ids."""
+    with open_library(home, write=True) as library:
+        library.adopt_model(INFO, "fp32")
+        root = library.db.root_id("/photos")
+        new = [
+            ImageEntry(
+                path=f"/photos/{tag}_g{g}_{i}.jpg",
+                root_id=root,
+                size=100 + i,
+                mtime_ns=i,
+                fingerprint=f"f{tag}{i}",
+                content_hash=f"h{tag}{i}",
+                width=4,
+                height=3,
+                taken_at=None,
+                vector=v,
+                labels=(Label(LABELS[g], 0.8), Label(LABELS[(g + 1) % 3], 0.1)),
+            )
+            for i, (v, g) in enumerate(zip(vectors, groups, strict=True))
+        ]
+        return library.db.write_batch(new, [])
+
+
+def planted(home: Path, per_group: int = 12, seed: int = 0, tag: str = "a") -> dict[int, int]:
+    """Photos in 3 well separated groups; returns id -> group."""
+    vectors, groups = grouped(per_group, seed)
+    ids = add_photos(home, vectors, groups, tag)
+    return dict(zip(ids, groups.tolist(), strict=True))
+
+
+def assert_groups_apart(points: MapPoints, group_of: dict[int, int]) -> None:
+    """Every point's nearest group centroid in 2-D is its own group's."""
+    groups = np.array([group_of[int(i)] for i in points.ids])
+    centroids = np.stack([points.xy[groups == g].mean(axis=0) for g in range(3)])
+    distances = np.linalg.norm(points.xy[:, None, :] - centroids[None], axis=2)
+    assert (distances.argmin(axis=1) == groups).all()
+
+
+def point_of(points: MapPoints) -> dict[int, tuple[float, float]]:
+    return {int(i): tuple(p) for i, p in zip(points.ids, points.xy.tolist(), strict=True)}
+
+
+def figure_traces(page: str) -> list[dict]:
+    """The trace list of the figure embedded in a plotly HTML page."""
+    start = re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*', page).end()
+    traces, _end = json.JSONDecoder().raw_decode(page, start)
+    return traces
+
+
+# -- PCA ----------------------------------------------------------------------------------
+
+
+def test_pca_keeps_groups_apart(home: Path) -> None:
+    group_of = planted(home)
+    with open_library(home) as library:  # the map is derived data: a reader computes it
+        points = project(library, method="pca")
+        assert points.method == "pca"
+        assert points.ids.dtype == np.int64 and points.ids.tolist() == sorted(group_of)
+        assert points.xy.dtype == np.float32 and points.xy.shape == (len(group_of), 2)
+        assert_groups_apart(points, group_of)
+        state = library.db.map_state()
+        assert (state["method"], state["count"], state["seed"]) == ("pca", 36, 1234)
+        assert len(state["mean"]) == DIM and np.array(state["components"]).shape == (2, DIM)
+
+
+def test_pca_fits_are_identical(home: Path) -> None:
+    planted(home)
+    with open_library(home) as library:
+        first = project(library, method="pca", refit=True)
+        second = project(library, method="pca", refit=True)
+    assert np.array_equal(first.ids, second.ids) and np.array_equal(first.xy, second.xy)
+
+
+def test_pca_fits_on_a_bounded_sample(home: Path) -> None:
+    group_of = planted(home, per_group=20)
+    with open_library(home) as library:
+        points = project(library, method="pca", sample_size=15)
+        assert library.db.map_state()["fitted_on"] == 15
+    assert len(points) == 60
+    assert_groups_apart(points, group_of)
+
+
+def test_new_photos_are_transformed_and_old_ones_stay(home: Path) -> None:
+    group_of = planted(home)
+    with open_library(home) as library:
+        before = point_of(project(library, method="pca"))
+        fitted = library.db.map_state()
+    vectors, groups = grouped(2, seed=5)
+    new = add_photos(home, vectors, groups, tag="late")
+    group_of.update(zip(new, groups.tolist(), strict=True))
+    with open_library(home) as library:
+        assert sorted(library.db.unmapped_ids().tolist()) == sorted(new)
+        points = project(library)  # "auto" on 42 photos is PCA, as stored: no refit
+        assert library.db.map_state() == fitted
+        assert library.db.unmapped_ids().size == 0
+    after = point_of(points)
+    assert {i: after[i] for i in before} == before
+    expected = (vectors - np.array(fitted["mean"])) @ np.array(fitted["components"]).T
+    assert np.allclose([after[i] for i in new], expected, atol=1e-5)
+    assert_groups_apart(points, group_of)
+
+
+def test_deleted_photos_leave_the_map(home: Path) -> None:
+    group_of = planted(home)
+    gone = sorted(group_of)[:5]
+    with open_library(home, write=True) as library:
+        project(library, method="pca")
+        library.db.delete_images(gone)
+        stored_ids, _xy = library.db.map_points()  # the rows went with the images
+        assert set(stored_ids.tolist()) == set(group_of) - set(gone)
+        points = project(library, method="pca")
+    assert points.ids.tolist() == sorted(set(group_of) - set(gone))
+
+
+def test_auto_picks_pca_for_a_small_library(home: Path) -> None:
+    planted(home, per_group=3)
+    with open_library(home) as library:
+        assert project(library).method == "pca"
+
+
+def test_auto_without_umap_is_pca(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planted(home, per_group=AUTO_UMAP_MIN_POINTS // 3 + 1)
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    with open_library(home) as library:
+        assert project(library).method == "pca"
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_umap_without_umap_learn_is_a_config_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted(home)
+    monkeypatch.setitem(sys.modules, "umap", None)
+    with open_library(home) as library, pytest.raises(ConfigError) as raised:
+        project(library, method="umap")
+    assert 'pip install "vitsearch[map]"' in str(raised.value)
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_too_few_photos(home: Path, count: int) -> None:
+    vectors, groups = grouped(1, seed=0)
+    add_photos(home, vectors[:count], groups[:count], tag="one")
+    with open_library(home) as library, pytest.raises(VitsearchError, match="at least 2"):
+        project(library, method="pca")
+
+
+def test_unknown_method_is_a_config_error(home: Path) -> None:
+    planted(home, per_group=2)
+    with open_library(home) as library, pytest.raises(ConfigError, match="tsne"):
+        project(library, method="tsne")
+
+
+# -- UMAP ---------------------------------------------------------------------------------
+
+
+@requires_umap
+def test_umap_map_keeps_groups_apart_and_places_new_photos(home: Path) -> None:
+    group_of = planted(home, per_group=10)
+    with open_library(home) as library:
+        points = project(library, method="umap")
+        assert points.method == "umap" and len(points) == 30
+        assert (home / UMAP_FILE).is_file()
+        assert_groups_apart(points, group_of)
+        before = point_of(points)
+        again = project(library, method="umap", refit=True)  # seeded: the same layout
+        assert np.array_equal(again.xy, points.xy)
+    vectors, groups = grouped(1, seed=5)
+    new = add_photos(home, vectors, groups, tag="late")
+    group_of.update(zip(new, groups.tolist(), strict=True))
+    with open_library(home) as library:
+        fitted_at = library.db.map_state()["computed_at"]
+        points = project(library, method="umap")
+        assert library.db.map_state()["computed_at"] == fitted_at  # transformed, not refitted
+    after = point_of(points)
+    assert {i: after[i] for i in before} == before and set(new) <= set(after)
+    assert_groups_apart(points, group_of)
+
+
+@requires_umap
+def test_umap_fits_on_a_bounded_sample(home: Path) -> None:
+    group_of = planted(home, per_group=10)
+    with open_library(home) as library:
+        points = project(library, method="umap", sample_size=20)
+        assert library.db.map_state()["fitted_on"] == 20
+    assert len(points) == 30
+    assert_groups_apart(points, group_of)
+
+
+@requires_umap
+def test_auto_uses_umap_and_switching_method_refits(home: Path) -> None:
+    group_of = planted(home, per_group=AUTO_UMAP_MIN_POINTS // 3 + 1)
+    with open_library(home) as library:
+        assert project(library).method == "umap"
+        points = project(library, method="pca")
+        assert points.method == "pca" and not (home / UMAP_FILE).exists()
+    assert_groups_apart(points, group_of)
+
+
+@requires_umap
+def test_damaged_umap_file_is_refitted(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    planted(home, per_group=4)
+    with open_library(home) as library:
+        first = project(library, method="umap")
+        (home / UMAP_FILE).write_bytes(b"not a pickle")
+        caplog.set_level(logging.WARNING, logger="vitsearch.search.projection")
+        second = project(library, method="umap")
+    assert "does not match the stored map; refitting" in caplog.text
+    assert np.array_equal(first.xy, second.xy)
+
+
+# -- figure and JSON ----------------------------------------------------------------------
+
+
+@requires_plotly
+def test_map_figure_has_one_trace_per_cluster(home: Path) -> None:
+    planted(home, per_group=10)
+    with open_library(home) as library:
+        out = map_figure_html(library, project(library, method="pca"), home / "map" / "map.html")
+        stored = library.db.clusters()  # none were stored: the figure clustered the library
+    page = out.read_text(encoding="utf-8")
+    assert "plotly.js v" in page and '<script src="https://cdn.plot.ly' not in page
+    traces = figure_traces(page)
+    assert len(stored) == 3 and len(traces) == 3
+    assert {t["name"] for t in traces} == {f"{name} ({size})" for _cid, name, size, _c in stored}
+    assert all(t["type"] == "scatter" for t in traces)
+    hover = [text for t in traces for text in t["text"]]
+    assert len(hover) == 30 and all(text.startswith("/photos/a_g") for text in hover)
+    assert any("golden retriever (80%)" in text for text in hover)
+
+
+@requires_plotly
+def test_map_figure_shows_photos_added_since_clustering(home: Path) -> None:
+    planted(home, per_group=10)
+    with open_library(home) as library:
+        clusters(library, k=3)
+    vectors, groups = grouped(1, seed=5)
+    add_photos(home, vectors, groups, tag="late")
+    with open_library(home) as library:
+        out = map_figure_html(library, project(library, method="pca"), home / "second.html")
+    traces = figure_traces(out.read_text(encoding="utf-8"))
+    assert len(traces) == 4 and traces[-1]["name"] == f"{UNCLUSTERED} (3)"
+
+
+def test_map_figure_without_plotly_is_a_config_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted(home, per_group=2)
+    for name in ("plotly", "plotly.graph_objects"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if plotly were not installed
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        with pytest.raises(ConfigError, match=re.escape('pip install "vitsearch[map]"')):
+            map_figure_html(library, points, home / "map.html")
+    assert not (home / "map.html").exists()
+
+
+def test_map_json(home: Path) -> None:
+    group_of = planted(home, per_group=4)
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        assert {row["cluster"] for row in map_json(points, library)} == {None}  # not clustered
+        clusters(library, k=3)
+        rows = map_json(points, library)
+        membership = library.db.cluster_of(list(group_of))
+    assert [set(row) for row in rows] == [{"id", "path", "x", "y", "cluster"}] * 12
+    assert [row["id"] for row in rows] == points.ids.tolist()
+    assert all(row["cluster"] == membership[row["id"]] for row in rows)
+    assert all(re.fullmatch(r"/photos/a_g\d_\d+\.jpg", row["path"]) for row in rows)
+    assert np.allclose([(row["x"], row["y"]) for row in rows], points.xy, atol=1e-5)

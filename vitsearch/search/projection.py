@@ -1,0 +1,451 @@
+"""The library map: every photo's embedding projected to 2-D, stored for instant reuse.
+
+A projection is fitted on a seeded sample of at most ``sample_size`` photos and then applied to
+every photo in chunks, so a million photos never need to fit in memory at once. The fitted
+projection is kept (PCA's mean and axes in the stored state, UMAP's model in a file in the
+library home), so photos indexed later are placed by transforming them alone, and the points
+already on the map never move until a refit.
+
+``method="auto"`` picks UMAP (extra ``vitsearch[map]``) when it is installed and the library has
+at least ``AUTO_UMAP_MIN_POINTS`` photos, else PCA, which is a few lines of numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+
+from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.search.clusters import clusters
+from vitsearch.store import Library
+
+log = logging.getLogger(__name__)
+
+SEED = 1234
+DEFAULT_SAMPLE_SIZE = 20_000
+METHODS = ("auto", "umap", "pca")
+UMAP_MIN_POINTS = 4  # UMAP's spectral layout cannot fit fewer
+# Below this a 15-neighbour graph joins nearly every photo to every other; PCA is as good a
+# picture there, and stable.
+AUTO_UMAP_MIN_POINTS = 50
+TRANSFORM_CHUNK = 2048  # bounds UMAP's (chunk x sample) distance matrix for small samples
+WRITE_CHUNK = 50_000
+WEBGL_ABOVE = 50_000  # SVG scatter plots crawl beyond this many points
+UMAP_FILE = "map-umap.pkl"
+INSTALL_HINT = 'pip install "vitsearch[map]"'
+UNCLUSTERED = "not clustered yet"
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MapPoints:
+    """Every photo on the map, by image id (ascending)."""
+
+    ids: np.ndarray  # (n,) int64
+    xy: np.ndarray  # (n, 2) float32
+    method: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Pca:
+    """A 2-D principal-component projection: ``(vectors - mean) @ components.T``."""
+
+    mean: np.ndarray  # (dim,)
+    components: np.ndarray  # (2, dim)
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        return ((np.asarray(vectors, np.float64) - self.mean) @ self.components.T).astype(
+            np.float32
+        )
+
+
+def project(
+    library: Library,
+    method: str = "auto",
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    refit: bool = False,
+) -> MapPoints:
+    """Every indexed photo's position on the library map, computing only what is missing.
+
+    Args:
+        library: An open library; reading is enough, the map is derived data.
+        method: ``"umap"``, ``"pca"`` or ``"auto"`` (UMAP when installed and the library has
+            at least ``AUTO_UMAP_MIN_POINTS`` photos, else PCA). A stored map made with
+            another method is refitted, so "auto" moves to UMAP once a library grows past
+            that size.
+        sample_size: At most this many photos (a seeded sample) are used to fit; the rest are
+            transformed. Only used when fitting.
+        refit: Fit a new projection even if a stored one fits the request.
+
+    Returns:
+        The points of every photo, by ascending id.
+
+    Raises:
+        ConfigError: Unknown method or bad sample size, or ``"umap"`` without umap-learn.
+        VitsearchError: Fewer than 2 indexed photos, or too few for UMAP.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}")
+    if sample_size < 2:
+        raise ConfigError(f"the map sample size must be at least 2, not {sample_size}")
+    count = library.db.counts().vectors
+    if count < 2:
+        raise VitsearchError(
+            f"the library map needs at least 2 indexed photos, this library has {count}; "
+            "index a folder first (vitsearch index PATH)"
+        )
+    chosen = _resolve_method(method, min(count, sample_size))
+    transform = None if refit else _stored_transform(library, chosen)
+    if transform is None:
+        _fit(library, chosen, sample_size)
+    else:
+        _place_unmapped(library, transform)
+    return _stored_points(library)
+
+
+def fit_pca(sample: np.ndarray) -> Pca:
+    """PCA to 2-D by SVD of the centred sample, each axis' sign fixed so refits agree."""
+    data = np.asarray(sample, np.float64)
+    mean = data.mean(axis=0)
+    _, _, vt = np.linalg.svd(data - mean, full_matrices=False)
+    components = np.zeros((2, data.shape[1]))
+    components[: min(2, len(vt))] = vt[:2]
+    # SVD leaves each axis' sign arbitrary: make its largest entry positive.
+    pivots = components[np.arange(2), np.abs(components).argmax(axis=1)]
+    return Pca(mean, components * np.where(pivots < 0, -1.0, 1.0)[:, None])
+
+
+def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
+    """Write the map as a standalone interactive scatter plot (works offline).
+
+    One trace per cluster, from the stored clustering (computed now if there is none), plus
+    one for photos added since; hovering a point shows its path and top label.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: plotly is not installed.
+    """
+    go = _import_plotly()
+    described = _describe(library, points.ids)
+    keep = np.array([int(i) in described for i in points.ids], dtype=bool)
+    ids, xy = points.ids[keep], points.xy[keep]
+    scatter = go.Scattergl if len(ids) > WEBGL_ABOVE else go.Scatter
+    figure = go.Figure()
+    for name, members in _cluster_groups(library, ids):
+        figure.add_trace(
+            scatter(
+                x=xy[members, 0],
+                y=xy[members, 1],
+                mode="markers",
+                name=f"{name} ({int(members.sum())})",
+                text=[described[int(i)] for i in ids[members]],
+                hoverinfo="text",
+                marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8},
+            )
+        )
+    hidden = {"showticklabels": False, "showgrid": False, "zeroline": False, "title": None}
+    figure.update_layout(
+        title=f"vitsearch library map: {len(ids)} photos ({points.method})",
+        template="plotly_white",
+        hovermode="closest",
+        legend={"itemsizing": "constant"},
+        xaxis=hidden,
+        yaxis={**hidden, "scaleanchor": "x"},
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_html(str(out), include_plotlyjs=True, full_html=True)
+    return out
+
+
+def map_json(points: MapPoints, library: Library) -> list[dict]:
+    """``{"id", "path", "x", "y", "cluster"}`` per photo; ``cluster`` is the stored cluster id.
+
+    ``cluster`` is None for a photo added after the last clustering (or when the library has
+    none stored); this never computes clusters. Photos deleted meanwhile are left out.
+    """
+    membership = library.db.cluster_of(points.ids.tolist())
+    paths = _paths(library, points.ids)
+    return [
+        {
+            "id": int(i),
+            "path": paths[int(i)],
+            "x": round(float(x), 6),
+            "y": round(float(y), 6),
+            "cluster": membership.get(int(i)),
+        }
+        for i, (x, y) in zip(points.ids, points.xy, strict=True)
+        if int(i) in paths
+    ]
+
+
+# -- fitting and transforming -------------------------------------------------------------
+
+
+def _resolve_method(method: str, fit_count: int) -> str:
+    if method == "pca":
+        return "pca"
+    if method == "auto":
+        usable = find_spec("umap") is not None and fit_count >= AUTO_UMAP_MIN_POINTS
+        return "umap" if usable else "pca"
+    _import_umap()
+    if fit_count < UMAP_MIN_POINTS:
+        raise VitsearchError(
+            f"a UMAP map needs at least {UMAP_MIN_POINTS} photos to fit on, "
+            f"there are {fit_count}; use method 'pca'"
+        )
+    return "umap"
+
+
+def _fit(library: Library, method: str, sample_size: int) -> None:
+    started = time.perf_counter()
+    sample_ids, sample, everything = _sample(library, sample_size)
+    known = None
+    if method == "pca":
+        pca = fit_pca(sample)
+        transform: Transform = pca.transform
+        extra = {"mean": pca.mean.tolist(), "components": pca.components.tolist()}
+        (library.home / UMAP_FILE).unlink(missing_ok=True)  # a former UMAP fit is now stale
+    else:
+        model = _fit_umap(sample)
+        transform = model.transform
+        known = (sample_ids, np.asarray(model.embedding_, np.float32))  # the fit's own layout
+        extra = {"model_file": UMAP_FILE, "model_sha256": _save_umap(library.home, model)}
+    parts = (
+        [(sample_ids, sample)] if everything else library.db.iter_embeddings(chunk=TRANSFORM_CHUNK)
+    )
+    ids, xy = _transform_all(parts, transform, known)
+    state = {
+        "method": method,
+        "count": len(ids),
+        "seed": SEED,
+        "sample_size": sample_size,
+        "fitted_on": len(sample_ids),
+        "dim": int(sample.shape[1]),
+        "computed_at": time.time(),
+        "seconds": round(time.perf_counter() - started, 3),
+        **extra,
+    }
+    _write(library, ids, xy, state)
+    log.info("mapped %d photos with %s in %.1fs", len(ids), method, state["seconds"])
+
+
+def _place_unmapped(library: Library, transform: Transform) -> None:
+    missing = library.db.unmapped_ids()
+    if len(missing) == 0:
+        return
+    parts = library.db.iter_embeddings(ids=missing.tolist(), chunk=TRANSFORM_CHUNK)
+    ids, xy = _transform_all(parts, transform)
+    _write(library, ids, xy, None)
+    log.info("placed %d new photos on the map", len(ids))
+
+
+def _sample(library: Library, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(ids ascending, their vectors, whether that is every photo) for a seeded sample."""
+    ids = np.sort(library.db.embedding_ids())
+    everything = len(ids) <= size
+    if not everything:
+        ids = np.sort(np.random.default_rng(SEED).choice(ids, size, replace=False))
+    parts = list(library.db.iter_embeddings(ids=None if everything else ids.tolist()))
+    found = np.concatenate([p[0] for p in parts])
+    vectors = np.concatenate([p[1] for p in parts])
+    order = np.argsort(found, kind="stable")
+    return found[order], vectors[order], everything
+
+
+def _transform_all(
+    parts: Iterable[tuple[np.ndarray, np.ndarray]],
+    transform: Transform,
+    known: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of every vector, chunk by chunk; ``known`` (sorted ids, xy) are kept as is."""
+    out_ids, out_xy = [], []
+    for ids, vectors in _rebatch(parts, TRANSFORM_CHUNK):
+        xy = np.empty((len(ids), 2), np.float32)
+        todo = np.ones(len(ids), dtype=bool)
+        if known is not None:
+            todo = ~np.isin(ids, known[0])
+            xy[~todo] = known[1][np.searchsorted(known[0], ids[~todo])]
+        if todo.any():
+            xy[todo] = transform(vectors[todo])
+        out_ids.append(ids)
+        out_xy.append(xy)
+    if not out_ids:
+        return np.empty(0, np.int64), np.empty((0, 2), np.float32)
+    return np.concatenate(out_ids), np.concatenate(out_xy)
+
+
+def _rebatch(
+    parts: Iterable[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Regroup (ids, vectors) chunks of any size into chunks of about ``size``."""
+    ids, vectors, held = [], [], 0
+    for part_ids, part_vectors in parts:
+        ids.append(part_ids)
+        vectors.append(part_vectors)
+        held += len(part_ids)
+        if held >= size:
+            yield np.concatenate(ids), np.concatenate(vectors)
+            ids, vectors, held = [], [], 0
+    if held:
+        yield np.concatenate(ids), np.concatenate(vectors)
+
+
+def _write(library: Library, ids: np.ndarray, xy: np.ndarray, state: dict | None) -> None:
+    """Store points in chunks; with a state, the first chunk replaces the whole map."""
+    # A photo deleted while we computed can no longer be inserted (foreign key).
+    keep = np.isin(ids, library.db.embedding_ids())
+    ids, xy = ids[keep], xy[keep]
+    for start in range(0, max(len(ids), 1), WRITE_CHUNK):
+        chunk = slice(start, start + WRITE_CHUNK)
+        library.db.upsert_map_points(ids[chunk], xy[chunk], state if start == 0 else None)
+
+
+def _stored_points(library: Library) -> MapPoints:
+    ids, xy = library.db.map_points()
+    # A photo that became unreadable keeps its image row, and so its point: leave it out.
+    keep = np.isin(ids, library.db.embedding_ids())
+    ids, xy = ids[keep], xy[keep]
+    order = np.argsort(ids, kind="stable")
+    state = library.db.map_state() or {}
+    return MapPoints(ids[order], xy[order], state.get("method", ""))
+
+
+def _stored_transform(library: Library, method: str) -> Transform | None:
+    """The stored projection, if it is a ``method`` one that can still be used."""
+    state = library.db.map_state()
+    if state is None or state.get("method") != method:
+        return None
+    model = library.model
+    if model is not None and state.get("dim") != model.dim:
+        return None
+    if method == "pca":
+        try:
+            return Pca(np.array(state["mean"]), np.array(state["components"])).transform
+        except (KeyError, ValueError):
+            return None
+    return _load_umap(library.home, state)
+
+
+# -- UMAP and plotly, both optional -------------------------------------------------------
+
+
+def _import_umap():
+    try:
+        import umap
+    except ImportError as error:
+        raise ConfigError(
+            f"the UMAP map needs umap-learn ({error}); {INSTALL_HINT}, or use method 'pca'"
+        ) from error
+    return umap
+
+
+def _import_plotly():
+    try:
+        import plotly.graph_objects as go
+    except ImportError as error:
+        raise ConfigError(f"the map figure needs plotly ({error}); {INSTALL_HINT}") from error
+    return go
+
+
+def _fit_umap(sample: np.ndarray):
+    umap = _import_umap()
+    model = umap.UMAP(
+        n_components=2,
+        metric="cosine",
+        random_state=SEED,
+        n_neighbors=min(15, len(sample) - 1),
+        n_jobs=1,  # a seeded UMAP runs single-threaded anyway; saying so silences its warning
+    )
+    model.fit(np.ascontiguousarray(sample, dtype=np.float32))
+    return model
+
+
+def _save_umap(home: Path, model) -> str:
+    """Pickle the fitted model atomically; returns its sha256 for the map state."""
+    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    handle, temp = tempfile.mkstemp(dir=home, prefix=f".{UMAP_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, home / UMAP_FILE)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_umap(home: Path, state: dict) -> Transform | None:
+    path = home / UMAP_FILE
+    try:
+        data = path.read_bytes()
+    except OSError:
+        log.warning("the map's UMAP model %s is missing; refitting", path)
+        return None
+    if hashlib.sha256(data).hexdigest() != state.get("model_sha256"):
+        log.warning("the map's UMAP model %s does not match the stored map; refitting", path)
+        return None
+    _import_umap()
+    try:
+        # Unpickling runs code from the file: this is our own file in the user's data dir,
+        # written by _save_umap and checked against the hash stored with the map.
+        return pickle.loads(data).transform
+    except Exception as error:  # an unpicklable model (e.g. another umap version) is refitted
+        log.warning("cannot load the map's UMAP model %s (%s); refitting", path, error)
+        return None
+
+
+# -- what the figure and the JSON show ----------------------------------------------------
+
+
+def _cluster_groups(library: Library, ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(cluster name, member mask) per cluster, largest first, then the unclustered photos."""
+    names = {cid: name for cid, name, _size, _cohesion in library.db.clusters()}
+    if not names and len(ids) >= 2:  # never clustered: cluster now (stored for next time)
+        names = {cluster.id: cluster.name for cluster in clusters(library)}
+    membership = library.db.cluster_of(ids.tolist())
+    assigned = np.array([membership.get(int(i), -1) for i in ids], dtype=np.int64)
+    assigned[~np.isin(assigned, list(names))] = -1
+    groups = [(names.get(cid, UNCLUSTERED), assigned == cid) for cid in [*names, -1]]
+    return [(name, members) for name, members in groups if members.any()]
+
+
+def _describe(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int, str]:
+    """Hover text per photo still in the library: its path and top label."""
+    described = {}
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk].tolist()
+        for hit in library.db.hits(part, [0.0] * len(part)):
+            text = html.escape(hit.path)
+            if hit.labels:
+                top = hit.labels[0]
+                text += f"<br>{html.escape(top.label)} ({top.score:.0%})"
+            described[hit.id] = text
+    return described
+
+
+def _paths(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int, str]:
+    paths = {}
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk].tolist()
+        paths.update((hit.id, hit.path) for hit in library.db.hits(part, [0.0] * len(part)))
+    return paths
