@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from vitsearch.config import Settings
-from vitsearch.errors import MissingFileError
+from vitsearch.config import Settings, settings_env
+from vitsearch.errors import LibraryLockedError, MissingFileError
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label
@@ -20,6 +23,8 @@ from vitsearch.search.projection import map_figure_html, map_json, project
 from vitsearch.store import Library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
+
+UPLOAD_LIMIT_MB = 50
 
 
 def load_model(settings: Settings):
@@ -162,6 +167,78 @@ def library_status(settings: Settings) -> dict:
             "writer_pid": writer_pid(settings.home),
             "last_commit_at": _iso(library.db.get_meta("last_commit_at")),
         }
+
+
+def trash_photos(settings: Settings, ids: Sequence[int]) -> tuple[int, list[str]]:
+    """Move library photos (by id, never by a path from outside) to the system trash."""
+    from send2trash import send2trash
+
+    with open_library(settings.home) as library:
+        photos = library.db.details(list(ids))
+    moved, problems = [], []
+    for photo in photos.values():
+        try:
+            send2trash(photo.path)
+            moved.append(Path(photo.path))
+        except OSError as exc:
+            problems.append(f"could not move {photo.path} to the trash: {exc}")
+    _forget_paths(settings, moved)
+    return len(moved), problems
+
+
+def _forget_paths(settings: Settings, paths: Sequence[Path]) -> None:
+    """Take deleted files out of the library now, unless a watcher holds it (it will)."""
+    try:
+        library = open_library(settings.home, write=True)
+    except LibraryLockedError:
+        return
+    with library:
+        roots = [Path(path) for path, _online in library.db.roots()]
+        make_indexer(settings, library).reconcile(roots, changed=list(paths))
+
+
+def start_indexing(settings: Settings, folder: Path) -> int:
+    """Index ``folder`` in a background process; returns its pid."""
+    folder = folder.expanduser().absolute()
+    if not folder.is_dir():
+        raise MissingFileError(f"no such folder: {folder}")
+    holder = writer_pid(settings.home)
+    if holder is not None:
+        raise LibraryLockedError(
+            f"another vitsearch process (pid {holder}) is writing to this library; "
+            "it indexes its folders itself"
+        )
+    command = [sys.executable, "-m", "vitsearch", "index", str(folder), "--quiet"]
+    env = {**os.environ, **settings_env(settings)}
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return process.pid
+
+
+def run_ui(settings: Settings, host: str, port: int) -> int:
+    """Serve the Streamlit app over the library; returns Streamlit's exit code."""
+    script = Path(__file__).parent / "ui" / "app.py"
+    options = {
+        "server.address": host,
+        "server.port": port,
+        "server.headless": "true",
+        "server.maxUploadSize": UPLOAD_LIMIT_MB,
+        "server.fileWatcherType": "none",
+        "browser.gatherUsageStats": "false",
+        "client.toolbarMode": "minimal",
+    }
+    command = [sys.executable, "-m", "streamlit", "run", str(script)]
+    command += [part for name, value in options.items() for part in (f"--{name}", str(value))]
+    env = {**os.environ, **settings_env(settings)}
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _iso(timestamp: str | None) -> str | None:

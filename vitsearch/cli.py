@@ -329,6 +329,27 @@ def map_command(
         click.echo(f"wrote {written} ({len(rows)} photos)", err=as_json)
 
 
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback shows your library to the network.",
+)
+@click.option("--port", default=8501, show_default=True, help="Port to listen on.")
+@library_options()
+def ui(settings: Settings, host: str, port: int) -> None:
+    """Open the app in your browser: search by photo, clusters, duplicates, map, library."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach this machine can browse "
+            "your photo library",
+            err=True,
+        )
+    click.echo(f"vitsearch: http://{'localhost' if host == '127.0.0.1' else host}:{port}", err=True)
+    sys.exit(app.run_ui(settings, host, port))
+
+
 def _cluster_dict(c: Cluster) -> dict:
     return {
         "id": c.id,

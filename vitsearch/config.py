@@ -86,6 +86,11 @@ def settings_help() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(Settings)}
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``VITSEARCH_*`` variables that rebuild ``settings`` in a child process."""
+    return {env_var(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(Settings)}
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
     """Build settings from defaults, then ``VITSEARCH_*`` variables, then flags (non-None)."""
     environ = os.environ if environ is None else environ

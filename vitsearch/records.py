@@ -124,6 +124,7 @@ class PhotoDetails:
     taken_at: float | None
     content_hash: str | None
     online: bool = True
+    mtime_ns: int = 0
 
     @property
     def pixels(self) -> int:

@@ -38,10 +38,18 @@ def read_photo(path: str, draft_size: tuple[int, int] = (448, 448)) -> Photo:
             data = handle.read()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from exc
+    image, width, height, taken_at = decode_untrusted(data, draft_size)
+    return Photo(image, width, height, taken_at, content_hash(data), fingerprint_data(data))
+
+
+def decode_untrusted(
+    data: bytes, draft_size: tuple[int, int] = (448, 448)
+) -> tuple[Image.Image, int, int, float | None]:
+    """:func:`decode_bytes`, with every failure turned into :class:`ImageDecodeError`."""
     if not data:
         raise ImageDecodeError("empty file")
     try:
-        image, width, height, taken_at = decode_bytes(data, draft_size)
+        return decode_bytes(data, draft_size)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -50,7 +58,6 @@ def read_photo(path: str, draft_size: tuple[int, int] = (448, 448)) -> Photo:
         raise ImageDecodeError(f"refused, too many pixels: {exc}") from exc
     except Exception as exc:  # decoders raise many kinds (OSError, SyntaxError, ValueError...)
         raise ImageDecodeError(f"cannot decode: {exc or type(exc).__name__}") from exc
-    return Photo(image, width, height, taken_at, content_hash(data), fingerprint_data(data))
 
 
 def decode_bytes(

@@ -1,7 +1,7 @@
 """Queries over a library: by image, by indexed image, by label; clusters and duplicates."""
 
 from vitsearch.search.labels import label_counts, search_by_label
-from vitsearch.search.query import classify, nearest, search_by_image, similar_to
+from vitsearch.search.query import classify, nearest, search_by_image, similar_to, similar_to_id
 
 __all__ = [
     "classify",
@@ -10,4 +10,5 @@ __all__ = [
     "search_by_image",
     "search_by_label",
     "similar_to",
+    "similar_to_id",
 ]

@@ -133,11 +133,22 @@ def fit_pca(sample: np.ndarray) -> Pca:
 def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
     """Write the map as a standalone interactive scatter plot (works offline).
 
-    One trace per cluster, from the stored clustering (computed now if there is none), plus
-    one for photos added since; hovering a point shows its path and top label.
-
     Returns:
         ``out``.
+
+    Raises:
+        ConfigError: plotly is not installed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    map_figure(library, points).write_html(str(out), include_plotlyjs=True, full_html=True)
+    return out
+
+
+def map_figure(library: Library, points: MapPoints):
+    """The map as a Plotly figure: one trace per cluster (computed now if none is stored),
+    plus one for photos added since; hover shows path and top label; ``customdata`` holds
+    the photo ids, for selections.
 
     Raises:
         ConfigError: plotly is not installed.
@@ -156,6 +167,7 @@ def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
                 mode="markers",
                 name=f"{name} ({int(members.sum())})",
                 text=[described[int(i)] for i in ids[members]],
+                customdata=ids[members],
                 hoverinfo="text",
                 marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8},
             )
@@ -169,10 +181,7 @@ def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
         xaxis=hidden,
         yaxis={**hidden, "scaleanchor": "x"},
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.write_html(str(out), include_plotlyjs=True, full_html=True)
-    return out
+    return figure
 
 
 def map_json(points: MapPoints, library: Library) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ImageDecodeError, MissingFileError, NotIndexedError
-from vitsearch.indexer.decode import read_photo
+from vitsearch.indexer.decode import decode_untrusted, read_photo
 from vitsearch.records import NO_FILTERS, Filters, Hit, Label
 from vitsearch.store import Library
 
@@ -20,16 +20,34 @@ def search_by_image(
     return nearest(library, vector, k, filters)
 
 
+def search_by_bytes(
+    library: Library, embedder, data: bytes, k: int = 10, filters: Filters = NO_FILTERS
+) -> tuple[tuple[Label, ...], list[Hit]]:
+    """An uploaded image (never written to disk): its labels and its k nearest photos."""
+    image, *_ = decode_untrusted(data, embedder.decode_size)
+    result = embedder.embed_images([image])
+    return result.labels[0], nearest(library, result.vectors[0], k, filters)
+
+
 def similar_to(
     library: Library, path: Path, k: int = 10, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     """The k photos most like an indexed one, excluding itself."""
     stored = library.db.file_at(str(Path(path).expanduser().absolute()))
-    found = library.db.embedding(stored.id) if stored else None
-    if found is None:
+    if stored is None or not stored.ok:
         raise NotIndexedError(f"{path} is not in the library; index its folder first")
+    return similar_to_id(library, stored.id, k, filters)
+
+
+def similar_to_id(
+    library: Library, image_id: int, k: int = 10, filters: Filters = NO_FILTERS
+) -> list[Hit]:
+    """The k photos most like the indexed photo ``image_id``, excluding itself."""
+    found = library.db.embedding(image_id)
+    if found is None:
+        raise NotIndexedError(f"photo {image_id} is not in the library any more")
     hits = nearest(library, found[0], k + 1, filters)
-    return [hit for hit in hits if hit.id != stored.id][:k]
+    return [hit for hit in hits if hit.id != image_id][:k]
 
 
 def classify(embedder, images: list[Path]) -> list[tuple[str, tuple[Label, ...]]]:

@@ -230,9 +230,16 @@ class Database:
         with self.session() as s:
             return np.fromiter(s.scalars(select(EmbeddingRow.image_id)), dtype=np.int64)
 
-    def max_seq(self) -> int:
+    def vector_state(self) -> tuple[int, int]:
+        """(last write number, vector count): changes whenever the embeddings do."""
         with self.session() as s:
-            return s.scalar(select(func.coalesce(func.max(EmbeddingRow.seq), 0)))
+            count = s.scalar(select(func.count()).select_from(EmbeddingRow))
+            return self._last_seq(s), int(count)
+
+    def max_seq(self) -> int:
+        """The number of the last embedding write (deletes never lower it)."""
+        with self.session() as s:
+            return self._last_seq(s)
 
     def iter_embeddings(
         self, since_seq: int = 0, ids: Sequence[int] | None = None, chunk: int = 20_000
@@ -346,6 +353,7 @@ class Database:
                         row.taken_at,
                         row.content_hash,
                         online,
+                        row.mtime_ns,
                     )
         return found
 
@@ -515,9 +523,12 @@ class Database:
                 found[row.image_id].append(Label(row.label, row.score))
         return {i: tuple(labels) for i, labels in found.items()}
 
+    def _last_seq(self, s: Session) -> int:
+        return int(s.scalar(select(Meta.value).where(Meta.key == "vector_seq")) or 0)
+
     def _next_seq(self, s: Session, count: int) -> int:
         """Reserve ``count`` write numbers; they never repeat, even after deletes."""
-        current = int(s.scalar(select(Meta.value).where(Meta.key == "vector_seq")) or 0)
+        current = self._last_seq(s)
         s.merge(Meta(key="vector_seq", value=str(current + count)))
         return current + 1
 

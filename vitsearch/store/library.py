@@ -32,6 +32,7 @@ class Library:
         self._lock = WriterLock(home).acquire() if writable else None
         self.db = Database(home / DATABASE_NAME)
         self._vectors: VectorIndex | None = None
+        self._vectors_stamp: float | None = None
         self._vectors_dirty = False
 
     @property
@@ -47,11 +48,27 @@ class Library:
         """The FAISS index, loaded (and caught up with SQLite) on first use."""
         if self._vectors is None:
             info = self.model
+            self._vectors_stamp = _mtime(self.vectors_path)
             self._vectors, changed = open_vector_index(
                 self.db, self.vectors_path, info.dim if info else 1
             )
             self._vectors_dirty = changed
         return self._vectors
+
+    def refresh(self) -> None:
+        """For long-lived readers (the UI): see what a writer committed since the last call.
+
+        A FAISS file the writer replaced is reloaded (it may be a new kind); otherwise the
+        index in memory is caught up from SQLite when the embeddings changed.
+        """
+        if self._vectors is None:
+            return
+        stamp = _mtime(self.vectors_path)
+        if stamp != self._vectors_stamp:
+            self._vectors = None  # reloaded, and caught up, on next use
+            return
+        if self.db.vector_state() != (self._vectors.seq, len(self._vectors)):
+            catch_up(self._vectors, self.db)
 
     def check_model(self, info: ModelInfo) -> None:
         """Refuse a model whose embeddings differ from the library's."""
@@ -100,6 +117,13 @@ class Library:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def open_library(home: Path, write: bool = False) -> Library:

@@ -1,0 +1,29 @@
+"""The Streamlit app: ``vitsearch ui`` runs this script."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vitsearch.ui.views import clusters, duplicates, library, map, search
+
+PAGES = {
+    "Search": search.render,
+    "Clusters": clusters.render,
+    "Duplicates": duplicates.render,
+    "Map": map.render,
+    "Library": library.render,
+}
+
+
+def main() -> None:
+    st.set_page_config(page_title="vitsearch", page_icon="🔎", layout="wide")
+    st.sidebar.title("vitsearch")
+    if st.session_state.get("page") not in PAGES:
+        wanted = st.query_params.get("page", "Search")
+        st.session_state["page"] = wanted if wanted in PAGES else "Search"
+    page = st.sidebar.radio("Page", list(PAGES), key="page")
+    st.query_params["page"] = page
+    PAGES[page]()
+
+
+main()

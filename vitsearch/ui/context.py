@@ -1,0 +1,57 @@
+"""What every page shares, created once per server process (``st.cache_resource``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import streamlit as st
+
+from vitsearch import app
+from vitsearch.config import Settings, load_settings
+from vitsearch.store import Library, open_library
+from vitsearch.ui.thumbnails import Thumbnails
+
+T = TypeVar("T")
+
+
+class SharedLibrary:
+    """One reader for all sessions; a lock because FAISS catch-up mutates the index."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._library = open_library(settings.home)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def fresh(self) -> Iterator[Library]:
+        """The library, caught up with whatever a writer (the watcher) committed meanwhile."""
+        with self._lock:
+            self._library.refresh()
+            yield self._library
+
+    def run(self, work: Callable[[Library], T]) -> T:
+        with self.fresh() as library:
+            return work(library)
+
+
+@st.cache_resource
+def settings() -> Settings:
+    return load_settings()
+
+
+@st.cache_resource
+def library() -> SharedLibrary:
+    return SharedLibrary(settings())
+
+
+@st.cache_resource
+def thumbnails() -> Thumbnails:
+    return Thumbnails(settings().home)
+
+
+@st.cache_resource(show_spinner="Loading the model (first query only)…")
+def embedder():
+    return app.load_model(settings())

@@ -1,0 +1,68 @@
+"""Clusters: the library grouped into look-alikes, without any labels."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from vitsearch.search.clusters import clusters
+from vitsearch.ui import context
+from vitsearch.ui.widgets import PAGE_SIZE, empty_library_hint, photo_grid, thumbnail
+
+CARD_THUMBNAILS = 4
+
+
+def render() -> None:
+    st.header("Clusters")
+    shared = context.library()
+    if shared.run(lambda library: library.db.counts().vectors) < 2:
+        empty_library_hint()
+        return
+    k, recompute = cluster_controls()
+    with st.spinner("Clustering the library…"):
+        found = shared.run(lambda library: clusters(library, k, recompute))
+    opened = st.session_state.get("open_cluster")
+    chosen = next((c for c in found if c.id == opened), None)
+    if chosen is not None:
+        show_members(chosen)
+    else:
+        show_cards(found)
+
+
+def cluster_controls() -> tuple[int | str, bool]:
+    left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
+    automatic = left.toggle("Choose k automatically", value=True)
+    k = middle.number_input("Number of clusters", 2, 5000, 20, disabled=automatic)
+    recompute = right.button("Recompute")
+    return ("auto" if automatic else int(k)), recompute
+
+
+def show_cards(found) -> None:
+    st.caption(f"{len(found)} clusters, largest first")
+    details_of = context.library()
+    for cluster in found:
+        with st.container(border=True):
+            title, button = st.columns([5, 1], vertical_alignment="center")
+            title.markdown(
+                f"**{cluster.name}** · {cluster.size} photos · cohesion {cluster.cohesion:.2f}"
+            )
+            button.button("Open", key=f"open-{cluster.id}", on_click=_open, args=(cluster.id,))
+            shown = cluster.representatives[:CARD_THUMBNAILS]
+            details = details_of.run(lambda library, s=shown: library.db.details([h.id for h in s]))
+            for column, hit in zip(st.columns(CARD_THUMBNAILS), shown, strict=False):
+                with column:
+                    thumbnail(details.get(hit.id))
+
+
+def show_members(cluster) -> None:
+    st.button("← All clusters", on_click=_open, args=(None,))
+    st.subheader(f"{cluster.name} · {cluster.size} photos")
+    pages = max(1, -(-cluster.size // PAGE_SIZE))
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"cluster-{cluster.id}-page")
+    members = context.library().run(
+        lambda library: library.db.cluster_members(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    )
+    photo_grid(members, key=f"cluster-{cluster.id}")
+
+
+def _open(cluster_id: int | None) -> None:
+    st.session_state["open_cluster"] = cluster_id

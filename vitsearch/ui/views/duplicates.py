@@ -1,0 +1,113 @@
+"""Duplicates: groups side by side, the keeper marked; deletion only to the trash, confirmed."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import streamlit as st
+
+from vitsearch import app
+from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD, find_duplicates
+from vitsearch.ui import context
+from vitsearch.ui.widgets import date_text, empty_library_hint, page_of, thumbnail
+
+GROUPS_PER_PAGE = 10
+COLUMNS = 6
+
+
+def render() -> None:
+    st.header("Duplicates")
+    shared = context.library()
+    if shared.run(lambda library: library.db.counts().vectors) < 2:
+        empty_library_hint()
+        return
+    kind = st.radio(
+        "Kind",
+        ["near", "exact", "burst"],
+        horizontal=True,
+        captions=["resized or re-saved copies", "byte-identical files", "shots seconds apart"],
+    )
+    threshold = None
+    if kind != "exact":
+        default = NEAR_THRESHOLD if kind == "near" else BURST_THRESHOLD
+        threshold = st.slider("Similarity threshold", 0.70, 1.0, default, 0.005)
+    with st.spinner("Looking for duplicates…"):
+        groups = shared.run(lambda library: find_duplicates(library, (kind,), threshold))
+    if not groups:
+        st.success("No duplicates of this kind.")
+        return
+    st.download_button(
+        "Export the list (CSV)", to_csv(groups), "vitsearch-duplicates.csv", "text/csv"
+    )
+    st.caption(f"{len(groups)} groups; the suggested keeper (largest, then oldest) is marked.")
+    for number, group in enumerate(page_of(groups, "duplicates", GROUPS_PER_PAGE)):
+        show_group(group, number)
+    trash_controls(groups)
+
+
+def show_group(group, number: int) -> None:
+    with st.container(border=True):
+        st.markdown(
+            f"**{group.kind}** · {len(group.members)} photos · similarity ≥ {group.similarity:.3f}"
+        )
+        for start in range(0, len(group.members), COLUMNS):
+            row = group.members[start : start + COLUMNS]
+            for column, photo in zip(st.columns(COLUMNS), row, strict=False):
+                with column:
+                    member_card(photo, keeper=photo.id == group.keeper.id)
+
+
+def member_card(photo, keeper: bool) -> None:
+    thumbnail(photo)
+    st.caption(
+        ("✅ **keep** · " if keeper else "")
+        + f"{photo.width}x{photo.height} · {photo.size / 1e6:.2f} MB · "
+        + date_text(photo.taken_at)
+    )
+    st.caption(f"`{photo.path}`")
+    if not keeper:
+        st.checkbox("trash", key=f"trash-{photo.id}")
+
+
+def trash_controls(groups) -> None:
+    chosen = [
+        photo.id
+        for group in groups
+        for photo in group.members
+        if st.session_state.get(f"trash-{photo.id}")
+    ]
+    if not chosen:
+        return
+    st.warning(f"{len(chosen)} photos are ticked to go to the system trash.")
+    if st.button(f"Move {len(chosen)} photos to the trash", type="primary"):
+        moved, problems = app.trash_photos(context.settings(), chosen)
+        for problem in problems:
+            st.error(problem)
+        st.success(f"Moved {moved} photos to the trash and updated the library.")
+        for image_id in chosen:
+            st.session_state.pop(f"trash-{image_id}", None)
+
+
+def to_csv(groups) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["group", "kind", "similarity", "keep", "path", "bytes", "width", "height", "taken"]
+    )
+    for number, group in enumerate(groups, 1):
+        for photo in group.members:
+            writer.writerow(
+                [
+                    number,
+                    group.kind,
+                    f"{group.similarity:.4f}",
+                    photo.id == group.keeper.id,
+                    photo.path,
+                    photo.size,
+                    photo.width,
+                    photo.height,
+                    date_text(photo.taken_at),
+                ]
+            )
+    return out.getvalue()

@@ -1,0 +1,75 @@
+"""Library: what is indexed, by which model, the watcher, failed files, and indexing a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from vitsearch import app
+from vitsearch.errors import VitsearchError
+from vitsearch.ui import context
+
+
+def render() -> None:
+    st.header("Library")
+    status = app.library_status(context.settings())
+    counts = st.columns(4)
+    counts[0].metric("Photos", status["images"])
+    counts[1].metric("Failed", status["failed"])
+    counts[2].metric("Offline", status["offline"])
+    counts[3].metric("Vectors", status["vectors"])
+    st.markdown(
+        f"**Model:** `{status['model'] or '-'}` · dim {status['dim'] or '-'} · "
+        f"precision {status['precision'] or '-'}  \n**Home:** `{status['home']}`"
+    )
+    watcher_line(status)
+    folders(status)
+    failures()
+    index_form(status)
+
+
+def watcher_line(status: dict) -> None:
+    if status["writer_pid"]:
+        st.success(
+            f"A writer (pid {status['writer_pid']}) is keeping the library in step; "
+            f"last commit {status['last_commit_at'] or '-'}."
+        )
+    else:
+        st.info(
+            f"No watcher is running; last commit {status['last_commit_at'] or '-'}. "
+            "Start one with `vitsearch watch FOLDER`."
+        )
+
+
+def folders(status: dict) -> None:
+    if status["folders"]:
+        st.subheader("Folders")
+        st.dataframe(
+            [{"folder": f["path"], "online": f["online"]} for f in status["folders"]],
+            hide_index=True,
+        )
+
+
+def failures() -> None:
+    failed = context.library().run(lambda library: library.db.failures(limit=500))
+    if failed:
+        st.subheader(f"Files that could not be read ({len(failed)})")
+        st.dataframe([{"file": path, "error": error} for path, error in failed], hide_index=True)
+
+
+def index_form(status: dict) -> None:
+    st.subheader("Index a folder")
+    with st.form("index-folder"):
+        folder = st.text_input("Folder", placeholder=str(Path.home() / "Pictures"))
+        submitted = st.form_submit_button("Index now")
+    if submitted and folder.strip():
+        try:
+            pid = app.start_indexing(context.settings(), Path(folder.strip()))
+        except VitsearchError as exc:
+            st.error(str(exc))
+        else:
+            st.success(
+                f"Indexing {folder} in the background (pid {pid}); new photos appear in "
+                "searches as batches are committed."
+            )

@@ -1,0 +1,102 @@
+"""Search: drop a photo (or name a label) and see the nearest photos."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+import streamlit as st
+
+from vitsearch.errors import VitsearchError
+from vitsearch.records import Filters
+from vitsearch.search import search_by_label, similar_to_id
+from vitsearch.search.query import search_by_bytes
+from vitsearch.ui import context
+from vitsearch.ui.widgets import empty_library_hint, label_text, page_of, photo_grid
+
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "avif"]
+MAX_UPLOAD_MB = 50
+ALL_FOLDERS = "(all folders)"
+
+
+def render() -> None:
+    st.header("Search")
+    shared = context.library()
+    if shared.run(lambda library: library.db.counts().vectors) == 0:
+        empty_library_hint()
+        return
+    filters, k = filter_controls()
+    upload = st.file_uploader(
+        "Drop a photo to find the ones that look like it",
+        type=IMAGE_TYPES,
+        max_upload_size=MAX_UPLOAD_MB,
+        key=f"upload-{st.session_state.get('upload_round', 0)}",
+    )
+    label = st.text_input(
+        "…or search by label", placeholder="cat, golden retriever, pizza", key="label"
+    )
+    try:
+        results = run_query(upload, label, filters, k)
+    except VitsearchError as exc:
+        st.error(str(exc))
+        return
+    if results is not None:
+        show_results(results)
+
+
+def run_query(upload, label: str, filters: Filters, k: int):
+    shared = context.library()
+    if upload is not None:
+        st.session_state.pop("more_like", None)
+        embedder = context.embedder()
+        labels, hits = shared.run(
+            lambda library: search_by_bytes(library, embedder, upload.getvalue(), k, filters)
+        )
+        query_column, labels_column = st.columns([1, 3])
+        query_column.image(upload.getvalue(), caption="your photo", width="stretch")
+        labels_column.markdown(f"**The model sees:** {label_text(labels) or '(no labels)'}")
+        return hits
+    if label.strip():
+        return shared.run(lambda library: search_by_label(library, label, k, filters))
+    if "more_like" in st.session_state:
+        image_id = st.session_state["more_like"]
+        st.markdown(f"**More like photo {image_id}** (clear it by dropping a photo)")
+        return shared.run(lambda library: similar_to_id(library, image_id, k, filters))
+    return None
+
+
+def show_results(hits) -> None:
+    if not hits:
+        st.warning("No photo passes these filters.")
+        return
+    st.subheader(f"{len(hits)} results")
+    photo_grid(page_of(hits, "search"), key="search")
+
+
+def filter_controls() -> tuple[Filters, int]:
+    sidebar = st.sidebar
+    sidebar.subheader("Filters")
+    folders = context.library().run(lambda library: [p for p, _ in library.db.roots()])
+    folder = sidebar.selectbox("Folder", [ALL_FOLDERS, *folders])
+    below = sidebar.text_input("…or below this folder", placeholder="/path/to/a/sub/folder")
+    under = below.strip() or (None if folder == ALL_FOLDERS else folder)
+    dates = sidebar.date_input("Taken between", value=(), format="YYYY-MM-DD")
+    min_score = sidebar.slider("Minimum score", 0.0, 1.0, 0.0, 0.01)
+    k = int(sidebar.number_input("Results", 1, 1000, 48, step=12))
+    after, before = _date_range(dates)
+    filters = Filters(
+        under=under,
+        after=after,
+        before=before,
+        min_score=min_score or None,
+    )
+    return filters, k
+
+
+def _date_range(dates) -> tuple[float | None, float | None]:
+    if not isinstance(dates, (tuple, list)) or not dates:
+        return None, None
+    start: date = dates[0]
+    end: date = dates[1] if len(dates) > 1 else dates[0]
+    after = datetime.combine(start, time.min).timestamp()
+    before = datetime.combine(end, time.max).timestamp()
+    return after, before
