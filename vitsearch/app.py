@@ -220,8 +220,8 @@ def start_indexing(settings: Settings, folder: Path) -> int:
     return process.pid
 
 
-def run_ui(settings: Settings, host: str, port: int) -> int:
-    """Serve the Streamlit app over the library; returns Streamlit's exit code."""
+def run_ui(settings: Settings, host: str, port: int) -> None:
+    """Serve the Streamlit app over the library, in place of this process."""
     script = Path(__file__).parent / "ui" / "app.py"
     options = {
         "server.address": host,
@@ -234,11 +234,8 @@ def run_ui(settings: Settings, host: str, port: int) -> int:
     }
     command = [sys.executable, "-m", "streamlit", "run", str(script)]
     command += [part for name, value in options.items() for part in (f"--{name}", str(value))]
-    env = {**os.environ, **settings_env(settings)}
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    # Become Streamlit (no child left behind): signals and Ctrl-C reach the server itself.
+    os.execve(sys.executable, command, {**os.environ, **settings_env(settings)})
 
 
 def _iso(timestamp: str | None) -> str | None:

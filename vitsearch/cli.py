@@ -347,7 +347,7 @@ def ui(settings: Settings, host: str, port: int) -> None:
             err=True,
         )
     click.echo(f"vitsearch: http://{'localhost' if host == '127.0.0.1' else host}:{port}", err=True)
-    sys.exit(app.run_ui(settings, host, port))
+    app.run_ui(settings, host, port)
 
 
 def _cluster_dict(c: Cluster) -> dict:
