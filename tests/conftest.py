@@ -36,5 +36,16 @@ def settings(home: Path, tiny_model: Path):
 
 
 @pytest.fixture
+def cli_env(home: Path, tiny_model: Path) -> dict:
+    """The environment a user's shell gives `vitsearch` subprocesses: this library, the tiny ViT."""
+    return {
+        **os.environ,
+        "VITSEARCH_HOME": str(home),
+        "VITSEARCH_MODEL": str(tiny_model),
+        "VITSEARCH_THREADS": "1",
+    }
+
+
+@pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()

@@ -131,6 +131,37 @@ class FakeEmbedder:
         return tuple(Label(TINY_LABELS[int(i)], float(scores[i])) for i in order)
 
 
+def image_entries(
+    vectors: np.ndarray,
+    root_id: int,
+    paths: list[str],
+    *,
+    labels=None,
+    taken_at=None,
+    hashes=None,
+    sizes=None,
+) -> list:
+    """ImageEntry rows as the indexer writes them, for embeddings with known structure."""
+    from vitsearch.records import ImageEntry
+
+    return [
+        ImageEntry(
+            path=paths[i],
+            root_id=root_id,
+            size=1000 + i,
+            mtime_ns=i,
+            fingerprint=f"f{i}",
+            content_hash=hashes[i] if hashes else f"{paths[i]}#hash",
+            width=(sizes[i][0] if sizes else 64),
+            height=(sizes[i][1] if sizes else 48),
+            taken_at=taken_at[i] if taken_at is not None else None,
+            vector=np.asarray(vectors[i], np.float32),
+            labels=tuple(labels[i]) if labels else (),
+        )
+        for i in range(len(vectors))
+    ]
+
+
 def plant(
     home: Path,
     vectors: np.ndarray,
@@ -141,36 +172,25 @@ def plant(
     hashes=None,
     sizes=None,
     folder: str = "/photos",
+    model: ModelInfo | None = None,
 ) -> list[int]:
     """Write embeddings with known structure through the store API, as the indexer would."""
-    from vitsearch.records import ImageEntry
     from vitsearch.store import open_library
 
-    count = len(vectors)
-    paths = paths or [f"{folder}/p{i:05d}.jpg" for i in range(count)]
+    paths = paths or [f"{folder}/p{i:05d}.jpg" for i in range(len(vectors))]
     with open_library(home, write=True) as library:
         if library.model is None:
-            library.adopt_model(ModelInfo("planted", "planted:1", vectors.shape[1]), "fp32")
-        root = library.db.root_id(folder)
-        new = [
-            ImageEntry(
-                path=paths[i],
-                root_id=root,
-                size=1000 + i,
-                mtime_ns=i,
-                fingerprint=f"f{i}",
-                content_hash=hashes[i] if hashes else f"{paths[i]}#hash",
-                width=(sizes[i][0] if sizes else 64),
-                height=(sizes[i][1] if sizes else 48),
-                taken_at=taken_at[i] if taken_at is not None else None,
-                vector=np.asarray(vectors[i], np.float32),
-                labels=tuple(labels[i]) if labels else (),
+            library.adopt_model(
+                model or ModelInfo("planted", "planted:1", vectors.shape[1]), "fp32"
             )
-            for i in range(count)
-        ]
+        root = library.db.root_id(folder)
+        new = image_entries(
+            vectors, root, paths, labels=labels, taken_at=taken_at, hashes=hashes, sizes=sizes
+        )
         ids = library.db.write_batch(new, [])
-        library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
-        library.mark_vectors_changed()
+        if new:
+            library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
+            library.mark_vectors_changed()
         return ids
 
 

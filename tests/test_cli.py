@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -34,13 +33,8 @@ def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.Completed
 
 
 @pytest.fixture
-def env(home: Path, tiny_model: Path) -> dict:
-    return {
-        **os.environ,
-        "VITSEARCH_HOME": str(home),
-        "VITSEARCH_MODEL": str(tiny_model),
-        "VITSEARCH_THREADS": "1",
-    }
+def env(cli_env: dict) -> dict:
+    return cli_env
 
 
 @pytest.fixture
@@ -150,22 +144,7 @@ def test_killed_run_resumes_and_indexes_each_photo_once(
     env: dict, tmp_path: Path, home: Path
 ) -> None:
     photos = draw_album(tmp_path / "big", 400)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vitsearch",
-            "index",
-            str(tmp_path / "big"),
-            "--batch-size",
-            "2",
-            "--decode-workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_slow_index(tmp_path / "big", env, subprocess.DEVNULL)
     committed = _wait_for_rows(home / "library.sqlite3", at_least=20, process=process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -179,6 +158,22 @@ def test_killed_run_resumes_and_indexes_each_photo_once(
     info = status(env)
     assert info["images"] == info["vectors"] == 400
     assert faiss_file_ids(home) == sqlite_ids(home)
+
+
+def start_slow_index(folder: Path, env: dict, output) -> subprocess.Popen:
+    """`vitsearch index` committing in small batches, slow enough to be interrupted."""
+    command = [
+        sys.executable,
+        "-m",
+        "vitsearch",
+        "index",
+        str(folder),
+        "--batch-size",
+        "2",
+        "--decode-workers",
+        "1",
+    ]
+    return subprocess.Popen(command, env=env, stdout=output, stderr=output, text=True)
 
 
 def faiss_file_ids(home: Path) -> set[int]:
@@ -211,23 +206,7 @@ def _wait_for_rows(database: Path, at_least: int, process: subprocess.Popen) -> 
 
 def test_ctrl_c_stops_cleanly_with_a_summary(env: dict, tmp_path: Path, home: Path) -> None:
     draw_album(tmp_path / "big", 300)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vitsearch",
-            "index",
-            str(tmp_path / "big"),
-            "--batch-size",
-            "2",
-            "--decode-workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_slow_index(tmp_path / "big", env, subprocess.PIPE)
     _wait_for_rows(home / "library.sqlite3", at_least=10, process=process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)

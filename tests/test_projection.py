@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import plant
 from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.records import ImageEntry, Label, ModelInfo
+from vitsearch.records import Label, ModelInfo
 from vitsearch.search.clusters import clusters
 from vitsearch.search.projection import (
     AUTO_UMAP_MIN_POINTS,
@@ -50,26 +51,9 @@ def grouped(per_group: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def add_photos(home: Path, vectors: np.ndarray, groups: np.ndarray, tag: str) -> list[int]:
     """Write embedded photos through a writer, as the indexer does; returns their ids."""
-    with open_library(home, write=True) as library:
-        library.adopt_model(INFO, "fp32")
-        root = library.db.root_id("/photos")
-        new = [
-            ImageEntry(
-                path=f"/photos/{tag}_g{g}_{i}.jpg",
-                root_id=root,
-                size=100 + i,
-                mtime_ns=i,
-                fingerprint=f"f{tag}{i}",
-                content_hash=f"h{tag}{i}",
-                width=4,
-                height=3,
-                taken_at=None,
-                vector=v,
-                labels=(Label(LABELS[g], 0.8), Label(LABELS[(g + 1) % 3], 0.1)),
-            )
-            for i, (v, g) in enumerate(zip(vectors, groups, strict=True))
-        ]
-        return library.db.write_batch(new, [])
+    paths = [f"/photos/{tag}_g{g}_{i}.jpg" for i, g in enumerate(groups)]
+    labels = [(Label(LABELS[g], 0.8), Label(LABELS[(g + 1) % 3], 0.1)) for g in groups]
+    return plant(home, vectors, labels=labels, paths=paths, model=INFO)
 
 
 def planted(home: Path, per_group: int = 12, seed: int = 0, tag: str = "a") -> dict[int, int]:

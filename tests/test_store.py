@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import image_entries
 from vitsearch.errors import LibraryLockedError, LibraryVersionError, ModelMismatchError
 from vitsearch.records import FailedEntry, ImageEntry, Label, ModelInfo
 from vitsearch.store import Database, open_library, writer_pid
@@ -23,22 +24,9 @@ def unit_vectors(count: int, seed: int) -> np.ndarray:
 
 
 def entries(root_id: int, vectors: np.ndarray, prefix: str = "/photos/p") -> list[ImageEntry]:
-    return [
-        ImageEntry(
-            path=f"{prefix}{i}.jpg",
-            root_id=root_id,
-            size=100 + i,
-            mtime_ns=i,
-            fingerprint=f"f{i}",
-            content_hash=f"{prefix}h{i}",
-            width=4,
-            height=3,
-            taken_at=None,
-            vector=v,
-            labels=(Label("cat", 0.9), Label("dog", 0.1)),
-        )
-        for i, v in enumerate(vectors)
-    ]
+    paths = [f"{prefix}{i}.jpg" for i in range(len(vectors))]
+    labels = [(Label("cat", 0.9), Label("dog", 0.1))] * len(vectors)
+    return image_entries(vectors, root_id, paths, labels=labels)
 
 
 def fill(home: Path, count: int = 10, seed: int = 0) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,14 +21,8 @@ DEADLINE = 60.0
 
 
 @pytest.fixture
-def env(home: Path, tiny_model: Path) -> dict:
-    return {
-        **os.environ,
-        "VITSEARCH_HOME": str(home),
-        "VITSEARCH_MODEL": str(tiny_model),
-        "VITSEARCH_THREADS": "1",
-        "VITSEARCH_WATCH_QUIET_SECONDS": "1.0",
-    }
+def env(cli_env: dict) -> dict:
+    return {**cli_env, "VITSEARCH_WATCH_QUIET_SECONDS": "1.0"}
 
 
 class WatchProcess:

@@ -88,9 +88,15 @@ def reveal_file(path: str) -> None:
         st.warning(f"cannot open a file manager here ({exc.strerror}); the file is at `{path}`")
 
 
-def empty_library_hint() -> None:
+def too_few_photos(minimum: int) -> bool:
+    """Whether the library has fewer photos than a page needs; if so, says how to index."""
+    count = context.library().run(lambda library: library.db.counts().vectors)
+    if count >= minimum:
+        return False
+    state = "is empty" if count == 0 else f"has {count} photo; this page needs {minimum}"
     st.info(
-        "The library is empty. Index a folder from a terminal with "
+        f"The library {state}. Index a folder from a terminal with "
         "`vitsearch index ~/Pictures` (or keep it in step with `vitsearch watch ~/Pictures`), "
         "or use **Library → Index a folder** here."
     )
+    return True

@@ -6,7 +6,7 @@ import streamlit as st
 
 from vitsearch.search.clusters import clusters
 from vitsearch.ui import context
-from vitsearch.ui.widgets import PAGE_SIZE, empty_library_hint, photo_grid, thumbnail
+from vitsearch.ui.widgets import PAGE_SIZE, photo_grid, thumbnail, too_few_photos
 
 CARD_THUMBNAILS = 4
 
@@ -14,8 +14,7 @@ CARD_THUMBNAILS = 4
 def render() -> None:
     st.header("Clusters")
     shared = context.library()
-    if shared.run(lambda library: library.db.counts().vectors) < 2:
-        empty_library_hint()
+    if too_few_photos(2):
         return
     k, recompute = cluster_controls()
     with st.spinner("Clustering the library…"):

@@ -10,7 +10,7 @@ import streamlit as st
 from vitsearch import app
 from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD, find_duplicates
 from vitsearch.ui import context
-from vitsearch.ui.widgets import date_text, empty_library_hint, page_of, thumbnail
+from vitsearch.ui.widgets import date_text, page_of, thumbnail, too_few_photos
 
 GROUPS_PER_PAGE = 10
 COLUMNS = 6
@@ -19,8 +19,7 @@ COLUMNS = 6
 def render() -> None:
     st.header("Duplicates")
     shared = context.library()
-    if shared.run(lambda library: library.db.counts().vectors) < 2:
-        empty_library_hint()
+    if too_few_photos(2):
         return
     kind = st.radio(
         "Kind",

@@ -8,14 +8,13 @@ from vitsearch.errors import ConfigError
 from vitsearch.records import Hit
 from vitsearch.search.projection import map_figure, project
 from vitsearch.ui import context
-from vitsearch.ui.widgets import empty_library_hint, page_of, photo_grid
+from vitsearch.ui.widgets import page_of, photo_grid, too_few_photos
 
 
 def render() -> None:
     st.header("Map")
     shared = context.library()
-    if shared.run(lambda library: library.db.counts().vectors) < 2:
-        empty_library_hint()
+    if too_few_photos(2):
         return
     refit = st.button("Fit the map again")
     try:

@@ -11,7 +11,7 @@ from vitsearch.records import Filters
 from vitsearch.search import search_by_label, similar_to_id
 from vitsearch.search.query import search_by_bytes
 from vitsearch.ui import context
-from vitsearch.ui.widgets import empty_library_hint, label_text, page_of, photo_grid
+from vitsearch.ui.widgets import label_text, page_of, photo_grid, too_few_photos
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "avif"]
 MAX_UPLOAD_MB = 50
@@ -20,9 +20,7 @@ ALL_FOLDERS = "(all folders)"
 
 def render() -> None:
     st.header("Search")
-    shared = context.library()
-    if shared.run(lambda library: library.db.counts().vectors) == 0:
-        empty_library_hint()
+    if too_few_photos(1):
         return
     filters, k = filter_controls()
     upload = st.file_uploader(
