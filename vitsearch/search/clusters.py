@@ -26,7 +26,8 @@ SEED = 1234
 MAX_AUTO_K = 200
 SILHOUETTE_SAMPLE = 2000
 TRAIN_POINTS_PER_CENTROID = 256
-RESTARTS = 5
+RESTARTS = 5  # for small k, where one unlucky start matters; large k gains nothing from them
+MANY_CLUSTERS = 100
 STALE_FRACTION = 0.1  # recompute once the library changed by this much
 REPRESENTATIVES = 6
 
@@ -34,16 +35,15 @@ REPRESENTATIVES = 6
 def clusters(library: Library, k: int | str = "auto", recompute: bool = False) -> list[Cluster]:
     """The library's clusters, largest first: stored ones when still fresh, else recomputed."""
     state = library.db.cluster_state()
-    if recompute or _stale(state, library.db.counts().vectors, k):
+    if recompute or _stale(state, library.db.vector_count(), k):
         compute_clusters(library, k)
     return stored_clusters(library)
 
 
 def stored_clusters(library: Library, representatives: int = REPRESENTATIVES) -> list[Cluster]:
+    chosen = library.db.cluster_representatives(representatives)
     return [
-        Cluster(
-            cid, name, size, cohesion, tuple(library.db.cluster_members(cid, 0, representatives))
-        )
+        Cluster(cid, name, size, cohesion, tuple(chosen.get(cid, ())))
         for cid, name, size, cohesion in library.db.clusters()
     ]
 
@@ -99,7 +99,7 @@ def train_centroids(vectors: np.ndarray, k: int) -> np.ndarray:
         vectors.shape[1],
         k,
         niter=25,
-        nredo=RESTARTS,
+        nredo=RESTARTS if k < MANY_CLUSTERS else 1,
         seed=SEED,
         spherical=True,
         verbose=False,

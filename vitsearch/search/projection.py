@@ -103,7 +103,7 @@ def project(
         raise ConfigError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}")
     if sample_size < 2:
         raise ConfigError(f"the map sample size must be at least 2, not {sample_size}")
-    count = library.db.counts().vectors
+    count = library.db.vector_count()
     if count < 2:
         raise VitsearchError(
             f"the library map needs at least 2 indexed photos, this library has {count}; "

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,16 @@ def _create_derived_tables(conn) -> None:
     Base.metadata.create_all(conn, tables=tables)
 
 
+def _index_cluster_pages(conn) -> None:
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cluster_members_cluster_id")
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS ix_cluster_members_order "
+        "ON cluster_members (cluster_id, score, image_id)"
+    )
+
+
 # Ordered migrations: version -> function(connection). Version 1 is the initial create_all.
-MIGRATIONS: dict[int, Callable] = {2: _create_derived_tables}
+MIGRATIONS: dict[int, Callable] = {2: _create_derived_tables, 3: _index_cluster_pages}
 
 
 class Database:
@@ -227,8 +236,14 @@ class Database:
             ]
 
     def embedding_ids(self) -> np.ndarray:
+        """Every id with a vector, ascending. Core rows, not ORM: 100k ids in a few ms."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(EmbeddingRow.image_id).order_by(EmbeddingRow.image_id))
+            return np.fromiter((row[0] for row in rows), dtype=np.int64)
+
+    def vector_count(self) -> int:
         with self.session() as s:
-            return np.fromiter(s.scalars(select(EmbeddingRow.image_id)), dtype=np.int64)
+            return int(s.scalar(select(func.count()).select_from(EmbeddingRow)))
 
     def vector_state(self) -> tuple[int, int]:
         """(last write number, vector count): changes whenever the embeddings do."""
@@ -268,8 +283,8 @@ class Database:
         query = select(EmbeddingRow.image_id).join(ImageRow, ImageRow.id == EmbeddingRow.image_id)
         for condition in _filter_conditions(filters):
             query = query.where(condition)
-        with self.session() as s:
-            return np.fromiter(s.scalars(query), dtype=np.int64)
+        with self.engine.connect() as conn:  # Core rows: the ORM costs 5x on 100k ids
+            return np.fromiter((row[0] for row in conn.execute(query)), dtype=np.int64)
 
     def label_vocabulary(self) -> list[tuple[str, int, int]]:
         """(label, photos with it as top label, photos with it in their top labels)."""
@@ -438,6 +453,25 @@ class Database:
         with self.session() as s:
             rows = s.execute(query).all()
         return self.hits([r[0] for r in rows], [r[1] for r in rows])
+
+    def cluster_representatives(self, per_cluster: int) -> dict[int, list[Hit]]:
+        """The ``per_cluster`` photos closest to each centre, for every cluster, in one go."""
+        picked: dict[int, list[tuple[int, float]]] = {}
+        with self.session() as s:
+            for cluster_id in s.scalars(select(ClusterRow.id)):
+                query = (
+                    select(ClusterMemberRow.image_id, ClusterMemberRow.score)
+                    .where(ClusterMemberRow.cluster_id == cluster_id)
+                    .order_by(ClusterMemberRow.score.desc(), ClusterMemberRow.image_id)
+                    .limit(per_cluster)
+                )
+                picked[cluster_id] = [(row[0], row[1]) for row in s.execute(query)]
+        every = [image_id for rows in picked.values() for image_id, _ in rows]
+        hits = {hit.id: hit for hit in self.hits(every, [0.0] * len(every))}
+        return {
+            cluster_id: [replace(hits[i], score=float(score)) for i, score in rows if i in hits]
+            for cluster_id, rows in picked.items()
+        }
 
     def cluster_of(self, ids: Sequence[int]) -> dict[int, int]:
         found = {}

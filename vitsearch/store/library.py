@@ -14,6 +14,7 @@ from vitsearch.store.vectors import (
     build_index,
     catch_up,
     open_vector_index,
+    saved_kind,
     wants_rebuild,
 )
 
@@ -65,8 +66,10 @@ class Library:
             return
         stamp = _mtime(self.vectors_path)
         if stamp != self._vectors_stamp:
-            self._vectors = None  # reloaded, and caught up, on next use
-            return
+            self._vectors_stamp = stamp
+            if saved_kind(self.vectors_path) != (self._vectors.kind, self._vectors.trained_on):
+                self._vectors = None  # a rebuilt index: reloaded, and caught up, on next use
+                return
         if self.db.vector_state() != (self._vectors.seq, len(self._vectors)):
             catch_up(self._vectors, self.db)
 

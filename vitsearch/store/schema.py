@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # 2: clusters, cluster_members, map_points
+SCHEMA_VERSION = 3  # 2: clusters, cluster_members, map_points; 3: cluster page index
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -97,8 +97,10 @@ class ClusterMemberRow(Base):
     image_id: Mapped[int] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
-    cluster_id: Mapped[int] = mapped_column(Integer, index=True)
+    cluster_id: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)  # cosine to the centroid
+    # Pages of a cluster, closest first, straight from the index.
+    __table_args__ = (Index("ix_cluster_members_order", "cluster_id", "score", "image_id"),)
 
 
 class MapPointRow(Base):

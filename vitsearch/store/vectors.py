@@ -1,11 +1,12 @@
 """The FAISS index: a derived cache of the embeddings in SQLite, rebuilt or caught up on open.
 
 The kind follows the library's size: exact search (``IndexIDMap2`` over ``IndexFlatIP``) up to
-``FLAT_LIMIT`` vectors, where a query is still a few milliseconds; above it an inverted file
-(``IndexIVFFlat``, inner product, ~4·sqrt(n) lists trained on a seeded sample, ``NPROBE`` lists
-probed), which keeps a query at 1M photos to milliseconds with recall@10 above 0.95 on
-photo-like (clustered) embeddings. Ids are always image ids, so search results map straight to
-SQLite rows, and either kind supports add, remove, ID-selector filters and range search.
+``FLAT_LIMIT`` vectors, where a query scans at most ~75 MB (~2.5 ms on one core); above it an
+inverted file (``IndexIVFFlat``, inner product, ~4·sqrt(n) lists trained on a seeded sample,
+``NPROBE`` lists probed), which keeps a query at 1M photos to ~3 ms with recall@10 of 1.0 on
+photo-like (clustered) synthetic embeddings (benchmarks/bench_explore.py). Exact search at 100k
+took 27 ms on this machine, so the switch comes early. Ids are always image ids, so results map
+straight to SQLite rows; either kind supports add, remove, ID-selector filters and range search.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -24,8 +27,9 @@ from vitsearch.store.database import Database
 
 log = logging.getLogger(__name__)
 
-FLAT_LIMIT = 100_000
+FLAT_LIMIT = 25_000
 NPROBE = 32
+RANGE_NPROBE = 8  # range search for duplicates: found every planted pair at 4x the speed of 32
 TRAIN_POINTS_PER_LIST = 40
 RETRAIN_GROWTH = 4.0  # retrain the inverted file once the library is this many times larger
 SEED = 1234
@@ -85,12 +89,13 @@ class VectorIndex:
         if limit == 0 or k < 1:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        selector = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
+        selector = None if allowed is None else _bitmap_selector(allowed)
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=selector, nprobe=NPROBE)
         else:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        scores, ids = self.index.search(query, min(k, limit), params=params)
+        with _threads(1):  # one query: more threads only fight the indexer for the cores
+            scores, ids = self.index.search(query, min(k, limit), params=params)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
@@ -105,7 +110,13 @@ class VectorIndex:
             empty = np.empty(0, np.int64)
             return empty, empty, np.empty(0, np.float32)
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        limits, scores, found = self.index.range_search(queries, float(threshold))
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=RANGE_NPROBE)
+            limits, scores, found = self.index.range_search(
+                queries, float(threshold), params=params
+            )
+        else:
+            limits, scores, found = self.index.range_search(queries, float(threshold))
         sources = np.repeat(np.asarray(ids, dtype=np.int64), np.diff(limits).astype(np.int64))
         keep = sources < found
         return sources[keep], found[keep], scores[keep]
@@ -140,7 +151,7 @@ def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, 
 
 def build_index(db: Database, dim: int) -> VectorIndex:
     """A fresh index of every embedding, of the kind that suits the library's size."""
-    count = db.counts().vectors
+    count = db.vector_count()
     seq = db.max_seq()
     if count <= FLAT_LIMIT:
         index = VectorIndex(dim, seq=seq)
@@ -167,8 +178,8 @@ def catch_up(index: VectorIndex, db: Database) -> bool:
         index.upsert(ids, vectors)
         changed = True
     in_db, in_index = db.embedding_ids(), index.ids()
-    stale = np.setdiff1d(in_index, in_db)
-    missing = np.setdiff1d(in_db, in_index)
+    stale = np.setdiff1d(in_index, in_db, assume_unique=True)
+    missing = np.setdiff1d(in_db, in_index, assume_unique=True)
     if len(stale):
         index.remove(stale)
         changed = True
@@ -216,6 +227,35 @@ def _load(path: Path, dim: int) -> VectorIndex | None:
     return VectorIndex(
         dim, index=index, seq=int(meta.get("seq", 0)), trained_on=int(meta.get("trained_on", 0))
     )
+
+
+def _bitmap_selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """A bitmap over image ids (dense autoincrement keys): ~0.2 ms to build at 1M photos,
+    against several ms for a hash-set ``IDSelectorBatch``."""
+    if len(allowed) == 0:
+        return faiss.IDSelectorBatch(np.empty(0, np.int64))
+    mask = np.zeros(int(allowed.max()) + 1, dtype=bool)
+    mask[allowed] = True
+    return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def saved_kind(path: Path) -> tuple[str, int] | None:
+    """(kind, trained_on) of the index file at ``path``, from its sidecar."""
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        return meta.get("kind", "flat"), int(meta.get("trained_on", 0))
+    except (OSError, ValueError):
+        return None
 
 
 def _sidecar(path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -15,6 +16,7 @@ from vitsearch.store import Library, open_library
 from vitsearch.ui.thumbnails import Thumbnails
 
 T = TypeVar("T")
+REFRESH_SECONDS = 1.0
 
 
 class SharedLibrary:
@@ -24,12 +26,18 @@ class SharedLibrary:
         self.settings = settings
         self._library = open_library(settings.home)
         self._lock = threading.Lock()
+        self._refreshed = 0.0
 
     @contextmanager
     def fresh(self) -> Iterator[Library]:
-        """The library, caught up with whatever a writer (the watcher) committed meanwhile."""
+        """The library, caught up with whatever a writer (the watcher) committed meanwhile.
+
+        Checked at most once per ``REFRESH_SECONDS``: a page render makes many calls.
+        """
         with self._lock:
-            self._library.refresh()
+            if time.monotonic() - self._refreshed > REFRESH_SECONDS:
+                self._library.refresh()
+                self._refreshed = time.monotonic()
             yield self._library
 
     def run(self, work: Callable[[Library], T]) -> T:

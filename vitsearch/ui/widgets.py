@@ -90,7 +90,7 @@ def reveal_file(path: str) -> None:
 
 def too_few_photos(minimum: int) -> bool:
     """Whether the library has fewer photos than a page needs; if so, says how to index."""
-    count = context.library().run(lambda library: library.db.counts().vectors)
+    count = context.library().run(lambda library: library.db.vector_count())
     if count >= minimum:
         return False
     state = "is empty" if count == 0 else f"has {count} photo; this page needs {minimum}"

@@ -6,9 +6,10 @@ import streamlit as st
 
 from vitsearch.search.clusters import clusters
 from vitsearch.ui import context
-from vitsearch.ui.widgets import PAGE_SIZE, photo_grid, thumbnail, too_few_photos
+from vitsearch.ui.widgets import PAGE_SIZE, page_of, photo_grid, thumbnail, too_few_photos
 
 CARD_THUMBNAILS = 4
+CARDS_PER_PAGE = 12
 
 
 def render() -> None:
@@ -37,17 +38,18 @@ def cluster_controls() -> tuple[int | str, bool]:
 
 def show_cards(found) -> None:
     st.caption(f"{len(found)} clusters, largest first")
-    details_of = context.library()
-    for cluster in found:
+    shown = page_of(found, "clusters", CARDS_PER_PAGE)
+    ids = [hit.id for cluster in shown for hit in cluster.representatives[:CARD_THUMBNAILS]]
+    details = context.library().run(lambda library: library.db.details(ids))
+    for cluster in shown:
         with st.container(border=True):
             title, button = st.columns([5, 1], vertical_alignment="center")
             title.markdown(
                 f"**{cluster.name}** · {cluster.size} photos · cohesion {cluster.cohesion:.2f}"
             )
             button.button("Open", key=f"open-{cluster.id}", on_click=_open, args=(cluster.id,))
-            shown = cluster.representatives[:CARD_THUMBNAILS]
-            details = details_of.run(lambda library, s=shown: library.db.details([h.id for h in s]))
-            for column, hit in zip(st.columns(CARD_THUMBNAILS), shown, strict=False):
+            cards = cluster.representatives[:CARD_THUMBNAILS]
+            for column, hit in zip(st.columns(CARD_THUMBNAILS), cards, strict=False):
                 with column:
                     thumbnail(details.get(hit.id))
 
