@@ -260,7 +260,7 @@ def found_by_fresh_reader(home: Path, image_ids: Sequence[int]) -> int:
 @dataclass
 class Singles:
     latencies: list[float]
-    commit_seconds: list[float]  # the watcher's own "committed 1 photos in Xs"
+    commit_seconds: list[float]  # the watcher's "committed 1 photos in Xs": embed + SQL + FAISS
     cpu: CpuShare
 
 
@@ -433,8 +433,8 @@ def run_index(
     return IndexRun(int(match[1]), wall, line, float(match[2]), float(match[3]), cpu)
 
 
-def measure_idle(watcher: WatchProcess, seconds: float) -> tuple[float, CpuShare, int]:
-    """(% of one core the watcher used, the phase's CPU shares, log lines it wrote meanwhile)."""
+def measure_idle(watcher: WatchProcess, seconds: float) -> tuple[float, CpuShare, list[str]]:
+    """(% of one core the watcher used, the phase's CPU shares, what it logged meanwhile)."""
     time.sleep(SETTLE_SECONDS)
     watcher.check_alive()
     meter = CpuMeter(watcher.pid)
@@ -442,7 +442,7 @@ def measure_idle(watcher: WatchProcess, seconds: float) -> tuple[float, CpuShare
     time.sleep(seconds)
     cpu = meter.stop()
     watcher.check_alive()
-    return 100.0 * cpu.watcher, cpu, len(watcher.lines(since=started))
+    return 100.0 * cpu.watcher, cpu, [line for _, line in watcher.lines(since=started)]
 
 
 # -- setup and report ----------------------------------------------------------------------
@@ -512,9 +512,9 @@ def report_singles(s: Singles, quiet: float) -> None:
         f"max {max(s.latencies):.2f}s"
     )
     print(
-        f"   quiet time {quiet:g}s (floor); watcher's decode+embed+commit per photo: median "
-        f"{commit:.2f}s; rest (tick/poll granularity, stat, SQL): "
-        f"{median - quiet - commit:.2f}s at the median"
+        f"   quiet time {quiet:g}s (floor); the watcher's own 'committed 1 photos in Xs' "
+        f"(embed + SQLite + FAISS): median {commit:.2f}s; rest (event/tick granularity, "
+        f"stat, decode, poll, fresh reader): {median - quiet - commit:.2f}s at the median"
     )
     report_cpu("singles", s.cpu)
 
@@ -560,6 +560,19 @@ def report_burst(b: Burst, ix: IndexRun, startup: float) -> None:
     report_ratios(from_copy_start, ix.photos / ix.wall, ix.summary_rate)
     report_cpu("burst", b.cpu)
     report_cpu("index", ix.cpu)
+    report_cpu_cost(b, ix)
+
+
+def report_cpu_cost(b: Burst, ix: IndexRun) -> None:
+    """Images per CPU-second: unlike wall rates, barely moved by other processes' load."""
+    watcher_s, index_s = b.cpu.watcher * b.cpu.wall, ix.cpu.bench * ix.cpu.wall
+    ratio = (b.photos / watcher_s) / (ix.photos / index_s)
+    print(
+        f"   CPU cost (cross-check that other processes' load does not skew): watcher "
+        f"{watcher_s:.1f} CPU-s for the burst ({b.photos / watcher_s:.2f} images/CPU-s), "
+        f"index {index_s:.1f} CPU-s incl. import + load ({ix.photos / index_s:.2f} "
+        f"images/CPU-s); watcher/index {ratio:.2f}"
+    )
 
 
 def report_ratios(burst: float, index_wall: float, index_summary: float) -> None:
@@ -581,12 +594,14 @@ def _sizes(batches: list[int]) -> str:
     return f"min {min(batches)}, median {statistics.median(batches):g}, max {max(batches)}"
 
 
-def report_idle(percent: float, cpu: CpuShare, lines: int) -> None:
+def report_idle(percent: float, cpu: CpuShare, lines: list[str]) -> None:
     print(
         f"\n3. idle: watcher used {percent:.3f}% of one core over {cpu.wall:.1f}s "
-        f"(/proc/PID/stat utime+stime; {lines} log lines meanwhile)  "
+        f"(/proc/PID/stat utime+stime; {len(lines)} log lines meanwhile)  "
         f"(target < {IDLE_TARGET_PERCENT:g}%) {verdict(percent < IDLE_TARGET_PERCENT)}"
     )
+    for line in lines[:3]:
+        print(f"   watcher logged: {line}")
     report_cpu("idle", cpu)
 
 

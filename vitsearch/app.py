@@ -49,6 +49,7 @@ def watch_folders(
     settings: Settings, folders: Sequence[Path], on_start: Callable[[Watcher], None] | None = None
 ) -> WatchState:
     """Reconcile ``folders``, then follow them until the watcher is stopped."""
+    settings = settings.replace(threads=settings.watch_threads)
     with open_library(settings.home, write=True) as library:
         indexer = make_indexer(settings, library)
         _known_folders(library, folders)

@@ -81,6 +81,7 @@ SETTINGS_FLAGS = (
     "decode_workers",
     "watch_quiet_seconds",
     "watch_rescan_seconds",
+    "watch_threads",
 )
 
 
@@ -146,7 +147,12 @@ def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     help="Full re-walk period [env VITSEARCH_WATCH_RESCAN_SECONDS].",
 )
 @click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
-@click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
+@click.option(
+    "--threads",
+    "watch_threads",
+    type=int,
+    help="Torch threads [env VITSEARCH_WATCH_THREADS; default: cores - 1].",
+)
 @library_options(log_level=logging.INFO)
 def watch(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index PATHS, then keep the library in step with them until stopped (SIGTERM/Ctrl-C)."""

@@ -50,6 +50,10 @@ class Settings:
     threads: int = _setting(
         _default_threads(), "Torch intra-op threads. Lower it when other work shares the CPU."
     )
+    watch_threads: int = _setting(
+        max(1, _default_threads() - 1),
+        "watch: torch threads of the background indexer; one core is left for you by default.",
+    )
     decode_workers: int = _setting(2, "Threads decoding photos while the model runs.")
     index_save_seconds: float = _setting(
         300.0,
@@ -123,7 +127,7 @@ def _validated(settings: Settings) -> Settings:
         raise ConfigError(
             f"precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}"
         )
-    for name in ("batch_size", "threads", "decode_workers"):
+    for name in ("batch_size", "threads", "watch_threads", "decode_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     home = Path(settings.home).expanduser()

@@ -164,7 +164,8 @@ class Indexer:
         on_disk: dict[str, FileStat] = {}
         stored: dict[str, StoredFile] = {}
         for path in paths:
-            stored.update(db.files_under(os.path.join(str(path), "")))  # a folder, or one that went
+            if not path.is_file():  # a folder, or something that went: its rows below it
+                stored.update(db.files_under(os.path.join(str(path), "")))
             if path.is_dir():
                 if not _hidden_below(root, path):
                     on_disk.update((stat.path, stat) for stat in scan(path, self._extensions))
