@@ -11,7 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 from vitsearch.config import Settings, settings_env
-from vitsearch.errors import LibraryLockedError, MissingFileError
+from vitsearch.errors import (
+    LibraryLockedError,
+    MissingFileError,
+    NoSuchLabelError,
+    VitsearchError,
+)
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label
@@ -21,6 +26,7 @@ from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
 from vitsearch.search.labels import LabelCount
 from vitsearch.search.projection import map_figure_html, map_json, project
 from vitsearch.store import Library, open_library, writer_pid
+from vitsearch.teach import TeachResult, teach_folder
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,31 @@ def library_clusters(
 ) -> list[Cluster]:
     with open_library(settings.home) as library:
         return clusters(library, k, recompute)
+
+
+def teach_labels(settings: Settings, folder: Path, name: str | None = None) -> TeachResult:
+    """Train a classifier from ``folder``'s sub-folders and label the whole library with it."""
+    with open_library(settings.home, write=True) as library:
+        if library.model is None:
+            raise VitsearchError("index some photos first: a taught label lives on their vectors")
+
+        def checked_model():
+            embedder = load_model(settings)
+            library.check_model(embedder.info)
+            return embedder
+
+        return teach_folder(library, checked_model, folder, name)
+
+
+def taught_classifiers(settings: Settings) -> list[dict]:
+    with open_library(settings.home) as library:
+        return library.db.classifier_summaries()
+
+
+def forget_classifier(settings: Settings, name: str) -> None:
+    with open_library(settings.home, write=True) as library:
+        if not library.db.remove_classifier(name):
+            raise NoSuchLabelError(f"no taught classifier named {name!r}")
 
 
 def library_map(

@@ -310,6 +310,41 @@ def rebuild_index(settings: Settings) -> None:
     click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
 
 
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path), required=False)
+@click.option("--name", help="Name of the classifier [default: the folder's name].")
+@click.option("--list", "show", is_flag=True, help="List the taught classifiers.")
+@click.option("--remove", metavar="NAME", help="Remove a taught classifier and its labels.")
+@library_options()
+def teach(
+    settings: Settings, folder: Path | None, name: str | None, show: bool, remove: str | None
+) -> None:
+    """Teach your own labels from FOLDER (one sub-folder of examples per label)."""
+    if show:
+        for c in app.taught_classifiers(settings):
+            accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.0%}"
+            click.echo(f"{c['name']}: {', '.join(c['classes'])} (held-out accuracy {accuracy})")
+        return
+    if remove:
+        app.forget_classifier(settings, remove)
+        click.echo(f"removed {remove} and its labels")
+        return
+    if folder is None:
+        raise click.UsageError("give FOLDER, --list or --remove NAME")
+    result = app.teach_labels(settings, folder, name)
+    accuracy = (
+        "n/a (too few examples)"
+        if result.held_out_accuracy is None
+        else (f"{result.held_out_accuracy:.1%}")
+    )
+    examples = ", ".join(f"{label} ({n})" for label, n in result.classes.items())
+    click.echo(
+        f"taught {result.name}: {examples}; held-out accuracy {accuracy}; labelled "
+        f"{result.labelled} photos in {result.seconds:.1f}s ({result.embedded} examples "
+        "needed the model)"
+    )
+
+
 @main.command("map")
 @click.option("--out", type=click.Path(path_type=Path), help="Write an interactive HTML scatter.")
 @click.option(

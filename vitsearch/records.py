@@ -9,9 +9,17 @@ from dataclasses import dataclass, field
 class Label:
     label: str
     score: float
+    source: str | None = None  # None: the model's head; "custom:NAME": a taught classifier
+
+    @property
+    def custom(self) -> bool:
+        return self.source is not None
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "score": round(self.score, 6)}
+        out = {"label": self.label, "score": round(self.score, 6)}
+        if self.source is not None:
+            out["custom"] = self.source.removeprefix("custom:")
+        return out
 
 
 @dataclass(frozen=True)

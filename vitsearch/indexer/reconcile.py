@@ -32,6 +32,7 @@ from vitsearch.indexer.files import (
 from vitsearch.indexer.plan import Plan, make_plan
 from vitsearch.records import FailedEntry, ImageEntry, StoredFile
 from vitsearch.store import Library
+from vitsearch.teach import custom_labels_for, load_classifiers
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Indexer:
         self.stop = threading.Event()  # set it to finish the current batch and return
         # The watcher holds back files that are still changing: neither read nor removed.
         self.hold: Callable[[FileStat], bool] | None = None
+        self._taught = None
 
     @property
     def embedder(self):
@@ -258,10 +260,11 @@ class Indexer:
                 to_model.append(item)
         if to_model:
             result = self.embedder.embed(np.stack([item.pixels for item in to_model]))
+            taught = custom_labels_for(self._classifiers(), result.vectors)
             entries += [
-                _entry(item, root_id, vector, labels)
-                for item, vector, labels in zip(
-                    to_model, result.vectors, result.labels, strict=True
+                _entry(item, root_id, vector, custom + labels)
+                for item, vector, labels, custom in zip(
+                    to_model, result.vectors, result.labels, taught, strict=True
                 )
             ]
             summary.embedded += len(to_model)
@@ -288,6 +291,12 @@ class Indexer:
             return None
         vector, labels = found
         return _entry(item, root_id, vector, labels)
+
+    def _classifiers(self):
+        """Classifiers taught with ``vitsearch teach``: new photos get their labels too."""
+        if self._taught is None:
+            self._taught = load_classifiers(self.library)
+        return self._taught
 
     def _count(self, entries, failures, plan: Plan, summary: Summary) -> None:
         for path in [e.path for e in entries]:

@@ -27,10 +27,12 @@ from vitsearch.records import (
     StoredFile,
 )
 from vitsearch.store.schema import (
+    CUSTOM_RANK,
     SCHEMA_VERSION,
     STATUS_FAILED,
     STATUS_OK,
     Base,
+    ClassifierRow,
     ClusterMemberRow,
     ClusterRow,
     EmbeddingRow,
@@ -55,8 +57,19 @@ def _index_cluster_pages(conn) -> None:
     )
 
 
+def _add_taught_labels(conn) -> None:
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(labels)")}
+    if "source" not in columns:
+        conn.exec_driver_sql("ALTER TABLE labels ADD COLUMN source VARCHAR")
+    Base.metadata.create_all(conn, tables=[ClassifierRow.__table__])
+
+
 # Ordered migrations: version -> function(connection). Version 1 is the initial create_all.
-MIGRATIONS: dict[int, Callable] = {2: _create_derived_tables, 3: _index_cluster_pages}
+MIGRATIONS: dict[int, Callable] = {
+    2: _create_derived_tables,
+    3: _index_cluster_pages,
+    4: _add_taught_labels,
+}
 
 
 class Database:
@@ -161,10 +174,7 @@ class Database:
                 vector = np.asarray(entry.vector, dtype=np.float32).tobytes()
                 s.merge(EmbeddingRow(image_id=row.id, vector=vector, seq=seq + offset))
                 _forget_derived(s, row.id)
-                s.add_all(
-                    LabelRow(image_id=row.id, rank=rank, label=lab.label, score=lab.score)
-                    for rank, lab in enumerate(entry.labels)
-                )
+                s.add_all(self._label_rows(s, row.id, entry.labels))
                 ids.append(row.id)
             for failure in failures:
                 row = _upsert_image(
@@ -288,7 +298,8 @@ class Database:
 
     def label_vocabulary(self) -> list[tuple[str, int, int]]:
         """(label, photos with it as top label, photos with it in their top labels)."""
-        top = func.sum(case((LabelRow.rank == 0, 1), else_=0))
+        is_top = (LabelRow.rank == 0) | (LabelRow.rank >= CUSTOM_RANK)
+        top = func.sum(case((is_top, 1), else_=0))
         query = (
             select(LabelRow.label, top, func.count())
             .group_by(LabelRow.label)
@@ -484,13 +495,14 @@ class Database:
         return found
 
     def top_label_counts(self, ids: Sequence[int]) -> dict[str, int]:
-        """How many of ``ids`` have each label as their most likely one."""
+        """How many of ``ids`` have each label as their most likely one (taught ones too)."""
         counts: dict[str, int] = {}
+        is_top = (LabelRow.rank == 0) | (LabelRow.rank >= CUSTOM_RANK)
         with self.session() as s:
             for chunk in _chunks(list(ids), 500):
                 query = (
                     select(LabelRow.label, func.count())
-                    .where(LabelRow.rank == 0, LabelRow.image_id.in_(chunk))
+                    .where(is_top, LabelRow.image_id.in_(chunk))
                     .group_by(LabelRow.label)
                 )
                 for label, count in s.execute(query):
@@ -538,6 +550,75 @@ class Database:
         with self.session() as s:
             return np.fromiter(s.scalars(query), dtype=np.int64)
 
+    # -- taught classifiers ------------------------------------------------------------
+
+    def save_classifier(
+        self,
+        name: str,
+        weights: bytes,
+        classes: list[str],
+        accuracy: float | None,
+        model_fingerprint: str,
+    ) -> int:
+        """Store (or replace) a classifier by name; returns its id."""
+        with self.session() as s, s.begin():
+            row = s.scalar(select(ClassifierRow).where(ClassifierRow.name == name))
+            if row is None:
+                row = ClassifierRow(name=name)
+                s.add(row)
+            row.classes, row.weights, row.accuracy = json.dumps(classes), weights, accuracy
+            row.model_fingerprint, row.created_at = model_fingerprint, time.time()
+            s.flush()
+            return row.id
+
+    def classifiers(self) -> list[tuple[int, str, bytes]]:
+        query = select(ClassifierRow.id, ClassifierRow.name, ClassifierRow.weights)
+        with self.session() as s:
+            return [tuple(row) for row in s.execute(query.order_by(ClassifierRow.name))]
+
+    def classifier_summaries(self) -> list[dict]:
+        with self.session() as s:
+            rows = s.scalars(select(ClassifierRow).order_by(ClassifierRow.name)).all()
+            return [
+                {
+                    "name": r.name,
+                    "classes": json.loads(r.classes),
+                    "accuracy": r.accuracy,
+                    "created_at": r.created_at,
+                }
+                for r in rows
+            ]
+
+    def remove_classifier(self, name: str) -> bool:
+        with self.session() as s, s.begin():
+            cid = s.scalar(select(ClassifierRow.id).where(ClassifierRow.name == name))
+            if cid is None:
+                return False
+            s.execute(delete(LabelRow).where(LabelRow.rank == CUSTOM_RANK + cid))
+            s.execute(delete(ClassifierRow).where(ClassifierRow.id == cid))
+            return True
+
+    def clear_custom_labels(self, classifier_id: int) -> None:
+        with self.session() as s, s.begin():
+            s.execute(delete(LabelRow).where(LabelRow.rank == CUSTOM_RANK + classifier_id))
+
+    def write_custom_labels(
+        self, classifier_id: int, ids: Sequence[int], labels: Sequence[Label]
+    ) -> None:
+        rows = [
+            {
+                "image_id": int(i),
+                "rank": CUSTOM_RANK + classifier_id,
+                "label": lab.label,
+                "score": lab.score,
+                "source": lab.source,
+            }
+            for i, lab in zip(ids, labels, strict=True)
+        ]
+        with self.session() as s, s.begin():
+            for chunk in _chunks(rows, 5000):
+                s.execute(LabelRow.__table__.insert(), chunk)
+
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         query = select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
         with self.session() as s:
@@ -546,16 +627,43 @@ class Database:
     # -- internals --------------------------------------------------------------------
 
     def _labels(self, s: Session, ids: list[int]) -> dict[int, tuple[Label, ...]]:
+        """Each photo's labels: taught ones first (you chose them), then the model's top 5."""
         found: dict[int, list[Label]] = {i: [] for i in ids}
+        custom_first = case((LabelRow.rank >= CUSTOM_RANK, 0), else_=1)
         for chunk in _chunks(ids, 500):
             query = (
-                select(LabelRow)
+                select(LabelRow.image_id, LabelRow.label, LabelRow.score, LabelRow.source)
                 .where(LabelRow.image_id.in_(chunk))
-                .order_by(LabelRow.image_id, LabelRow.rank)
+                .order_by(LabelRow.image_id, custom_first, LabelRow.rank)
             )
-            for row in s.scalars(query):
-                found[row.image_id].append(Label(row.label, row.score))
+            for image_id, label, score, source in s.execute(query):
+                found[image_id].append(Label(label, score, source))
         return {i: tuple(labels) for i, labels in found.items()}
+
+    def _label_rows(self, s: Session, image_id: int, labels: Sequence[Label]) -> list[LabelRow]:
+        ids = self._classifier_ids(s) if any(lab.custom for lab in labels) else {}
+        rows, rank = [], 0
+        for lab in labels:
+            if lab.custom:
+                cid = ids.get(lab.source.removeprefix("custom:"))
+                if cid is None:
+                    continue  # its classifier was removed meanwhile
+                row_rank = CUSTOM_RANK + cid
+            else:
+                row_rank, rank = rank, rank + 1
+            rows.append(
+                LabelRow(
+                    image_id=image_id,
+                    rank=row_rank,
+                    label=lab.label,
+                    score=lab.score,
+                    source=lab.source,
+                )
+            )
+        return rows
+
+    def _classifier_ids(self, s: Session) -> dict[str, int]:
+        return {name: cid for cid, name in s.execute(select(ClassifierRow.id, ClassifierRow.name))}
 
     def _last_seq(self, s: Session) -> int:
         return int(s.scalar(select(Meta.value).where(Meta.key == "vector_seq")) or 0)

@@ -14,7 +14,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3  # 2: clusters, cluster_members, map_points; 3: cluster page index
+SCHEMA_VERSION = 4  # 2: clusters, map; 3: cluster page index; 4: taught classifiers
+CUSTOM_RANK = 1000  # labels.rank of a taught classifier's label: CUSTOM_RANK + classifier id
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -78,6 +79,7 @@ class LabelRow(Base):
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
     label: Mapped[str] = mapped_column(String)
     score: Mapped[float] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String)  # "custom:NAME" for taught labels
     __table_args__ = (Index("ix_labels_label", "label"),)
 
 
@@ -112,3 +114,17 @@ class MapPointRow(Base):
     )
     x: Mapped[float] = mapped_column(Float)
     y: Mapped[float] = mapped_column(Float)
+
+
+class ClassifierRow(Base):
+    """A classifier taught with ``vitsearch teach`` (weights as an .npz blob)."""
+
+    __tablename__ = "classifiers"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    classes: Mapped[str] = mapped_column(Text)  # JSON list
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    model_fingerprint: Mapped[str] = mapped_column(String)
+    created_at: Mapped[float] = mapped_column(Float)
