@@ -17,6 +17,7 @@ from vitsearch.errors import (
     NoSuchLabelError,
     VitsearchError,
 )
+from vitsearch.features import embed_files, image_files, write_features
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label
@@ -139,6 +140,13 @@ def forget_classifier(settings: Settings, name: str) -> None:
     with open_library(settings.home, write=True) as library:
         if not library.db.remove_classifier(name):
             raise NoSuchLabelError(f"no taught classifier named {name!r}")
+
+
+def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
+    """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to ``out``."""
+    paths = image_files(inputs)
+    kept, vectors = embed_files(load_model(settings), paths, settings.batch_size)
+    return len(kept), write_features(out, kept, vectors)
 
 
 def library_map(

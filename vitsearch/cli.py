@@ -82,6 +82,8 @@ SETTINGS_FLAGS = (
     "watch_quiet_seconds",
     "watch_rescan_seconds",
     "watch_threads",
+    "layer",
+    "pool",
 )
 
 
@@ -123,6 +125,8 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
 @click.option("--decode-workers", type=int, help="Decode threads [env VITSEARCH_DECODE_WORKERS].")
+@click.option("--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state.")
+@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
 @library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
@@ -343,6 +347,24 @@ def teach(
         f"{result.labelled} photos in {result.seconds:.1f}s ({result.embedded} examples "
         "needed the model)"
     )
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="FILE.npy (paths in FILE.txt beside it) or FILE.parquet.",
+)
+@click.option("--layer", type=int, help="-1: final output (default); 0..N: that hidden state.")
+@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
+@click.option("--batch-size", type=int, help="Images per model forward.")
+@library_options()
+def embed(settings: Settings, inputs: tuple[Path, ...], out: Path) -> None:
+    """Embeddings of image files (or every photo in folders) from any layer, to a file."""
+    count, written = app.embed_to_file(settings, inputs, out)
+    click.echo(f"{count} embeddings -> {', '.join(map(str, written))}")
 
 
 @main.command("map")

@@ -20,6 +20,7 @@ from vitsearch.errors import ConfigError
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POOLS = ("cls", "mean", "cls+mean")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -46,6 +47,11 @@ class Settings:
         "auto",
         "Model precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 hardware), fp32, bf16, fp16.",
     )
+    layer: int = _setting(
+        -1,
+        "Encoder layer whose tokens make the embedding: -1 the final output, 0..N hidden states.",
+    )
+    pool: str = _setting("cls", "Token pooling for the embedding: cls, mean or cls+mean.")
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(
         _default_threads(), "Torch intra-op threads. Lower it when other work shares the CPU."
@@ -123,6 +129,8 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
 def _validated(settings: Settings) -> Settings:
     if settings.device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {settings.device!r}")
+    if settings.pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, not {settings.pool!r}")
     if settings.precision not in PRECISIONS:
         raise ConfigError(
             f"precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}"

@@ -15,6 +15,31 @@ from vitsearch.records import Label, ModelInfo
 TOP_LABELS = 5
 
 
+FINAL_LAYER = -1
+
+
+@dataclass(frozen=True)
+class Features:
+    """Which vector stands for a photo.
+
+    ``layer``: -1 (default) is the encoder's final output after its layer norm, the CLS token
+    the classifier reads; 0..N is ``hidden_states[layer]`` (0: the patch embeddings, N: the last
+    layer before the final norm). ``pool``: the CLS token, the mean of the patch tokens, or both
+    concatenated (twice the dimension).
+    """
+
+    layer: int = FINAL_LAYER
+    pool: str = "cls"
+
+    @property
+    def default(self) -> bool:
+        return self.layer == FINAL_LAYER and self.pool == "cls"
+
+    def tag(self) -> str:
+        """Appended to a model fingerprint, so libraries on other features are kept apart."""
+        return "" if self.default else f"|layer={self.layer}|pool={self.pool}"
+
+
 @dataclass(frozen=True)
 class EmbeddingBatch:
     vectors: np.ndarray  # (n, dim) float32, unit length
@@ -34,10 +59,12 @@ class Embedder:
         info: ModelInfo,
         device: str,
         precision: str,
+        features: Features = Features(),
     ) -> None:
         self.info = info
         self.device = device
         self.precision = precision
+        self.features = features
         self._dtype = DTYPES[precision]
         self._processor = processor
         self._model = model.to(device=device, dtype=self._dtype).eval()
@@ -70,10 +97,14 @@ class Embedder:
     def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
         """(n, 3, H, W) pixels -> unit embeddings and top labels, in one forward pass."""
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self._dtype)
+        final = self.features.layer == FINAL_LAYER
         with torch.inference_mode():
-            cls = self._backbone(pixel_values=batch).last_hidden_state[:, 0]
+            out = self._backbone(pixel_values=batch, output_hidden_states=not final)
+            cls = out.last_hidden_state[:, 0]
             labels = self._top_labels(self._head(cls)) if self._head is not None else None
-        vectors = torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy()
+            tokens = out.last_hidden_state if final else out.hidden_states[self.features.layer]
+            pooled = _pool(tokens.float(), self.features.pool)
+        vectors = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return EmbeddingBatch(vectors=vectors, labels=labels or [() for _ in range(len(vectors))])
 
     def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
@@ -89,3 +120,15 @@ class Embedder:
             )
             for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)
         ]
+
+
+def _pool(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    """(n, 1 + patches, dim) tokens -> (n, dim) or (n, 2 dim) for cls+mean."""
+    cls, patches = tokens[:, 0], tokens[:, 1:].mean(dim=1)
+    if pool == "cls":
+        return cls
+    if pool == "mean":
+        return patches
+    # each half normalised first, so neither dominates the concatenation
+    halves = [torch.nn.functional.normalize(part, dim=-1) for part in (cls, patches)]
+    return torch.cat(halves, dim=-1)

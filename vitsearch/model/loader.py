@@ -15,8 +15,8 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from vitsearch.config import Settings
-from vitsearch.errors import ModelNotAvailableError
-from vitsearch.model.embedder import Embedder
+from vitsearch.errors import ConfigError, ModelNotAvailableError
+from vitsearch.model.embedder import Embedder, Features
 from vitsearch.model.hardware import choose_device, choose_precision
 from vitsearch.records import ModelInfo
 
@@ -39,14 +39,22 @@ def load_embedder(settings: Settings) -> Embedder:
     model, processor = _load_from_directory(directory, settings.model)
     device = choose_device(settings.device)
     precision = choose_precision(settings.precision, device)
+    features = _features(settings, model.config.num_hidden_layers)
+    hidden = int(model.config.hidden_size)
     info = ModelInfo(
         name=settings.model,
-        fingerprint=checkpoint_fingerprint(directory),
-        dim=int(model.config.hidden_size),
+        fingerprint=checkpoint_fingerprint(directory) + features.tag(),
+        dim=2 * hidden if features.pool == "cls+mean" else hidden,
         preprocessing=_preprocessing(processor),
     )
     log.info("loaded %s on %s (%s)", settings.model, device, precision)
-    return Embedder(model, processor, info, device=device, precision=precision)
+    return Embedder(model, processor, info, device=device, precision=precision, features=features)
+
+
+def _features(settings: Settings, layers: int) -> Features:
+    if not -1 <= settings.layer <= layers:
+        raise ConfigError(f"--layer must be -1 (final) or 0..{layers} for this model")
+    return Features(settings.layer, settings.pool)
 
 
 def resolve_checkpoint(name: str) -> Path:

@@ -1,0 +1,73 @@
+"""Features from any layer: embeddings of image files written to .npy or .parquet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vitsearch.errors import ConfigError, ImageDecodeError, MissingFileError
+from vitsearch.indexer.decode import read_photo
+from vitsearch.indexer.files import image_extensions, scan
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".npy", ".parquet")
+
+
+def image_files(inputs: Iterable[Path]) -> list[str]:
+    """Image files named directly, and every photo below named folders, in a stable order."""
+    found: list[str] = []
+    for item in inputs:
+        item = Path(item).expanduser().absolute()
+        if item.is_dir():
+            found += [stat.path for stat in scan(item, image_extensions())]
+        elif item.is_file():
+            found.append(str(item))
+        else:
+            raise MissingFileError(f"no such file or folder: {item}")
+    return found
+
+
+def embed_files(
+    embedder, paths: Sequence[str], batch_size: int = 16
+) -> tuple[list[str], np.ndarray]:
+    """(paths that decoded, their embeddings), one forward per batch; bad files are skipped."""
+    kept: list[str] = []
+    parts: list[np.ndarray] = []
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(read_photo(path, embedder.decode_size).image)
+                kept.append(path)
+            except ImageDecodeError as exc:
+                log.warning("skipping %s: %s", path, exc)
+        if images:
+            parts.append(embedder.embed_images(images).vectors)
+    dim = embedder.info.dim
+    return kept, np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
+
+
+def write_features(out: Path, paths: Sequence[str], vectors: np.ndarray) -> list[Path]:
+    """.npy: the matrix, and the paths one per line beside it (same name, .txt);
+    .parquet: one row per photo with ``path`` and ``embedding`` columns."""
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise ConfigError(f"--out must end in {' or '.join(FORMATS)}, not {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, vectors.astype(np.float32))
+        listing = out.with_suffix(".txt")
+        listing.write_text("".join(f"{path}\n" for path in paths))
+        return [out, listing]
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("writing .parquet needs pyarrow: pip install pyarrow") from None
+    table = pa.table({"path": list(paths), "embedding": list(vectors.astype(np.float32))})
+    pq.write_table(table, out)
+    return [out]

@@ -1,0 +1,228 @@
+"""An ONNX export run through ONNX Runtime, behind the same interface as :class:`Embedder`.
+
+An export directory (made by :mod:`vitsearch.model.export`) holds ``model.onnx``, the
+checkpoint's ``preprocessor_config.json`` and a manifest naming the source checkpoint. Its
+embeddings are fingerprinted ``<source fingerprint>+onnx-<precision>``, so a library never
+mixes them with the PyTorch ones silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import transformers
+from PIL import Image
+
+from vitsearch.config import Settings
+from vitsearch.errors import ConfigError, ModelNotAvailableError
+from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch
+from vitsearch.records import Label, ModelInfo
+
+MODEL_FILE = "model.onnx"
+PROCESSOR_FILE = "preprocessor_config.json"
+MANIFEST_FILE = "vitsearch-export.json"
+FORMAT = "vitsearch-onnx"
+FORMAT_VERSION = 1
+INPUT_NAME = "pixel_values"
+EMBEDDING_OUTPUT = "embedding"
+LOGITS_OUTPUT = "logits"
+EXPORT_HINT = "create it with: vitsearch export --format onnx --out DIR"
+INSTALL_HINT = "install it with: python3 -m pip install 'vitsearch[onnx]'"
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What an export directory holds and where it came from; saved as JSON beside the model."""
+
+    source_name: str
+    source_fingerprint: str
+    dim: int
+    precision: str  # "fp32" or "int8": what the weights in model.onnx are
+    opset: int
+    preprocessing: dict
+    id2label: dict[int, str]  # empty for a checkpoint without a classification head
+    quantization: dict | None = None
+    verification: dict | None = None  # filled in once the export agreed with PyTorch
+    versions: dict = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint a library records for this export's embeddings."""
+        return backend_fingerprint(self.source_fingerprint, f"onnx-{self.precision}")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportManifest:
+        data = json.loads(text)
+        data["id2label"] = {int(k): v for k, v in data.get("id2label", {}).items()}
+        return cls(**data)
+
+
+def backend_fingerprint(source_fingerprint: str, backend: str) -> str:
+    """``sha256:…+onnx-int8``: same checkpoint, another backend, so a store tells them apart."""
+    return f"{source_fingerprint}+{backend}"
+
+
+class OnnxEmbedder:
+    """An exported checkpoint run by ONNX Runtime on the CPU; a drop-in for :class:`Embedder`.
+
+    ``preprocess`` is safe to call from decode threads; ``embed`` runs the session.
+    """
+
+    device = "cpu"
+
+    def __init__(self, session, processor, manifest: ExportManifest, name: str) -> None:
+        self.manifest = manifest
+        self.precision = manifest.precision
+        self.info = ModelInfo(
+            name=name,
+            fingerprint=manifest.fingerprint,
+            dim=manifest.dim,
+            preprocessing=manifest.preprocessing,
+        )
+        self._session = session
+        self._processor = processor
+        self._outputs = [output.name for output in session.get_outputs()]
+
+    @property
+    def has_labels(self) -> bool:
+        return LOGITS_OUTPUT in self._outputs
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) the processor resizes to; decoders may draft down to it."""
+        size = self.info.preprocessing.get("size") or {}
+        height = size.get("height") or size.get("shortest_edge") or 224
+        width = size.get("width") or size.get("shortest_edge") or 224
+        return int(width), int(height)
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """Decoders may reduce a photo to this before preprocessing, losing nothing visible."""
+        width, height = self.input_size
+        return 2 * width, 2 * height
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> (3, H, W) float32 pixels, exactly as the checkpoint expects."""
+        return self._processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+    def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
+        """(n, 3, H, W) pixels -> unit embeddings and top labels, in one session run."""
+        feed = {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)}
+        results = dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))
+        vectors = np.asarray(results[EMBEDDING_OUTPUT], dtype=np.float32)
+        if LOGITS_OUTPUT not in results:
+            return EmbeddingBatch(vectors=vectors, labels=[() for _ in range(len(vectors))])
+        return EmbeddingBatch(vectors=vectors, labels=self._top_labels(results[LOGITS_OUTPUT]))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
+        return self.embed(np.stack([self.preprocess(image) for image in images]))
+
+    def _top_labels(self, logits: np.ndarray) -> list[tuple[Label, ...]]:
+        logits = logits.astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, :TOP_LABELS]
+        id2label = self.manifest.id2label
+        return [
+            tuple(Label(id2label.get(int(i), str(int(i))), float(row[i])) for i in indices)
+            for row, indices in zip(probs, top, strict=True)
+        ]
+
+
+def load_onnx_embedder(settings: Settings) -> OnnxEmbedder:
+    """The export directory ``settings.model`` on ONNX Runtime, with ``settings.threads``.
+
+    ``settings.precision`` must be ``auto`` or the export's own precision, and
+    ``settings.device`` ``auto`` or ``cpu``: an export fixes both.
+    """
+    if settings.device not in ("auto", "cpu"):
+        raise ConfigError(f"the onnx backend runs on the CPU; use --device cpu, not {settings.device}")
+    embedder = open_export(Path(settings.model).expanduser(), settings.threads, name=settings.model)
+    if settings.precision not in ("auto", embedder.precision):
+        raise ConfigError(
+            f"export {settings.model} is {embedder.precision}, not {settings.precision}; "
+            f"use --precision auto or export again with the precision you want"
+        )
+    return embedder
+
+
+def open_export(
+    directory: Path, threads: int, name: str | None = None, *, require_verified: bool = True
+) -> OnnxEmbedder:
+    """An :class:`OnnxEmbedder` over an export directory, checked to be complete.
+
+    Args:
+        directory: the export directory.
+        threads: ONNX Runtime intra-op threads.
+        name: the model name a library records (default: the directory).
+        require_verified: refuse an export whose agreement with PyTorch was never shown;
+            only the verification itself opens one that is not yet.
+    """
+    manifest = read_manifest(directory, require_verified=require_verified)
+    session = _open_session(directory / MODEL_FILE, threads)
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(
+            f"cannot read the image processor of export {directory}: {exc}; {EXPORT_HINT}"
+        ) from exc
+    return OnnxEmbedder(session, processor, manifest, name=name or str(directory))
+
+
+def read_manifest(directory: Path, require_verified: bool = True) -> ExportManifest:
+    """The manifest of an export directory; a clear error when it is not one of ours."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{directory} is not a vitsearch ONNX export; {EXPORT_HINT}")
+    try:
+        manifest = ExportManifest.from_json(path.read_text())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelNotAvailableError(
+            f"unreadable export manifest {path}: {exc}; {EXPORT_HINT}"
+        ) from exc
+    if manifest.format != FORMAT or manifest.format_version > FORMAT_VERSION:
+        raise ModelNotAvailableError(
+            f"{path} is format {manifest.format} v{manifest.format_version}; this vitsearch reads "
+            f"{FORMAT} up to v{FORMAT_VERSION}: upgrade vitsearch or export again"
+        )
+    if require_verified and not (manifest.verification or {}).get("passed"):
+        # Only an export that agreed with PyTorch is fit to share a library's semantics.
+        raise ModelNotAvailableError(f"export {directory} was never verified; {EXPORT_HINT}")
+    return manifest
+
+
+def _open_session(path: Path, threads: int):
+    ort = _onnxruntime()
+    if not path.is_file():
+        raise ModelNotAvailableError(f"export {path.parent} has no {MODEL_FILE}; {EXPORT_HINT}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph, run sequentially: intra-op threads do the work
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: its warnings are about graph internals
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's errors are pybind classes outside any public hierarchy
+        raise ModelNotAvailableError(
+            f"cannot load {path}: {str(exc).strip()}; the file is damaged or not ONNX, "
+            f"{EXPORT_HINT}"
+        ) from exc
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError(f"the onnx backend needs onnxruntime; {INSTALL_HINT}") from exc
+    return onnxruntime
