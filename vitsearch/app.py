@@ -149,6 +149,16 @@ def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tupl
     return len(kept), write_features(out, kept, vectors)
 
 
+def finetune_model(
+    settings: Settings, data_dir: Path, out_dir: Path, progress: bool = False, **options
+):
+    """Fine-tune ``settings.model`` on the labelled sub-folders of ``data_dir`` into ``out_dir``."""
+    from vitsearch.model.finetune import FinetuneOptions, finetune  # torch imports late
+
+    given = {name: value for name, value in options.items() if value is not None}
+    return finetune(settings.model, data_dir, out_dir, FinetuneOptions(**given), settings, progress)
+
+
 def library_map(
     settings: Settings, method: str = "auto", refit: bool = False, out: Path | None = None
 ) -> tuple[list[dict], Path | None]:

@@ -367,6 +367,50 @@ def embed(settings: Settings, inputs: tuple[Path, ...], out: Path) -> None:
     click.echo(f"{count} embeddings -> {', '.join(map(str, written))}")
 
 
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the fine-tuned checkpoint; run again to resume.",
+)
+@click.option(
+    "--freeze-layers",
+    type=int,
+    help="Train the last N encoder layers and a new head; the rest stay frozen [2].",
+)
+@click.option("--epochs", type=int, help="Passes over the training photos [10].")
+@click.option("--grad-accum", type=int, help="Batches whose gradients make one step [1].")
+@click.option("--lr", type=float, help="Peak learning rate, reached after warmup [2e-4].")
+@click.option("--batch-size", "train_batch_size", type=int, help="Photos per training batch [16].")
+@click.option("--patience", type=int, help="Stop after N epochs without a better validation [3].")
+@click.option("--seed", type=int, help="Seeds the split, shuffling, augmentation and head [0].")
+@click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
+@library_options()
+def finetune(
+    settings: Settings, data_dir: Path, out_dir: Path, train_batch_size: int | None, **options
+) -> None:
+    """Fine-tune the model on DATA_DIR: one sub-folder of example photos per label."""
+    try:
+        result = app.finetune_model(
+            settings,
+            data_dir,
+            out_dir,
+            progress=sys.stderr.isatty(),
+            batch_size=train_batch_size,
+            **options,
+        )
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: run the same command again to resume after the last epoch", err=True
+        )
+        sys.exit(130)
+    click.echo(result.line())
+    click.echo(f"use it with: vitsearch index PATH... --model {result.out_dir}")
+
+
 @main.command("map")
 @click.option("--out", type=click.Path(path_type=Path), help="Write an interactive HTML scatter.")
 @click.option(

@@ -131,6 +131,18 @@ class FinetuneResult:
     def best(self) -> EpochStats:
         return self.history[self.best_epoch - 1]
 
+    def line(self) -> str:
+        """One line for the CLI: the kept epoch, its validation scores, where it went."""
+        best = self.best
+        notes = [f"resumed after epoch {self.resumed_from}"] if self.resumed_from else []
+        notes += ["stopped early"] if self.stopped_early else []
+        return (
+            f"epoch {best.epoch} of {len(self.history)} kept: validation accuracy "
+            f"{best.val_accuracy:.3f}, loss {best.val_loss:.4f} ({self.val_size} photos, "
+            f"{self.train_size} trained on{'; ' if notes else ''}{'; '.join(notes)}); "
+            f"saved to {self.out_dir}"
+        )
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -290,8 +302,10 @@ def _readable_photos(
     folder: Path, draft_size: tuple[int, int], pool: ThreadPoolExecutor
 ) -> list[str]:
     paths = [stat.path for stat in scan(folder)]
-    decoded = pool.map(lambda path: _decode(path, draft_size), paths)
-    return [path for path, image in zip(paths, decoded, strict=True) if image is not None]
+    # Decoded once to drop unreadable photos before the split; the pixels are not kept,
+    # so a large folder never sits in memory (each epoch decodes again).
+    readable = pool.map(lambda path: _decode(path, draft_size) is not None, paths)
+    return [path for path, ok in zip(paths, readable, strict=True) if ok]
 
 
 def _decode(path: str, draft_size: tuple[int, int]) -> Image.Image | None:
@@ -582,7 +596,8 @@ class Trainer:
         """Decode (in threads), augment when training, preprocess like the checkpoint does."""
         changes = changes or [None] * len(batch)
         images = list(self._pool.map(self._prepare, [path for path, _ in batch], changes))
-        kept = [(image, label) for image, (_, label) in zip(images, batch, strict=True) if image]
+        pairs = zip(images, batch, strict=True)
+        kept = [(image, label) for image, (_, label) in pairs if image is not None]
         labels = torch.tensor([label for _, label in kept], dtype=torch.long, device=self.device)
         if not kept:
             return None, labels
@@ -592,9 +607,9 @@ class Trainer:
     def _prepare(self, path: str, change: Augment | None) -> Image.Image | None:
         # A photo that became unreadable since the scan is skipped, never the whole run.
         image = _decode(path, self._draft_size)
-        return (
-            image if image is None or change is None else augment(image, change, self._input_size)
-        )
+        if image is None or change is None:
+            return image
+        return augment(image, change, self._input_size)
 
     def _trainable_weights(self) -> dict[str, torch.Tensor]:
         return {
