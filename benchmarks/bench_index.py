@@ -36,6 +36,7 @@ from vitsearch.store import open_library
 
 DEFAULT_LIMIT = 400
 DEFAULT_NAIVE_LIMIT = 64
+DEFAULT_REPEAT = 3
 PIPELINE_TARGET = 0.85  # pipeline / model-only
 NAIVE_TARGET = 4.0  # pipeline / naive, on a CPU with bf16 hardware
 COSINE_TARGET = 0.999  # auto precision vs fp32
@@ -76,20 +77,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Benchmark vitsearch indexing on a folder of photos with a randomly initialised "
-            "ViT-B/16 (no real weights needed; no network). With the defaults (400 photos) it "
-            "takes about 1-2 minutes on an idle 2-core CPU with bf16 hardware, a few minutes "
-            "without; use --limit to bound it."
+            "ViT-B/16 (no real weights needed; no network). With the defaults (400 photos, 3 "
+            "repeats) it takes about 3 minutes on an idle 2-core CPU with bf16 hardware and "
+            "under 10 without; use --limit and --repeat to bound it. Close other programs "
+            "first: whatever else runs skews every rate (the output says how much ran)."
         )
     )
     parser.add_argument("path", type=Path, help="folder of photos (files sorted by name)")
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                         help=f"index the first N photos (default {DEFAULT_LIMIT}; 0 = all)")
     parser.add_argument("--naive-limit", type=int, default=DEFAULT_NAIVE_LIMIT,
-                        help=f"photos for the one-at-a-time loop (default {DEFAULT_NAIVE_LIMIT})")
+                        help="photos for the one-at-a-time fp32 loop "
+                        f"(default {DEFAULT_NAIVE_LIMIT})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help=f"images per forward pass (default {defaults.batch_size})")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help=f"torch intra-op threads (default {defaults.threads})")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help="time model-only and the pipeline this many times each, "
+                        f"alternating, and keep the fastest of each (default {DEFAULT_REPEAT})")
     return parser.parse_args(argv)
 
 
@@ -154,13 +160,6 @@ def embed_all(embedder, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([embedder.embed(batch).vectors for batch in batches])
 
 
-def model_only(embedder, pixels: np.ndarray, batch_size: int) -> tuple[Timing, np.ndarray]:
-    """Forward passes alone on pre-processed pixels; one untimed warm-up batch first."""
-    embedder.embed(pixels[:batch_size])
-    vectors, seconds = timed(lambda: embed_all(embedder, pixels, batch_size))
-    return Timing(len(pixels), seconds), vectors
-
-
 class LoadClock:
     """Wraps ``app.load_model`` to time the load that happens inside ``index_folders``."""
 
@@ -188,6 +187,25 @@ def run_pipeline(settings: Settings, folder: Path):
     return summary, wall, clock.seconds
 
 
+def alternate(embedder, pixels: np.ndarray, settings: Settings, folder: Path, repeat: int,
+              busy: dict[str, float]):
+    """Model-only and pipeline runs, alternating so that drift in the machine's speed hits
+    both alike; each pipeline run indexes into its own fresh home (``home/run<i>``).
+
+    Returns the fastest model-only run (seconds, vectors) and the fastest pipeline run
+    (summary, wall seconds, load seconds), judged excluding the load.
+    """
+    embedder.embed(pixels[:settings.batch_size])  # warm-up, untimed
+    models, pipelines = [], []
+    for i in range(repeat):
+        with CpuMeter(busy, "model-only"):
+            models.append(timed(lambda: embed_all(embedder, pixels, settings.batch_size)))
+        with CpuMeter(busy, "pipeline"):
+            pipelines.append(run_pipeline(settings.replace(home=settings.home / f"run{i}"), folder))
+    best_model = min(models, key=lambda run: run[1])
+    return best_model, min(pipelines, key=lambda run: run[1] - run[2])
+
+
 def stored_vectors(home: Path, folder: Path, names: Sequence[str]) -> np.ndarray:
     """The pipeline's embeddings from the library, in the order of ``names``."""
     with open_library(home) as library:
@@ -198,7 +216,7 @@ def stored_vectors(home: Path, folder: Path, names: Sequence[str]) -> np.ndarray
     return np.stack([by_id[files[str(folder.absolute() / n)].id] for n in names])
 
 
-def naive_loop(checkpoint: Path, photos: Sequence[Path]) -> tuple[Timing, str]:
+def naive_loop(checkpoint: Path, photos: Sequence[Path], repeat: int) -> tuple[Timing, str]:
     """What a beginner writes: open, convert, process and forward one image at a time, fp32."""
     import torch
     from PIL import Image
@@ -214,7 +232,7 @@ def naive_loop(checkpoint: Path, photos: Sequence[Path]) -> tuple[Timing, str]:
             return int(model(**inputs).logits.argmax(-1))
 
     one(photos[0])  # warm-up, untimed: flatters the naive loop, never the pipeline
-    _, seconds = timed(lambda: [one(p) for p in photos])
+    seconds = min(timed(lambda: [one(p) for p in photos])[1] for _ in range(repeat))
     return Timing(len(photos), seconds), type(processor).__name__
 
 
@@ -229,7 +247,8 @@ def verdict(value: float, target: float) -> str:
 
 
 class CpuMeter:
-    """Records into ``busy[phase]`` the cores other processes kept busy during the block."""
+    """Records into ``busy[phase]`` the cores other processes kept busy during the block
+    (the most over repeated blocks of one phase)."""
 
     def __init__(self, busy: dict[str, float], phase: str) -> None:
         self.busy, self.phase = busy, phase
@@ -242,7 +261,8 @@ class CpuMeter:
         wall, machine, own = (a - b for a, b in zip(
             (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()), self._start,
             strict=True))
-        self.busy[self.phase] = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
+        other = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
+        self.busy[self.phase] = max(other, self.busy.get(self.phase, 0.0))
 
 
 def _machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float:
@@ -287,27 +307,28 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     print_machine(settings)
     pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
     busy = {}
-    with CpuMeter(busy, "model-only"):
-        model, model_vectors = model_only(embedder, pixels, settings.batch_size)
-    with CpuMeter(busy, "pipeline"):
-        summary, wall_s, run_load_s = run_pipeline(settings, folder)
-    stored = stored_vectors(settings.home, folder, [p.name for p in photos])
+    (model_vectors, model_s), (summary, wall_s, run_load_s) = alternate(
+        embedder, pixels, settings, folder, args.repeat, busy)
+    stored = stored_vectors(settings.home / "run0", folder, [p.name for p in photos])
     with CpuMeter(busy, "naive"):
-        naive, naive_processor = naive_loop(checkpoint, photos[:args.naive_limit])
+        naive, naive_processor = naive_loop(checkpoint, photos[:args.naive_limit], args.repeat)
     fp32 = app.load_model(settings.replace(precision="fp32"))
     auto_vs_fp32 = min_cosine(embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
                               embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size))
     return Results(
         photos=len(photos), precision=embedder.precision, load_s=load_s, decode_s=decode_s,
         summary_line=summary.line(), wall_s=wall_s, run_load_s=run_load_s,
-        pipeline=Timing(len(photos), wall_s - run_load_s), model=model, naive=naive,
-        naive_processor=naive_processor, auto_vs_fp32=auto_vs_fp32,
+        pipeline=Timing(len(photos), wall_s - run_load_s), model=Timing(len(photos), model_s),
+        naive=naive, naive_processor=naive_processor, auto_vs_fp32=auto_vs_fp32,
         stored_vs_model=min_cosine(stored, model_vectors), busy=busy,
     )
 
 
-def report(r: Results, batch_size: int, bf16: bool) -> None:
+def report(r: Results, args: argparse.Namespace, bf16: bool) -> None:
+    batch_size = args.batch_size
     print()
+    print(f"every rate is the fastest of {args.repeat} runs (model-only and pipeline runs "
+          "alternate)")
     print(f"model load (separate, warm cache):      {r.load_s:.2f}s")
     print(f"decode + preprocess, 1 thread:          {1000 * r.decode_s / r.photos:.1f} ms/image "
           f"({r.photos / r.decode_s:.1f} images/s)")
@@ -339,7 +360,7 @@ def report(r: Results, batch_size: int, bf16: bool) -> None:
 def report_busy(busy: dict[str, float]) -> None:
     """Other processes on the machine skew every rate: say how much CPU they took."""
     shares = ", ".join(f"{phase} {cores:.2f}" for phase, cores in busy.items())
-    print(f"CPU used by other processes (cores, mean over phase): {shares}")
+    print(f"CPU used by other processes (cores, mean over a run; worst run): {shares}")
     if max(busy.values()) > BUSY_WARNING_CORES:
         print("WARNING: the machine was not idle; the rates above are unreliable. Run again "
               "when nothing else is running.")
@@ -360,11 +381,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     photos = pick_photos(args.path, args.limit)
     if not photos:
         raise SystemExit(f"no photos in {args.path}")
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     print("NOTE: the model is a randomly initialised ViT-B/16 (torch.manual_seed(0)); real")
     print("      weights are not available here. Speeds are representative, labels are not.")
     with tempfile.TemporaryDirectory(prefix="vitsearch-bench-") as temp:
         results = run(args, photos, Path(temp))
-    report(results, args.batch_size, has_bf16_hardware(cpu_flags()))
+    report(results, args, has_bf16_hardware(cpu_flags()))
 
 
 if __name__ == "__main__":

@@ -243,6 +243,8 @@ class Indexer:
     def _write(self, batch: list[_Decoded], root_id: int, plan: Plan, summary: Summary) -> None:
         started = time.perf_counter()
         entries, failures, to_model = [], [], []
+        decoded = [item.photo.content_hash for item in batch if item.error is None]
+        known = self.library.db.indexed_with_hashes(decoded) if decoded else {}
         for item in batch:
             if item.error is not None:
                 log.warning("skipping %s: %s", item.stat.path, item.error)
@@ -252,7 +254,7 @@ class Indexer:
                     )
                 )
                 continue
-            reused = self._reuse(item, root_id)
+            reused = self._reuse(item, root_id, known)
             if reused is not None:
                 entries.append(reused)
                 summary.reused += 1
@@ -281,9 +283,9 @@ class Indexer:
         )
         self._maybe_save()
 
-    def _reuse(self, item: _Decoded, root_id: int) -> ImageEntry | None:
+    def _reuse(self, item: _Decoded, root_id: int, known: dict[str, int]) -> ImageEntry | None:
         """A byte-identical copy of an indexed photo takes its embedding, with no model call."""
-        source = self.library.db.indexed_with_hash(item.photo.content_hash)
+        source = known.get(item.photo.content_hash)
         if source is None:
             return None
         found = self.library.db.embedding(source)

@@ -156,6 +156,16 @@ class Database:
         with self.session() as s:
             return s.scalar(query)
 
+    def indexed_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """:meth:`indexed_with_hash` for a whole batch in one query: content hash -> image id."""
+        query = (
+            select(ImageRow.content_hash, ImageRow.id)
+            .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
+            .where(ImageRow.content_hash.in_(list(set(hashes))))
+        )
+        with self.session() as s:
+            return {content: image_id for content, image_id in s.execute(query)}
+
     def write_batch(
         self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
     ) -> list[int]:
