@@ -36,6 +36,10 @@ UPLOAD_LIMIT_MB = 50
 
 def load_model(settings: Settings):
     """The embedder for ``settings.model`` (imported late: torch takes seconds to import)."""
+    if settings.backend == "onnx":
+        from vitsearch.model.onnx_backend import load_onnx_embedder
+
+        return load_onnx_embedder(settings)
     from vitsearch.model import load_embedder
 
     return load_embedder(settings)
@@ -147,6 +151,15 @@ def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tupl
     paths = image_files(inputs)
     kept, vectors = embed_files(load_model(settings), paths, settings.batch_size)
     return len(kept), write_features(out, kept, vectors)
+
+
+def export_model(settings: Settings, out: Path, quantize: str | None = None):
+    """Export the fp32 model to ONNX in ``out``, checked against PyTorch before it is written."""
+    from vitsearch.model import load_embedder
+    from vitsearch.model.export import export_onnx
+
+    fp32 = load_embedder(settings.replace(device="cpu", precision="fp32"))
+    return export_onnx(fp32, out, quantize=quantize)
 
 
 def finetune_model(

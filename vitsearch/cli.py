@@ -40,8 +40,13 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
         ),
         click.option(
             "--precision",
-            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-            help="Model precision.",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+            help="Model precision (int8: torch dynamic quantization, CPU).",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(["torch", "onnx"]),
+            help="onnx: run a `vitsearch export` DIR given as --model [env VITSEARCH_BACKEND].",
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
         click.option("-v", "--verbose", is_flag=True, help="Log more (debug)."),
@@ -51,7 +56,7 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
         command = option(command)
 
     @functools.wraps(command)
-    def wrapper(home, model, device, precision, debug, verbose, quiet, **kwargs):
+    def wrapper(home, model, device, precision, backend, debug, verbose, quiet, **kwargs):
         _setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else log_level)
         settings = None
         try:
@@ -60,6 +65,7 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
                 model=model,
                 device=device,
                 precision=precision,
+                backend=backend,
                 debug=debug,
                 **_settings_flags(kwargs),
             )
@@ -409,6 +415,38 @@ def finetune(
         sys.exit(130)
     click.echo(result.line())
     click.echo(f"use it with: vitsearch index PATH... --model {result.out_dir}")
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx"]),
+    default="onnx",
+    show_default=True,
+    help="Export format.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory for model.onnx, its manifest and the processor config.",
+)
+@click.option(
+    "--quantize", type=click.Choice(["int8"]), help="Dynamic int8 weights (ONNX Runtime)."
+)
+@click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
+@click.option("--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state.")
+@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
+@library_options()
+def export(settings: Settings, fmt: str, out: Path, quantize: str | None) -> None:
+    """Export the model to ONNX (dynamic batch), checked against PyTorch before it is written."""
+    manifest = app.export_model(settings, out, quantize)
+    check = manifest.verification
+    click.echo(
+        f"wrote {out} ({manifest.precision}): min cosine {check['min_cosine']:.5f} "
+        f"to PyTorch fp32 over {check['images']} probe images"
+    )
 
 
 @main.command("map")

@@ -19,7 +19,8 @@ from vitsearch.errors import ConfigError
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("torch", "onnx")
 POOLS = ("cls", "mean", "cls+mean")
 
 
@@ -52,6 +53,9 @@ class Settings:
         "Encoder layer whose tokens make the embedding: -1 the final output, 0..N hidden states.",
     )
     pool: str = _setting("cls", "Token pooling for the embedding: cls, mean or cls+mean.")
+    backend: str = _setting(
+        "torch", "torch, or onnx to run a `vitsearch export` directory (given as --model)."
+    )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(
         _default_threads(), "Torch intra-op threads. Lower it when other work shares the CPU."
@@ -129,6 +133,8 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
 def _validated(settings: Settings) -> Settings:
     if settings.device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {settings.device!r}")
+    if settings.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {settings.backend!r}")
     if settings.pool not in POOLS:
         raise ConfigError(f"pool must be one of {', '.join(POOLS)}, not {settings.pool!r}")
     if settings.precision not in PRECISIONS:

@@ -39,6 +39,8 @@ def load_embedder(settings: Settings) -> Embedder:
     model, processor = _load_from_directory(directory, settings.model)
     device = choose_device(settings.device)
     precision = choose_precision(settings.precision, device)
+    if precision == "int8":
+        return _int8(settings, device)
     features = _features(settings, model.config.num_hidden_layers)
     hidden = int(model.config.hidden_size)
     info = ModelInfo(
@@ -49,6 +51,15 @@ def load_embedder(settings: Settings) -> Embedder:
     )
     log.info("loaded %s on %s (%s)", settings.model, device, precision)
     return Embedder(model, processor, info, device=device, precision=precision, features=features)
+
+
+def _int8(settings: Settings, device: str) -> Embedder:
+    """Torch dynamic int8 of the linear layers, checked against fp32 (cosine >= 0.99)."""
+    from vitsearch.model.quantize import quantize_int8
+
+    if device != "cpu":
+        raise ConfigError("--precision int8 runs on the CPU; use --device cpu")
+    return quantize_int8(load_embedder(settings.replace(precision="fp32")))
 
 
 def _features(settings: Settings, layers: int) -> Features:

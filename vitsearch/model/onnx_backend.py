@@ -12,6 +12,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import transformers
@@ -19,8 +21,11 @@ from PIL import Image
 
 from vitsearch.config import Settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch
+from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch, Features
 from vitsearch.records import Label, ModelInfo
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 MODEL_FILE = "model.onnx"
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -45,6 +50,7 @@ class ExportManifest:
     opset: int
     preprocessing: dict
     id2label: dict[int, str]  # empty for a checkpoint without a classification head
+    features: dict = field(default_factory=lambda: asdict(Features()))
     quantization: dict | None = None
     verification: dict | None = None  # filled in once the export agreed with PyTorch
     versions: dict = field(default_factory=dict)
@@ -62,10 +68,10 @@ class ExportManifest:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> ExportManifest:
-        data = json.loads(text)
-        data["id2label"] = {int(k): v for k, v in data.get("id2label", {}).items()}
-        return cls(**data)
+    def from_dict(cls, data: dict) -> ExportManifest:
+        """The manifest from its parsed JSON (label ids come back as ints)."""
+        id2label = {int(k): v for k, v in (data.get("id2label") or {}).items()}
+        return cls(**{**data, "id2label": id2label})
 
 
 def backend_fingerprint(source_fingerprint: str, backend: str) -> str:
@@ -81,9 +87,16 @@ class OnnxEmbedder:
 
     device = "cpu"
 
-    def __init__(self, session, processor, manifest: ExportManifest, name: str) -> None:
+    def __init__(
+        self,
+        session: onnxruntime.InferenceSession,
+        processor: transformers.BaseImageProcessor,
+        manifest: ExportManifest,
+        name: str,
+    ) -> None:
         self.manifest = manifest
         self.precision = manifest.precision
+        self.features = Features(**manifest.features)  # baked into the graph at export
         self.info = ModelInfo(
             name=name,
             fingerprint=manifest.fingerprint,
@@ -143,18 +156,33 @@ class OnnxEmbedder:
 def load_onnx_embedder(settings: Settings) -> OnnxEmbedder:
     """The export directory ``settings.model`` on ONNX Runtime, with ``settings.threads``.
 
-    ``settings.precision`` must be ``auto`` or the export's own precision, and
-    ``settings.device`` ``auto`` or ``cpu``: an export fixes both.
+    ``settings.precision`` must be ``auto`` or the export's own precision, ``settings.device``
+    ``auto`` or ``cpu``, and ``settings.layer``/``pool`` the defaults or the export's: an
+    export fixes all of them.
     """
     if settings.device not in ("auto", "cpu"):
-        raise ConfigError(f"the onnx backend runs on the CPU; use --device cpu, not {settings.device}")
+        raise ConfigError(
+            f"the onnx backend runs on the CPU; use --device cpu, not {settings.device}"
+        )
     embedder = open_export(Path(settings.model).expanduser(), settings.threads, name=settings.model)
     if settings.precision not in ("auto", embedder.precision):
         raise ConfigError(
             f"export {settings.model} is {embedder.precision}, not {settings.precision}; "
             f"use --precision auto or export again with the precision you want"
         )
+    _check_features(settings, embedder)
     return embedder
+
+
+def _check_features(settings: Settings, embedder: OnnxEmbedder) -> None:
+    """Default --layer/--pool take the export's own; others must match what it baked in."""
+    asked = Features(settings.layer, settings.pool)
+    if not asked.default and asked != embedder.features:
+        made = embedder.features
+        raise ConfigError(
+            f"export {settings.model} embeds layer {made.layer} with {made.pool} pooling, not "
+            f"layer {asked.layer} with {asked.pool}; export again with the --layer/--pool you want"
+        )
 
 
 def open_export(
@@ -186,23 +214,30 @@ def read_manifest(directory: Path, require_verified: bool = True) -> ExportManif
     if not path.is_file():
         raise ModelNotAvailableError(f"{directory} is not a vitsearch ONNX export; {EXPORT_HINT}")
     try:
-        manifest = ExportManifest.from_json(path.read_text())
-    except (OSError, ValueError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        _check_format(path, data)
+        manifest = ExportManifest.from_dict(data)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ModelNotAvailableError(
             f"unreadable export manifest {path}: {exc}; {EXPORT_HINT}"
         ) from exc
-    if manifest.format != FORMAT or manifest.format_version > FORMAT_VERSION:
-        raise ModelNotAvailableError(
-            f"{path} is format {manifest.format} v{manifest.format_version}; this vitsearch reads "
-            f"{FORMAT} up to v{FORMAT_VERSION}: upgrade vitsearch or export again"
-        )
     if require_verified and not (manifest.verification or {}).get("passed"):
         # Only an export that agreed with PyTorch is fit to share a library's semantics.
         raise ModelNotAvailableError(f"export {directory} was never verified; {EXPORT_HINT}")
     return manifest
 
 
-def _open_session(path: Path, threads: int):
+def _check_format(path: Path, data: dict) -> None:
+    """Checked before the fields are read: a newer format may have fields we do not know."""
+    kind, version = data.get("format"), data.get("format_version", 0)
+    if kind != FORMAT or version > FORMAT_VERSION:
+        raise ModelNotAvailableError(
+            f"{path} is format {kind} v{version}; this vitsearch reads {FORMAT} up to "
+            f"v{FORMAT_VERSION}: upgrade vitsearch or export again"
+        )
+
+
+def _open_session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     ort = _onnxruntime()
     if not path.is_file():
         raise ModelNotAvailableError(f"export {path.parent} has no {MODEL_FILE}; {EXPORT_HINT}")
@@ -220,7 +255,7 @@ def _open_session(path: Path, threads: int):
         ) from exc
 
 
-def _onnxruntime():
+def _onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
