@@ -75,7 +75,7 @@ def test_index_search_similar_classify_status(env: dict, album: list[Path], tmp_
     info = status(env)
     assert (info["images"], info["failed"], info["vectors"], info["dim"]) == (10, 1, 10, 32)
     assert info["model"] == env["VITSEARCH_MODEL"] and info["home"] == env["VITSEARCH_HOME"]
-    assert info["precision"] in ("fp32", "bf16")
+    assert info["precision"] in ("fp32", "bf16") and info["device"] == "cpu"
 
     again = vitsearch("index", str(tmp_path / "album"), env=env)
     assert again.stdout.startswith("nothing changed: 11 photos up to date, no model work")

@@ -152,5 +152,6 @@ def test_map_and_library_pages(indexed: list[Path]) -> None:
     assert not at.exception and at.get("plotly_chart")
     at = open_app("Library")
     assert not at.exception
+    assert any("device cpu" in m.value for m in at.markdown)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Photos"] == "13" and metrics["Vectors"] == "13"

@@ -225,6 +225,7 @@ def library_status(settings: Settings) -> dict:
             "model_fingerprint": model.fingerprint if model else None,
             "dim": model.dim if model else None,
             "precision": library.db.get_meta("precision"),
+            "device": library.db.get_meta("device"),
             "home": str(settings.home),
             "folders": [{"path": p, "online": online} for p, online in library.db.roots()],
             "writer_pid": writer_pid(settings.home),

@@ -112,6 +112,7 @@ class Indexer:
         if self._embedder is None:
             embedder = self._embedder_factory()
             self.library.adopt_model(embedder.info, embedder.precision)
+            self.library.db.set_meta(device=str(getattr(embedder, "device", "cpu")))
             self._embedder = embedder
         return self._embedder
 

@@ -21,7 +21,8 @@ def render() -> None:
     counts[3].metric("Vectors", status["vectors"])
     st.markdown(
         f"**Model:** `{status['model'] or '-'}` · dim {status['dim'] or '-'} · "
-        f"precision {status['precision'] or '-'}  \n**Home:** `{status['home']}`"
+        f"device {status['device'] or '-'} · precision {status['precision'] or '-'}  \n"
+        f"**Home:** `{status['home']}`"
     )
     watcher_line(status)
     folders(status)
