@@ -46,7 +46,34 @@ class EmbeddingBatch:
     labels: list[tuple[Label, ...]]  # top labels per image; empty without a head
 
 
-class Embedder:
+class PixelInput:
+    """Preprocessing shared by every backend: needs ``self.info`` and ``self._processor``."""
+
+    info: ModelInfo
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) the processor resizes to; decoders may draft down to it."""
+        size = self.info.preprocessing.get("size") or {}
+        height = size.get("height") or size.get("shortest_edge") or 224
+        width = size.get("width") or size.get("shortest_edge") or 224
+        return int(width), int(height)
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """Decoders may reduce a photo to this before preprocessing, losing nothing visible."""
+        width, height = self.input_size
+        return 2 * width, 2 * height
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> (3, H, W) float32 pixels, exactly as the checkpoint expects."""
+        return self._processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
+        return self.embed(np.stack([self.preprocess(image) for image in images]))
+
+
+class Embedder(PixelInput):
     """A loaded ViT checkpoint ready to embed batches of preprocessed pixels.
 
     ``preprocess`` is safe to call from decode threads; ``embed`` runs the model.
@@ -76,24 +103,6 @@ class Embedder:
     def has_labels(self) -> bool:
         return self._head is not None
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(width, height) the processor resizes to; decoders may draft down to it."""
-        size = self.info.preprocessing.get("size") or {}
-        height = size.get("height") or size.get("shortest_edge") or 224
-        width = size.get("width") or size.get("shortest_edge") or 224
-        return int(width), int(height)
-
-    @property
-    def decode_size(self) -> tuple[int, int]:
-        """Decoders may reduce a photo to this before preprocessing, losing nothing visible."""
-        width, height = self.input_size
-        return 2 * width, 2 * height
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> (3, H, W) float32 pixels, exactly as the checkpoint expects."""
-        return self._processor(images=[image], return_tensors="np")["pixel_values"][0]
-
     def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
         """(n, 3, H, W) pixels -> unit embeddings and top labels, in one forward pass."""
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self._dtype)
@@ -106,9 +115,6 @@ class Embedder:
             pooled = _pool(tokens.float(), self.features.pool)
         vectors = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return EmbeddingBatch(vectors=vectors, labels=labels or [() for _ in range(len(vectors))])
-
-    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
-        return self.embed(np.stack([self.preprocess(image) for image in images]))
 
     def _top_labels(self, logits: torch.Tensor) -> list[tuple[Label, ...]]:
         probs = torch.softmax(logits.float(), dim=-1)

@@ -39,7 +39,7 @@ from vitsearch.indexer.decode import read_photo
 from vitsearch.indexer.files import is_temporary_name, scan
 from vitsearch.model.hardware import DTYPES, choose_device, choose_precision
 from vitsearch.model.loader import (
-    SUPPORTED_MODEL_TYPES,
+    checked_config,
     checkpoint_fingerprint,
     resolve_checkpoint,
 )
@@ -381,15 +381,7 @@ def _check_base(directory: Path, name: str) -> None:
         raise ModelNotAvailableError(
             f"checkpoint {name} has no safetensors weights; save it with model.save_pretrained(dir)"
         )
-    try:
-        config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(f"cannot read the config of checkpoint {name}: {exc}") from exc
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelNotAvailableError(
-            f"checkpoint {name} is a {config.model_type!r} model; vitsearch fine-tunes "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    checked_config(directory, name)
 
 
 def _load_processor(directory: Path, name: str):

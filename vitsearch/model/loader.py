@@ -112,15 +112,7 @@ def _load_from_directory(directory: Path, name: str):
         raise ModelNotAvailableError(
             f"checkpoint {name} {why}; save it with safetensors (model.save_pretrained(dir))"
         )
-    try:
-        config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(f"cannot read the config of checkpoint {name}: {exc}") from exc
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelNotAvailableError(
-            f"checkpoint {name} is a {config.model_type!r} model; vitsearch supports "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    config = checked_config(directory, name)
     try:
         model_class = _model_class(config)
         model = model_class.from_pretrained(
@@ -130,6 +122,20 @@ def _load_from_directory(directory: Path, name: str):
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(f"cannot load checkpoint {name}: {exc}") from exc
     return model, processor
+
+
+def checked_config(directory: Path, name: str):
+    """The checkpoint's config, if it is an architecture vitsearch embeds with."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(f"cannot read the config of checkpoint {name}: {exc}") from exc
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelNotAvailableError(
+            f"checkpoint {name} is a {config.model_type!r} model; vitsearch supports "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return config
 
 
 def _model_class(config):

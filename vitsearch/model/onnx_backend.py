@@ -9,7 +9,6 @@ mixes them with the PyTorch ones silently.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import transformers
-from PIL import Image
 
 from vitsearch.config import Settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch, Features
+from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch, Features, PixelInput
 from vitsearch.records import Label, ModelInfo
 
 if TYPE_CHECKING:
@@ -79,7 +77,7 @@ def backend_fingerprint(source_fingerprint: str, backend: str) -> str:
     return f"{source_fingerprint}+{backend}"
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(PixelInput):
     """An exported checkpoint run by ONNX Runtime on the CPU; a drop-in for :class:`Embedder`.
 
     ``preprocess`` is safe to call from decode threads; ``embed`` runs the session.
@@ -111,24 +109,6 @@ class OnnxEmbedder:
     def has_labels(self) -> bool:
         return LOGITS_OUTPUT in self._outputs
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(width, height) the processor resizes to; decoders may draft down to it."""
-        size = self.info.preprocessing.get("size") or {}
-        height = size.get("height") or size.get("shortest_edge") or 224
-        width = size.get("width") or size.get("shortest_edge") or 224
-        return int(width), int(height)
-
-    @property
-    def decode_size(self) -> tuple[int, int]:
-        """Decoders may reduce a photo to this before preprocessing, losing nothing visible."""
-        width, height = self.input_size
-        return 2 * width, 2 * height
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> (3, H, W) float32 pixels, exactly as the checkpoint expects."""
-        return self._processor(images=[image], return_tensors="np")["pixel_values"][0]
-
     def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
         """(n, 3, H, W) pixels -> unit embeddings and top labels, in one session run."""
         feed = {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)}
@@ -137,9 +117,6 @@ class OnnxEmbedder:
         if LOGITS_OUTPUT not in results:
             return EmbeddingBatch(vectors=vectors, labels=[() for _ in range(len(vectors))])
         return EmbeddingBatch(vectors=vectors, labels=self._top_labels(results[LOGITS_OUTPUT]))
-
-    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
-        return self.embed(np.stack([self.preprocess(image) for image in images]))
 
     def _top_labels(self, logits: np.ndarray) -> list[tuple[Label, ...]]:
         logits = logits.astype(np.float64)
