@@ -27,6 +27,10 @@ if not (CHROMIUM and CHROMEDRIVER):
         allow_module_level=True,
     )
 
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -91,7 +95,8 @@ def browser(tmp_path: Path):
 
 def test_upload_then_clusters_and_duplicates(server, browser, tmp_path: Path) -> None:
     url, photos = server
-    wait = WebDriverWait(browser, 90)
+    # Streamlit re-renders while we look: a found element may go stale, so look again.
+    wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(f"{url}/?page=Search")
     upload = wait.until(when.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
     upload.send_keys(str(photos[4]))
@@ -101,9 +106,7 @@ def test_upload_then_clusters_and_duplicates(server, browser, tmp_path: Path) ->
     browser.save_screenshot(str(tmp_path / "search.png"))
 
     _choose_page(browser, wait, "Clusters")
-    wait.until(
-        lambda driver: any(b.text == "Open" for b in driver.find_elements(By.TAG_NAME, "button"))
-    )
+    wait.until(lambda driver: driver.find_elements(By.XPATH, "//button[.//p[text()='Open']]"))
     browser.save_screenshot(str(tmp_path / "clusters.png"))
 
     _choose_page(browser, wait, "Duplicates")
@@ -114,13 +117,18 @@ def test_upload_then_clusters_and_duplicates(server, browser, tmp_path: Path) ->
 
 
 def _choose_page(browser, wait, name: str) -> None:
-    label = wait.until(
-        when.element_to_be_clickable(
-            (By.XPATH, f"//label[@data-testid='stRadioOption'][.//p[text()='{name}']]")
-        )
-    )
-    label.click()
-    wait.until(lambda driver: any(h.text == name for h in driver.find_elements(By.TAG_NAME, "h2")))
+    option = (By.XPATH, f"//label[@data-testid='stRadioOption'][.//p[text()='{name}']]")
+    wait.until(lambda driver: _clicked(driver, option))
+    wait.until(lambda driver: driver.find_elements(By.XPATH, f"//h2[contains(., '{name}')]"))
+
+
+def _clicked(driver, locator) -> bool:
+    """Click what ``locator`` finds; False (so the wait tries again) if a re-render staled it."""
+    try:
+        driver.find_element(*locator).click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
 
 
 def _result_images(driver) -> list:
