@@ -199,3 +199,15 @@ def test_label_search_with_filters(home: Path) -> None:
         assert search_by_label(library, "retriever", 10)[0].path == "/photos/a/4.jpg"
         with pytest.raises(NoSuchLabelError):
             search_by_label(library, "tab", 10)  # not a whole word
+
+
+def test_remembered_filter_sees_new_photos(home: Path) -> None:
+    vectors, _ = sphere_groups([10], seed=9)
+    plant(home, vectors, folder="/photos/a")
+    with open_library(home) as reader:
+        first = nearest(reader, vectors[0], 50, Filters(under="/photos/a"))
+        assert len(first) == 10
+        plant(home, sphere_groups([5], seed=10)[0], folder="/photos/a/new")  # another writer
+        reader.refresh()
+        again = nearest(reader, vectors[0], 50, Filters(under="/photos/a"))
+        assert len(again) == 15

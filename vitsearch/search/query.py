@@ -59,7 +59,7 @@ def nearest(
     library: Library, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     """The k nearest photos that pass ``filters``, best first."""
-    allowed = library.db.filtered_ids(filters) if filters.restricts_ids else None
+    allowed = library.allowed_ids(filters) if filters.restricts_ids else None
     ids, scores = library.vectors.search(vector, k, allowed)
     if allowed is not None and len(ids) < min(k, len(allowed)):
         # An approximate index probes only some lists; a narrow filter can leave them short.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from vitsearch.errors import ModelMismatchError
-from vitsearch.records import ModelInfo
+from vitsearch.records import Filters, ModelInfo
 from vitsearch.store.database import Database
 from vitsearch.store.lock import WriterLock, holder_pid
 from vitsearch.store.vectors import (
@@ -21,6 +23,7 @@ from vitsearch.store.vectors import (
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "library.sqlite3"
+ALLOWED_CACHE = 8  # filters remembered per reader
 VECTORS_NAME = "vectors.faiss"
 
 
@@ -34,6 +37,7 @@ class Library:
         self.db = Database(home / DATABASE_NAME)
         self._vectors: VectorIndex | None = None
         self._vectors_stamp: float | None = None
+        self._allowed: dict[tuple, tuple[tuple[int, int], np.ndarray]] = {}
         self._vectors_dirty = False
 
     @property
@@ -55,6 +59,20 @@ class Library:
             )
             self._vectors_dirty = changed
         return self._vectors
+
+    def allowed_ids(self, filters: Filters) -> np.ndarray:
+        """Ids passing the folder/date filters, remembered until the embeddings change:
+        a long-lived reader (the app) repeats the same filter on every query."""
+        key = (filters.under, filters.after, filters.before)
+        state = self.db.vector_state()
+        cached = self._allowed.get(key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        ids = self.db.filtered_ids(filters)
+        if len(self._allowed) >= ALLOWED_CACHE:
+            self._allowed.pop(next(iter(self._allowed)))
+        self._allowed[key] = (state, ids)
+        return ids
 
     def refresh(self) -> None:
         """For long-lived readers (the UI): see what a writer committed since the last call.
