@@ -12,14 +12,13 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vitsearch.errors import ImageDecodeError, VitsearchError
-from vitsearch.indexer.decode import read_photo
+from vitsearch.errors import VitsearchError
 from vitsearch.indexer.files import content_hash_file, image_extensions, scan
 from vitsearch.records import Label
 from vitsearch.store import Library
@@ -213,10 +212,15 @@ def _embed_examples(library, embedder_factory, examples):
             else:
                 pending.append((path, index))
     embedded = 0
-    for batch_vectors, batch_targets in _embed_pending(embedder_factory, pending):
-        vectors.extend(batch_vectors)
-        targets.extend(batch_targets)
-        embedded += len(batch_targets)
+    if pending:  # only examples the library does not hold go through the model
+        # imported here: features -> indexer -> reconcile -> teach would be a cycle
+        from vitsearch.features import embed_files
+
+        target_of = dict(pending)
+        kept, new_vectors = embed_files(embedder_factory(), [path for path, _ in pending])
+        vectors.extend(new_vectors)
+        targets.extend(target_of[path] for path in kept)
+        embedded = len(kept)
     if not vectors:
         raise VitsearchError("none of the example photos could be read")
     return np.stack(vectors).astype(np.float32), np.array(targets), classes, embedded
@@ -230,22 +234,6 @@ def _stored_vector(library: Library, path: str) -> np.ndarray | None:
         return None
     found = library.db.embedding(image_id) if image_id is not None else None
     return found[0] if found is not None else None
-
-
-def _embed_pending(embedder_factory, pending, batch: int = 16) -> Iterator[tuple[list, list]]:
-    if not pending:
-        return
-    embedder = embedder_factory()
-    for start in range(0, len(pending), batch):
-        images, targets = [], []
-        for path, target in pending[start : start + batch]:
-            try:
-                images.append(read_photo(path, embedder.decode_size).image)
-                targets.append(target)
-            except ImageDecodeError as exc:
-                log.warning("skipping %s: %s", path, exc)
-        if images:
-            yield list(embedder.embed_images(images).vectors), targets
 
 
 def _split(targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
