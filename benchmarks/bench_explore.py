@@ -28,12 +28,12 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
+from bench_index import CpuMeter  # same folder: run as `python benchmarks/bench_explore.py`
 
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import Filters, ImageEntry, LibraryCounts, ModelInfo
@@ -41,7 +41,7 @@ from vitsearch.search.clusters import compute_clusters
 from vitsearch.search.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.search.query import nearest
 from vitsearch.store import Library, VectorIndex, open_library
-from vitsearch.store.vectors import NPROBE, build_index
+from vitsearch.store.vectors import NPROBE, build_index, faiss_threads
 
 K = 10
 SEED = 20240601
@@ -294,17 +294,6 @@ def query_library(library: Library, queries: np.ndarray, filters: Filters):
     return timed_runs(run, queries)
 
 
-@contextmanager
-def faiss_threads(count: int) -> Iterator[None]:
-    """FAISS's OpenMP thread count inside the block (a busy machine punishes extra threads)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
 def sql_breakdown(library: Library, queries: np.ndarray, under: Filters) -> dict[str, float]:
     """Median ms of each part of ``nearest``: the filter's SQL, FAISS alone, the hits' SQL."""
     samples, short = [], 0
@@ -461,36 +450,6 @@ def index_only(data: Synthetic, queries: np.ndarray, sql: dict[str, float], n_li
 
 
 # -- measuring and reporting -------------------------------------------------------------------
-
-
-class CpuMeter:
-    """Records into ``busy[phase]`` the cores other processes kept busy during the block."""
-
-    def __init__(self, busy: dict[str, float], phase: str) -> None:
-        self.busy, self.phase = busy, phase
-
-    def __enter__(self) -> CpuMeter:
-        self._start = (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        now = (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds())
-        wall, machine, own = (a - b for a, b in zip(now, self._start, strict=True))
-        self.busy[self.phase] = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
-
-
-def _machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float:
-    try:
-        fields = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 def load() -> str:

@@ -84,18 +84,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     )
     parser.add_argument("path", type=Path, help="folder of photos (files sorted by name)")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                        help=f"index the first N photos (default {DEFAULT_LIMIT}; 0 = all)")
-    parser.add_argument("--naive-limit", type=int, default=DEFAULT_NAIVE_LIMIT,
-                        help="photos for the one-at-a-time fp32 loop "
-                        f"(default {DEFAULT_NAIVE_LIMIT})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"images per forward pass (default {defaults.batch_size})")
-    parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help=f"torch intra-op threads (default {defaults.threads})")
-    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
-                        help="time model-only and the pipeline this many times each, "
-                        f"alternating, and keep the fastest of each (default {DEFAULT_REPEAT})")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"index the first N photos (default {DEFAULT_LIMIT}; 0 = all)",
+    )
+    parser.add_argument(
+        "--naive-limit",
+        type=int,
+        default=DEFAULT_NAIVE_LIMIT,
+        help=f"photos for the one-at-a-time fp32 loop (default {DEFAULT_NAIVE_LIMIT})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"images per forward pass (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help=f"torch intra-op threads (default {defaults.threads})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=DEFAULT_REPEAT,
+        help="time model-only and the pipeline this many times each, "
+        f"alternating, and keep the fastest of each (default {DEFAULT_REPEAT})",
+    )
     return parser.parse_args(argv)
 
 
@@ -156,7 +175,7 @@ def predecode(embedder, photos: Sequence[Path]) -> tuple[np.ndarray, float]:
 
 
 def embed_all(embedder, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
     return np.concatenate([embedder.embed(batch).vectors for batch in batches])
 
 
@@ -187,15 +206,21 @@ def run_pipeline(settings: Settings, folder: Path):
     return summary, wall, clock.seconds
 
 
-def alternate(embedder, pixels: np.ndarray, settings: Settings, folder: Path, repeat: int,
-              busy: dict[str, float]):
+def alternate(
+    embedder,
+    pixels: np.ndarray,
+    settings: Settings,
+    folder: Path,
+    repeat: int,
+    busy: dict[str, float],
+):
     """Model-only and pipeline runs, alternating so that drift in the machine's speed hits
     both alike; each pipeline run indexes into its own fresh home (``home/run<i>``).
 
     Returns the fastest model-only run (seconds, vectors) and the fastest pipeline run
     (summary, wall seconds, load seconds), judged excluding the load.
     """
-    embedder.embed(pixels[:settings.batch_size])  # warm-up, untimed
+    embedder.embed(pixels[: settings.batch_size])  # warm-up, untimed
     models, pipelines = [], []
     for i in range(repeat):
         with CpuMeter(busy, "model-only"):
@@ -258,9 +283,14 @@ class CpuMeter:
         return self
 
     def __exit__(self, *exc) -> None:
-        wall, machine, own = (a - b for a, b in zip(
-            (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()), self._start,
-            strict=True))
+        wall, machine, own = (
+            a - b
+            for a, b in zip(
+                (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()),
+                self._start,
+                strict=True,
+            )
+        )
         other = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
         self.busy[self.phase] = max(other, self.busy.get(self.phase, 0.0))
 
@@ -299,61 +329,94 @@ def print_machine(settings: Settings) -> None:
 def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     checkpoint, save_s = timed(lambda: save_vit_b16(temp / "vit-b16"))
     folder = link_photos(photos, temp / "photos")
-    settings = load_settings(environ={}, home=temp / "home", model=str(checkpoint),
-                             device="auto", precision="auto", batch_size=args.batch_size,
-                             threads=args.threads)
+    settings = load_settings(
+        environ={},
+        home=temp / "home",
+        model=str(checkpoint),
+        device="auto",
+        precision="auto",
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
     print(f"checkpoint saved in {save_s:.1f}s; {len(photos)} photos from {args.path}")
     embedder, load_s = timed(lambda: app.load_model(settings))  # also sets torch threads
     print_machine(settings)
     pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
     busy = {}
     (model_vectors, model_s), (summary, wall_s, run_load_s) = alternate(
-        embedder, pixels, settings, folder, args.repeat, busy)
+        embedder, pixels, settings, folder, args.repeat, busy
+    )
     stored = stored_vectors(settings.home / "run0", folder, [p.name for p in photos])
     with CpuMeter(busy, "naive"):
-        naive, naive_processor = naive_loop(checkpoint, photos[:args.naive_limit], args.repeat)
+        naive, naive_processor = naive_loop(checkpoint, photos[: args.naive_limit], args.repeat)
     fp32 = app.load_model(settings.replace(precision="fp32"))
-    auto_vs_fp32 = min_cosine(embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
-                              embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size))
+    auto_vs_fp32 = min_cosine(
+        embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
+        embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size),
+    )
     return Results(
-        photos=len(photos), precision=embedder.precision, load_s=load_s, decode_s=decode_s,
-        summary_line=summary.line(), wall_s=wall_s, run_load_s=run_load_s,
-        pipeline=Timing(len(photos), wall_s - run_load_s), model=Timing(len(photos), model_s),
-        naive=naive, naive_processor=naive_processor, auto_vs_fp32=auto_vs_fp32,
-        stored_vs_model=min_cosine(stored, model_vectors), busy=busy,
+        photos=len(photos),
+        precision=embedder.precision,
+        load_s=load_s,
+        decode_s=decode_s,
+        summary_line=summary.line(),
+        wall_s=wall_s,
+        run_load_s=run_load_s,
+        pipeline=Timing(len(photos), wall_s - run_load_s),
+        model=Timing(len(photos), model_s),
+        naive=naive,
+        naive_processor=naive_processor,
+        auto_vs_fp32=auto_vs_fp32,
+        stored_vs_model=min_cosine(stored, model_vectors),
+        busy=busy,
     )
 
 
 def report(r: Results, args: argparse.Namespace, bf16: bool) -> None:
     batch_size = args.batch_size
     print()
-    print(f"every rate is the fastest of {args.repeat} runs (model-only and pipeline runs "
-          "alternate)")
+    print(
+        f"every rate is the fastest of {args.repeat} runs (model-only and pipeline runs alternate)"
+    )
     print(f"model load (separate, warm cache):      {r.load_s:.2f}s")
-    print(f"decode + preprocess, 1 thread:          {1000 * r.decode_s / r.photos:.1f} ms/image "
-          f"({r.photos / r.decode_s:.1f} images/s)")
+    print(
+        f"decode + preprocess, 1 thread:          {1000 * r.decode_s / r.photos:.1f} ms/image "
+        f"({r.photos / r.decode_s:.1f} images/s)"
+    )
     print(f"Summary: {r.summary_line}")
     print("         (Summary's seconds include the model load done inside the run)")
-    print(f"index_folders wall time:                {r.wall_s:.2f}s, of which model load "
-          f"{r.run_load_s:.2f}s (timed inside the run)")
+    print(
+        f"index_folders wall time:                {r.wall_s:.2f}s, of which model load "
+        f"{r.run_load_s:.2f}s (timed inside the run)"
+    )
     print()
-    print(f"pipeline   (index_folders, excl. load): {r.pipeline.rate:7.2f} images/s  "
-          f"[{r.pipeline.images} images / {r.pipeline.seconds:.2f}s: scan, read, decode, "
-          "preprocess, forward, SQLite, FAISS]")
+    print(
+        f"pipeline   (index_folders, excl. load): {r.pipeline.rate:7.2f} images/s  "
+        f"[{r.pipeline.images} images / {r.pipeline.seconds:.2f}s: scan, read, decode, "
+        "preprocess, forward, SQLite, FAISS]"
+    )
     print(f"end-to-end (index_folders, incl. load): {r.photos / r.wall_s:7.2f} images/s")
-    print(f"model-only (Embedder.embed, {r.precision}):      {r.model.rate:7.2f} images/s  "
-          f"[{r.model.images} pre-decoded images / {r.model.seconds:.2f}s, batch {batch_size},"
-          " after 1 warm-up batch]")
-    print(f"naive loop (fp32, 1 image at a time):   {r.naive.rate:7.2f} images/s  "
-          f"[{r.naive.images} images / {r.naive.seconds:.2f}s, incl. open+decode+"
-          f"{r.naive_processor}, after 1 warm-up image]")
+    print(
+        f"model-only (Embedder.embed, {r.precision}):      {r.model.rate:7.2f} images/s  "
+        f"[{r.model.images} pre-decoded images / {r.model.seconds:.2f}s, batch {batch_size},"
+        " after 1 warm-up batch]"
+    )
+    print(
+        f"naive loop (fp32, 1 image at a time):   {r.naive.rate:7.2f} images/s  "
+        f"[{r.naive.images} images / {r.naive.seconds:.2f}s, incl. open+decode+"
+        f"{r.naive_processor}, after 1 warm-up image]"
+    )
     print()
     report_ratios(r.pipeline, r.model, r.naive, bf16)
-    print(f"min cosine auto ({r.precision}) vs fp32, first {min(COSINE_IMAGES, r.photos)} images: "
-          f"{r.auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "
-          f"{verdict(r.auto_vs_fp32, COSINE_TARGET)}")
-    print(f"min cosine pipeline (stored in library) vs model-only, {r.photos} images: "
-          f"{r.stored_vs_model:.5f}  (same pixels, so ~1)")
+    print(
+        f"min cosine auto ({r.precision}) vs fp32, first {min(COSINE_IMAGES, r.photos)} images: "
+        f"{r.auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "
+        f"{verdict(r.auto_vs_fp32, COSINE_TARGET)}"
+    )
+    print(
+        f"min cosine pipeline (stored in library) vs model-only, {r.photos} images: "
+        f"{r.stored_vs_model:.5f}  (same pixels, so ~1)"
+    )
     report_busy(r.busy)
 
 
@@ -362,18 +425,23 @@ def report_busy(busy: dict[str, float]) -> None:
     shares = ", ".join(f"{phase} {cores:.2f}" for phase, cores in busy.items())
     print(f"CPU used by other processes (cores, mean over a run; worst run): {shares}")
     if max(busy.values()) > BUSY_WARNING_CORES:
-        print("WARNING: the machine was not idle; the rates above are unreliable. Run again "
-              "when nothing else is running.")
+        print(
+            "WARNING: the machine was not idle; the rates above are unreliable. Run again "
+            "when nothing else is running."
+        )
 
 
 def report_ratios(pipeline: Timing, model: Timing, naive: Timing, bf16: bool) -> None:
     vs_model = pipeline.rate / model.rate
     vs_naive = pipeline.rate / naive.rate
-    print(f"pipeline / model-only: {vs_model:.3f}  (target >= {PIPELINE_TARGET}) "
-          f"{verdict(vs_model, PIPELINE_TARGET)}")
+    print(
+        f"pipeline / model-only: {vs_model:.3f}  (target >= {PIPELINE_TARGET}) "
+        f"{verdict(vs_model, PIPELINE_TARGET)}"
+    )
     naive_verdict = verdict(vs_naive, NAIVE_TARGET) if bf16 else "n/a (no bf16 hardware)"
-    print(f"pipeline / naive:      {vs_naive:.2f}x  (target >= {NAIVE_TARGET:.0f}x) "
-          f"{naive_verdict}")
+    print(
+        f"pipeline / naive:      {vs_naive:.2f}x  (target >= {NAIVE_TARGET:.0f}x) {naive_verdict}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

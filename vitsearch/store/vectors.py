@@ -94,7 +94,7 @@ class VectorIndex:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=NPROBE)
         else:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        with _threads(1):  # one query: more threads only fight the indexer for the cores
+        with faiss_threads(1):  # one query: more threads only fight the indexer for the cores
             scores, ids = self.index.search(query, min(k, limit), params=params)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
@@ -240,7 +240,8 @@ def _bitmap_selector(allowed: np.ndarray) -> faiss.IDSelector:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def faiss_threads(count: int) -> Iterator[None]:
+    """FAISS's OpenMP thread count inside the block."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(count)
     try:
