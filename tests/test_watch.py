@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import draw_album, draw_photo
-from vitsearch.store import open_library
+from vitsearch.config import load_settings
+from vitsearch.store import Database, open_library
 
 pytestmark = pytest.mark.slow
 DEADLINE = 60.0
@@ -26,11 +27,12 @@ def env(cli_env: dict) -> dict:
 
 
 class WatchProcess:
-    def __init__(self, folder: Path, env: dict, log: Path) -> None:
+    def __init__(self, folder: Path, env: dict, log: Path, batch_size: int = 8) -> None:
         self.log = log
+        command = ["watch", str(folder), "--batch-size", str(batch_size)]
         with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "vitsearch", "watch", str(folder), "--batch-size", "8"],
+                [sys.executable, "-m", "vitsearch", *command],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -55,8 +57,9 @@ class WatchProcess:
 def start_watch(env: dict, tmp_path: Path):
     started: list[WatchProcess] = []
 
-    def start(folder: Path) -> WatchProcess:
-        watcher = WatchProcess(folder, env, tmp_path / f"watch-{len(started)}.log")
+    def start(folder: Path, batch_size: int = 8) -> WatchProcess:
+        log = tmp_path / f"watch-{len(started)}.log"
+        watcher = WatchProcess(folder, env, log, batch_size)
         started.append(watcher)
         watcher.wait_ready()
         return watcher
@@ -66,12 +69,14 @@ def start_watch(env: dict, tmp_path: Path):
         watcher.kill()
 
 
-def eventually(check: Callable[[], bool], message: str, deadline: float = DEADLINE) -> None:
+def eventually(
+    check: Callable[[], bool], message: str, deadline: float = DEADLINE, poll: float = 0.2
+) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if check():
             return
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(message)
 
 
@@ -84,6 +89,15 @@ def library_rows(home: Path) -> dict[str, tuple[int, bool]]:
 def photos_on_disk(folder: Path) -> set[str]:
     names = (".jpg", ".png")
     return {str(p) for p in folder.rglob("*") if p.suffix in names and not p.name.startswith(".")}
+
+
+def committed_images(home: Path) -> int:
+    """Photos a reader sees, without opening the FAISS cache."""
+    database = Database(load_settings({}, home=home).database_path)
+    try:
+        return database.counts().images
+    finally:
+        database.close()
 
 
 def converged(home: Path, folder: Path, broken: set[str] = frozenset()) -> bool:
@@ -171,12 +185,14 @@ def test_sigkill_mid_burst_then_restart_converges(
 ) -> None:
     folder = tmp_path / "library"
     folder.mkdir()
-    watcher = start_watch(folder)
+    # one photo per commit and a quick, cheap poll, so the kill lands mid-burst however
+    # fast the writes are
+    watcher = start_watch(folder, batch_size=1)
     for photo in draw_album(tmp_path / "staging", 120):
         shutil.copy(photo, folder / photo.name)
-    eventually(lambda: len(library_rows(home)) > 0, "nothing was committed")
+    eventually(lambda: committed_images(home) > 0, "nothing was committed", poll=0.01)
     watcher.kill()
-    committed = len(library_rows(home))
+    committed = committed_images(home)
     start_watch(folder)
     eventually(lambda: converged(home, folder), "restart did not converge")
     assert committed < 120, "the burst finished before the kill; the test proved nothing"

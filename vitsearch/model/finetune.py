@@ -464,7 +464,8 @@ def _contains(module: torch.nn.Module, part: torch.nn.Module) -> bool:
 
 def _decode_size(processor) -> tuple[int, int]:
     width, height = _input_size(processor)
-    return 2 * width, 2 * height  # as the indexer drafts: JPEGs decode fast, nothing lost
+    # twice the input, unlike the indexer: random crops are then resized up to the input
+    return 2 * width, 2 * height
 
 
 def _input_size(processor) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import case, create_engine, delete, event, func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -169,31 +170,27 @@ class Database:
     def write_batch(
         self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
     ) -> list[int]:
-        """Upsert embedded images and failures by path in one transaction; returns image ids."""
+        """Upsert embedded images and failures by path in one transaction; returns image ids.
+
+        A handful of set-based statements per batch, not several per photo: at 1.3 ms a
+        photo, per-row ORM writes were a visible share of the indexer's time."""
         now = time.time()
         with self.session() as s, s.begin():
             _touch(s)
-            seq = self._next_seq(s, len(entries))
-            ids = []
-            for offset, entry in enumerate(entries):
-                row = _upsert_image(s, entry.path, entry.root_id, entry.size, entry.mtime_ns, now)
-                row.fingerprint, row.content_hash = entry.fingerprint, entry.content_hash
-                row.width, row.height, row.taken_at = entry.width, entry.height, entry.taken_at
-                row.status, row.error = STATUS_OK, None
-                s.flush()
-                vector = np.asarray(entry.vector, dtype=np.float32).tobytes()
-                s.merge(EmbeddingRow(image_id=row.id, vector=vector, seq=seq + offset))
-                _forget_derived(s, row.id)
-                s.add_all(self._label_rows(s, row.id, entry.labels))
-                ids.append(row.id)
-            for failure in failures:
-                row = _upsert_image(
-                    s, failure.path, failure.root_id, failure.size, failure.mtime_ns, now
-                )
-                row.status, row.error = STATUS_FAILED, failure.error
-                s.flush()
-                s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
-                _forget_derived(s, row.id)
+            ids = _upsert_images(s, [_image_values(e, now) for e in entries])
+            failed = _upsert_images(s, [_failure_values(f, now) for f in failures])
+            _forget_derived(s, ids + failed)
+            _delete_where_in(s, EmbeddingRow, failed)
+            if entries:
+                seq = self._next_seq(s, len(entries))
+                vectors = [
+                    {"image_id": i, "vector": _blob(e.vector), "seq": seq + offset}
+                    for offset, (i, e) in enumerate(zip(ids, entries, strict=True))
+                ]
+                s.execute(_upsert(EmbeddingRow, vectors[0], ["image_id"]), vectors)
+                labels = self._label_rows(s, ids, [e.labels for e in entries])
+                if labels:
+                    s.execute(LabelRow.__table__.insert(), labels)
             return ids
 
     def move(self, image_id: int, path: str, root_id: int, mtime_ns: int) -> None:
@@ -650,26 +647,33 @@ class Database:
                 found[image_id].append(Label(label, score, source))
         return {i: tuple(labels) for i, labels in found.items()}
 
-    def _label_rows(self, s: Session, image_id: int, labels: Sequence[Label]) -> list[LabelRow]:
-        ids = self._classifier_ids(s) if any(lab.custom for lab in labels) else {}
-        rows, rank = [], 0
-        for lab in labels:
-            if lab.custom:
-                cid = ids.get(lab.source.removeprefix("custom:"))
-                if cid is None:
-                    continue  # its classifier was removed meanwhile
-                row_rank = CUSTOM_RANK + cid
-            else:
-                row_rank, rank = rank, rank + 1
-            rows.append(
-                LabelRow(
-                    image_id=image_id,
-                    rank=row_rank,
-                    label=lab.label,
-                    score=lab.score,
-                    source=lab.source,
+    def _label_rows(
+        self, s: Session, ids: Sequence[int], labels: Sequence[Sequence[Label]]
+    ) -> list[dict]:
+        """Rows for each photo's labels: the model's ranked 0.., a taught one at
+        CUSTOM_RANK + its classifier id (skipped if that classifier was removed meanwhile)."""
+        custom = any(lab.custom for photo in labels for lab in photo)
+        classifier_ids = self._classifier_ids(s) if custom else {}
+        rows = []
+        for image_id, photo_labels in zip(ids, labels, strict=True):
+            rank = 0
+            for lab in photo_labels:
+                if lab.custom:
+                    cid = classifier_ids.get(lab.source.removeprefix("custom:"))
+                    if cid is None:
+                        continue
+                    row_rank = CUSTOM_RANK + cid
+                else:
+                    row_rank, rank = rank, rank + 1
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "rank": row_rank,
+                        "label": lab.label,
+                        "score": lab.score,
+                        "source": lab.source,
+                    }
                 )
-            )
         return rows
 
     def _classifier_ids(self, s: Session) -> dict[str, int]:
@@ -736,10 +740,15 @@ def _filter_conditions(filters: Filters) -> list:
     return conditions
 
 
-def _forget_derived(s: Session, image_id: int) -> None:
-    """A new (or no) vector invalidates the photo's labels, map point and cluster membership."""
+def _forget_derived(s: Session, ids: list[int]) -> None:
+    """A new (or no) vector invalidates the photos' labels, map points and cluster membership."""
     for table in (LabelRow, MapPointRow, ClusterMemberRow):
-        s.execute(delete(table).where(table.image_id == image_id))
+        _delete_where_in(s, table, ids)
+
+
+def _delete_where_in(s: Session, table, ids: list[int]) -> None:
+    for chunk in _chunks(ids, 500):
+        s.execute(delete(table).where(table.image_id.in_(chunk)))
 
 
 def _touch(s: Session) -> None:
@@ -747,15 +756,63 @@ def _touch(s: Session) -> None:
     s.merge(Meta(key="last_commit_at", value=repr(time.time())))
 
 
-def _upsert_image(
-    s: Session, path: str, root_id: int, size: int, mtime_ns: int, now: float
-) -> ImageRow:
-    row = s.scalar(select(ImageRow).where(ImageRow.path == path))
-    if row is None:
-        row = ImageRow(path=path)
-        s.add(row)
-    row.root_id, row.size, row.mtime_ns, row.indexed_at = root_id, size, mtime_ns, now
-    return row
+def _upsert(table, example: dict, keys: list[str]):
+    """INSERT .. ON CONFLICT (keys) DO UPDATE: an existing row keeps its id."""
+    statement = sqlite_insert(table)
+    updates = {name: statement.excluded[name] for name in example if name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def _upsert_images(s: Session, rows: list[dict]) -> list[int]:
+    """Insert or update images by path; their ids, in the order of ``rows``."""
+    if not rows:
+        return []
+    s.execute(_upsert(ImageRow, rows[0], ["path"]), rows)
+    paths = [row["path"] for row in rows]
+    found: dict[str, int] = {}
+    for chunk in _chunks(paths, 500):
+        query = select(ImageRow.path, ImageRow.id).where(ImageRow.path.in_(chunk))
+        found.update((path, image_id) for path, image_id in s.execute(query))
+    return [found[path] for path in paths]
+
+
+def _image_values(entry: ImageEntry, now: float) -> dict:
+    return {
+        "path": entry.path,
+        "root_id": entry.root_id,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "fingerprint": entry.fingerprint,
+        "content_hash": entry.content_hash,
+        "width": entry.width,
+        "height": entry.height,
+        "taken_at": entry.taken_at,
+        "status": STATUS_OK,
+        "error": None,
+        "indexed_at": now,
+    }
+
+
+def _failure_values(failure: FailedEntry, now: float) -> dict:
+    # the same keys as an embedded photo, so one statement shape serves both
+    return {
+        "path": failure.path,
+        "root_id": failure.root_id,
+        "size": failure.size,
+        "mtime_ns": failure.mtime_ns,
+        "fingerprint": None,
+        "content_hash": None,
+        "width": None,
+        "height": None,
+        "taken_at": None,
+        "status": STATUS_FAILED,
+        "error": failure.error,
+        "indexed_at": now,
+    }
+
+
+def _blob(vector) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
 
 
 def _stored_file(row: ImageRow) -> StoredFile:

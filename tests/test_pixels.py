@@ -1,0 +1,61 @@
+"""The quick preprocessing path gives the image processor's pixels, or steps aside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
+
+from tests.helpers import draw_photo
+from vitsearch.indexer.decode import read_photo
+from vitsearch.model import load_embedder
+from vitsearch.model.pixels import plain_pixels
+
+PROCESSORS = {
+    "vit defaults (imagenet mean/std)": ViTImageProcessorPil(),
+    "vit-base hub config": ViTImageProcessorPil(
+        size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ),
+    "bicubic, no normalise": ViTImageProcessorPil(
+        size={"height": 64, "width": 48}, resample=Image.Resampling.BICUBIC, do_normalize=False
+    ),
+}
+
+
+def photos(tmp_path: Path) -> list[Image.Image]:
+    sizes = [(224, 224), (640, 480), (97, 301), (20, 15)]
+    modes = ["RGB", "RGBA", "L", "P"]
+    found = []
+    for seed, (size, mode) in enumerate(zip(sizes, modes, strict=True)):
+        path = draw_photo(tmp_path / f"p{seed}.png", seed, size=size, mode=mode)
+        found.append(read_photo(str(path), (448, 448)).image)
+    return found
+
+
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_plain_path_matches_the_processor(name: str, tmp_path: Path) -> None:
+    processor = PROCESSORS[name]
+    plain = plain_pixels(processor)
+    assert plain is not None
+    for image in photos(tmp_path):
+        expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        got = plain(image)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_processors_doing_more_keep_their_own_path() -> None:
+    assert plain_pixels(DeiTImageProcessorPil()) is None  # resize, then centre crop
+    shortest_edge = ViTImageProcessorPil(size={"shortest_edge": 224})
+    assert plain_pixels(shortest_edge) is None
+
+
+def test_embedder_preprocess_is_the_checkpoint_processor(settings, tmp_path: Path) -> None:
+    embedder = load_embedder(settings)
+    assert embedder._plain is not None, "the tiny ViT's processor should take the quick path"
+    for image in photos(tmp_path):
+        expected = embedder._processor(images=[image], return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(embedder.preprocess(image), expected, atol=1e-5)
