@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_index import CpuMeter, pick_photos, save_vit_b16
+from bench_explore import synthesize, write_library
+from bench_index import CpuMeter, pick_photos, save_vit_b16, timed
 from PIL import Image
 
 from vitsearch.config import Settings, load_settings
@@ -35,6 +36,8 @@ from vitsearch.model.export import TOLERANCES, export_onnx
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MODEL_FILE, OnnxEmbedder, load_onnx_embedder
 from vitsearch.model.quantize import quantize_int8
+from vitsearch.store import open_library
+from vitsearch.teach import apply_classifier, train
 
 DEFAULT_IMAGES = 64
 DEFAULT_COSINE_IMAGES = 32
@@ -51,6 +54,9 @@ FLAGS_OF_INTEREST = (
     "amx_int8",
 )
 BUSY_WARNING_CORES = 0.1
+TEACH_EMBEDDINGS = 10_000
+TEACH_CLASSES = 10
+TEACH_EXAMPLES_PER_CLASS = 200  # "a few to a few hundred" example photos per label
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (n, 3, H, W) pixels -> (n, dim) unit vectors
 Args = argparse.Namespace
@@ -111,6 +117,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_REPEAT,
         help=f"timed passes per backend, fastest kept (default {DEFAULT_REPEAT})",
+    )
+    parser.add_argument(
+        "--teach-embeddings",
+        type=int,
+        default=TEACH_EMBEDDINGS,
+        help=f"library size for the `teach` timing, 0 to skip it (default {TEACH_EMBEDDINGS})",
+    )
+    parser.add_argument(
+        "--teach-only", action="store_true", help="time `teach` only (no model, no PATH photos)"
     )
     return parser.parse_args(argv)
 
@@ -320,8 +335,56 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> list[Row]:
     return rows
 
 
+def teach_timing(n: int, temp: Path) -> None:
+    """`teach` without its photo decoding: fit on labelled examples taken from an n-photo
+    library of clustered 768-d embeddings, then label all n from SQLite (no model)."""
+    data = synthesize(n, 768)
+    _ids, write_s, _build_s = write_library(temp / "teach-home", data, budget=0)
+    rng = np.random.default_rng(0)
+    anchors = data.vectors[rng.choice(n, TEACH_CLASSES, replace=False)]
+    classes_of = np.argmax(data.vectors @ anchors.T, axis=1)  # nearest anchor: separable classes
+    examples = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(classes_of == c), TEACH_EXAMPLES_PER_CLASS)
+            for c in range(TEACH_CLASSES)
+        ]
+    )
+    names = tuple(f"label_{c}" for c in range(TEACH_CLASSES))
+    print(
+        f"\nteach: {n:,} library embeddings written in {write_s:.1f}s "
+        f"({n / write_s:,.0f} rows/s through write_batch)"
+    )
+    busy: dict[str, float] = {}
+    with CpuMeter(busy, "teach"):
+        (classifier, accuracy), train_s = timed(
+            lambda: train(data.vectors[examples], classes_of[examples], names)
+        )
+        with open_library(temp / "teach-home", write=True) as library:
+            cid = library.db.save_classifier(
+                "bench", classifier.to_bytes(), list(names), accuracy, "x"
+            )
+            labelled, apply_s = timed(lambda: apply_classifier(library, cid, "bench", classifier))
+        (_, all_accuracy), train_all_s = timed(lambda: train(data.vectors, classes_of, names))
+    print(
+        f"  train on {len(examples):,} examples ({TEACH_CLASSES} labels x "
+        f"{TEACH_EXAMPLES_PER_CLASS}): {train_s:.2f}s, held-out accuracy {accuracy:.3f}"
+    )
+    print(f"  label the library ({labelled:,} photos, no model forward): {apply_s:.2f}s")
+    print(f"  teach = train + label: {train_s + apply_s:.2f}s")
+    print(
+        f"  train on all {n:,} embeddings as examples: {train_all_s:.2f}s, "
+        f"held-out accuracy {all_accuracy:.3f}"
+    )
+    if busy["teach"] > BUSY_WARNING_CORES:
+        print(f"  (other processes used {busy['teach']:.2f} cores meanwhile)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.teach_only:
+        with tempfile.TemporaryDirectory(prefix="vitsearch-bench-teach-") as temp:
+            teach_timing(args.teach_embeddings, Path(temp))
+        return
     photos = pick_photos(args.path, max(args.images, args.cosine_images))
     if not photos:
         raise SystemExit(f"no photos in {args.path}")
@@ -333,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitsearch-bench-backends-") as temp:
         rows = run(args, photos, Path(temp))
-    report(rows, args, len(photos), min(args.cosine_images, len(photos)))
+        report(rows, args, len(photos), min(args.cosine_images, len(photos)))
+        if args.teach_embeddings:
+            teach_timing(args.teach_embeddings, Path(temp))
     print(f"total time: {time.perf_counter() - started:.0f}s")
 
 

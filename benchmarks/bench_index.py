@@ -27,11 +27,11 @@ from vitsearch.indexer.decode import read_photo
 from vitsearch.indexer.files import image_extensions, is_photo_name
 from vitsearch.model.hardware import (
     choose_device,
-    choose_precision,
     cpu_flags,
     cpu_name,
     has_bf16_hardware,
 )
+from vitsearch.model.runtime import choose_runtime
 from vitsearch.store import open_library
 
 DEFAULT_LIMIT = 400
@@ -70,6 +70,7 @@ class Results:
     auto_vs_fp32: float
     stored_vs_model: float
     busy: dict[str, float]  # phase -> cores used by other processes meanwhile
+    paired: list[float]  # pipeline / model-only rate of each alternating pair of runs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -187,8 +188,8 @@ class LoadClock:
         self._original = app.load_model
 
     def __enter__(self) -> LoadClock:
-        def clocked(settings: Settings):
-            result, seconds = timed(lambda: self._original(settings))
+        def clocked(settings: Settings, *args):
+            result, seconds = timed(lambda: self._original(settings, *args))
             self.seconds += seconds
             return result
 
@@ -217,8 +218,9 @@ def alternate(
     """Model-only and pipeline runs, alternating so that drift in the machine's speed hits
     both alike; each pipeline run indexes into its own fresh home (``home/run<i>``).
 
-    Returns the fastest model-only run (seconds, vectors) and the fastest pipeline run
-    (summary, wall seconds, load seconds), judged excluding the load.
+    Returns the fastest model-only run (vectors, seconds), the fastest pipeline run
+    (summary, wall seconds, load seconds), judged excluding the load, and the
+    pipeline/model-only rate ratio of each pair.
     """
     embedder.embed(pixels[: settings.batch_size])  # warm-up, untimed
     models, pipelines = [], []
@@ -228,7 +230,10 @@ def alternate(
         with CpuMeter(busy, "pipeline"):
             pipelines.append(run_pipeline(settings.replace(home=settings.home / f"run{i}"), folder))
     best_model = min(models, key=lambda run: run[1])
-    return best_model, min(pipelines, key=lambda run: run[1] - run[2])
+    # each pipeline run against the model-only run just before it: drift between minutes
+    # (this host's bf16 speed swings by 20%) hits both sides of one pair alike
+    paired = [m[1] / (p[1] - p[2]) for m, p in zip(models, pipelines, strict=True)]
+    return best_model, min(pipelines, key=lambda run: run[1] - run[2]), paired
 
 
 def stored_vectors(home: Path, folder: Path, names: Sequence[str]) -> np.ndarray:
@@ -319,8 +324,9 @@ def print_machine(settings: Settings) -> None:
     print(f"CPU:               {cpu_name()} ({os.cpu_count()} logical cores)")
     present = sorted(flags & {"amx_bf16", "avx512_bf16"})
     print(f"bf16 hardware:     {'yes (' + ', '.join(present) + ')' if bf16 else 'no'}")
+    runtime = choose_runtime(settings.backend, settings.precision, settings.device)
     print(f"auto device:       {device}")
-    print(f"auto precision:    {choose_precision(settings.precision, device)}")
+    print(f"auto runtime:      {runtime.backend} {runtime.precision} ({runtime.reason})")
     print(f"torch threads:     {torch.get_num_threads()} (torch {torch.__version__})")
     print(f"batch size:        {settings.batch_size}")
     print(f"decode workers:    {settings.decode_workers}")
@@ -343,7 +349,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     print_machine(settings)
     pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
     busy = {}
-    (model_vectors, model_s), (summary, wall_s, run_load_s) = alternate(
+    (model_vectors, model_s), (summary, wall_s, run_load_s), paired = alternate(
         embedder, pixels, settings, folder, args.repeat, busy
     )
     stored = stored_vectors(settings.home / "run0", folder, [p.name for p in photos])
@@ -369,6 +375,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
         auto_vs_fp32=auto_vs_fp32,
         stored_vs_model=min_cosine(stored, model_vectors),
         busy=busy,
+        paired=paired,
     )
 
 
@@ -408,6 +415,11 @@ def report(r: Results, args: argparse.Namespace, bf16: bool) -> None:
     )
     print()
     report_ratios(r.pipeline, r.model, r.naive, bf16)
+    median = float(np.median(r.paired))
+    print(
+        f"pipeline / model-only, run by run: {', '.join(f'{x:.3f}' for x in r.paired)}; "
+        f"median {median:.3f} {verdict(median, PIPELINE_TARGET)}"
+    )
     print(
         f"min cosine auto ({r.precision}) vs fp32, first {min(COSINE_IMAGES, r.photos)} images: "
         f"{r.auto_vs_fp32:.5f}  (target >= {COSINE_TARGET}) "

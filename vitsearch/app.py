@@ -20,7 +20,7 @@ from vitsearch.errors import (
 from vitsearch.features import embed_files, image_files, write_features
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.watcher import Watcher, WatchState
-from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label
+from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label, ModelInfo
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
 from vitsearch.search.clusters import clusters
 from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
@@ -34,15 +34,12 @@ log = logging.getLogger(__name__)
 UPLOAD_LIMIT_MB = 50
 
 
-def load_model(settings: Settings):
-    """The embedder for ``settings.model`` (imported late: torch takes seconds to import)."""
-    if settings.backend == "onnx":
-        from vitsearch.model.onnx_backend import load_onnx_embedder
+def load_model(settings: Settings, built_with: ModelInfo | None = None):
+    """The embedder for ``settings.model``, on the backend of the library's model
+    ``built_with`` if it has one (imported late: torch takes seconds to import)."""
+    from vitsearch.model.runtime import load_model as load
 
-        return load_onnx_embedder(settings)
-    from vitsearch.model import load_embedder
-
-    return load_embedder(settings)
+    return load(settings, built_with)
 
 
 def index_folders(settings: Settings, folders: Sequence[Path], progress: bool = False) -> Summary:
@@ -80,7 +77,7 @@ def watch_folders(
 def make_indexer(settings: Settings, library: Library, progress: bool = False) -> Indexer:
     return Indexer(
         library,
-        embedder_factory=lambda: load_model(settings),
+        embedder_factory=lambda: load_model(settings, library.model),
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers,
         save_every_seconds=settings.index_save_seconds,
@@ -91,8 +88,8 @@ def make_indexer(settings: Settings, library: Library, progress: bool = False) -
 def search_image(
     settings: Settings, image: Path, k: int, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
-    embedder = load_model(settings)
     with open_library(settings.home) as library:
+        embedder = load_model(settings, library.model)
         library.check_model(embedder.info)
         return search_by_image(library, embedder, image, k, filters)
 
@@ -128,7 +125,7 @@ def teach_labels(settings: Settings, folder: Path, name: str | None = None) -> T
             raise VitsearchError("index some photos first: a taught label lives on their vectors")
 
         def checked_model():
-            embedder = load_model(settings)
+            embedder = load_model(settings, library.model)
             library.check_model(embedder.info)
             return embedder
 
@@ -224,6 +221,7 @@ def library_status(settings: Settings) -> dict:
             "model": model.name if model else None,
             "model_fingerprint": model.fingerprint if model else None,
             "dim": model.dim if model else None,
+            "backend": model.backend if model else None,
             "precision": library.db.get_meta("precision"),
             "device": library.db.get_meta("device"),
             "home": str(settings.home),

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from vitsearch import app
-from vitsearch.config import Settings, load_settings
+from vitsearch.config import BACKENDS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster, Filters, Hit, Label
 
@@ -40,13 +40,13 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
         ),
         click.option(
             "--precision",
-            type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+            type=click.Choice(PRECISIONS),
             help="Model precision (int8: torch dynamic quantization, CPU).",
         ),
         click.option(
             "--backend",
-            type=click.Choice(["torch", "onnx"]),
-            help="onnx: run a `vitsearch export` DIR given as --model [env VITSEARCH_BACKEND].",
+            type=click.Choice(BACKENDS),
+            help="auto: the fastest within tolerance here; onnx: ONNX Runtime [VITSEARCH_BACKEND].",
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
         click.option("-v", "--verbose", is_flag=True, help="Log more (debug)."),

@@ -20,7 +20,7 @@ from vitsearch.errors import ConfigError
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 POOLS = ("cls", "mean", "cls+mean")
 
 
@@ -46,7 +46,8 @@ class Settings:
     device: str = _setting("auto", "Device for the model: auto (cuda > mps > cpu), cpu, cuda, mps.")
     precision: str = _setting(
         "auto",
-        "Model precision: auto (fp16 on CUDA, bf16 on CPUs with bf16 hardware), fp32, bf16, fp16.",
+        "Model precision: auto (chosen with the backend; for torch fp16 on CUDA, bf16 on CPUs "
+        "with bf16 hardware), fp32, bf16, fp16, int8.",
     )
     layer: int = _setting(
         -1,
@@ -54,7 +55,9 @@ class Settings:
     )
     pool: str = _setting("cls", "Token pooling for the embedding: cls, mean or cls+mean.")
     backend: str = _setting(
-        "torch", "torch, or onnx to run a `vitsearch export` directory (given as --model)."
+        "auto",
+        "auto (the fastest within tolerance for this hardware; a library keeps its own), torch, "
+        "or onnx (ONNX Runtime).",
     )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(

@@ -44,6 +44,11 @@ class Hit:
         return out
 
 
+# Backends whose embeddings differ from torch fp32 beyond its tolerance: each adds its own
+# suffix to the fingerprint, so a library never mixes them.
+OTHER_BACKENDS = ("onnx-fp32", "onnx-int8", "torch-int8")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What identifies the embeddings a model produces; recorded in the library."""
@@ -52,6 +57,13 @@ class ModelInfo:
     fingerprint: str
     dim: int
     preprocessing: dict = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """What made the embeddings: ``torch`` (fp32, bf16 or fp16, which agree within
+        tolerance), else the suffix a backend adds to the checkpoint's fingerprint."""
+        suffix = self.fingerprint.rpartition("+")[2]
+        return suffix if suffix in OTHER_BACKENDS else "torch"
 
 
 @dataclass(frozen=True)

@@ -62,4 +62,4 @@ def thumbnails() -> Thumbnails:
 
 @st.cache_resource(show_spinner="Loading the model (first query only)…")
 def embedder():
-    return app.load_model(settings())
+    return app.load_model(settings(), library().run(lambda shared: shared.model))

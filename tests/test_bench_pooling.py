@@ -1,0 +1,88 @@
+"""The pure metric helpers of benchmarks/bench_pooling.py, checked against brute force."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # the benchmarks import each other by bare name (bench_index), as when run as scripts
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("bench_pooling")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def unit(rows: list[list[float]]) -> np.ndarray:
+    vectors = np.array(rows, dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_ranks_counts_better_and_tied_allowed_items(bench) -> None:
+    gallery = unit([[1, 0], [0.9, 0.1], [0, 1]])
+    queries = unit([[0.85, 0.15], [0, 1]])
+    ranks = bench.ranks(queries, gallery, np.array([0, 2]), None)
+    assert ranks.tolist() == [2, 1]  # item 1 sits closer to the first query than its answer
+    allowed = np.array([[True, False, True], [True, True, True]])
+    assert bench.ranks(queries, gallery, np.array([0, 2]), allowed).tolist() == [1, 1]
+    tied = bench.ranks(unit([[1, 0]]), unit([[1, 0], [1, 0]]), np.array([1]), None)
+    assert tied.tolist() == [2]  # a tie counts against the answer
+
+
+def test_hard_retrieval_hides_siblings_but_not_other_photos_copies(bench) -> None:
+    photo0 = unit([[1, 0, 0], [0.8, 0.6, 0], [0.8, 0.6, 0.01]])  # original, two copies
+    photo1 = unit([[0, 0, 1], [0, 0.1, 1], [0.7, 0.7, 0.3]])  # its 2nd copy looks like photo0's
+    vectors = np.stack([photo0, photo1])
+    assert bench.retrieval_ranks(vectors, hard=False).tolist() == [[1, 1], [1, 2]]
+    # photo0's copies each lose to photo1's 2nd copy, not to their own sibling
+    assert bench.retrieval_ranks(vectors, hard=True).tolist() == [[2, 2], [1, 4]]
+
+
+def test_pair_metrics_match_brute_force(bench) -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(6), 3)
+    vectors = unit((rng.normal(size=(6, 8))[groups] + 0.7 * rng.normal(size=(18, 8))).tolist())
+    scores, positive = bench.pair_scores(vectors, groups)
+    pairs = list(itertools.combinations(range(18), 2))
+    assert len(scores) == len(pairs) and positive.sum() == 6 * 3
+    f1, threshold = bench.best_f1(scores, positive)
+    brute = max(_f1(*bench.at_threshold(scores, positive, t)) for t in scores)
+    assert f1 == pytest.approx(brute)
+    assert _f1(*bench.at_threshold(scores, positive, threshold)) == pytest.approx(f1)
+    order = np.argsort(-scores)
+    hits = np.cumsum(positive[order])
+    expected_ap = np.mean([hits[k] / (k + 1) for k in range(len(order)) if positive[order][k]])
+    assert bench.average_precision(scores, positive) == pytest.approx(expected_ap)
+
+
+def test_split_pools_recovers_each_half(bench) -> None:
+    cls, mean = unit([[3, 4], [1, 0]]), unit([[0, 2], [1, 1]])
+    both = np.concatenate([cls, mean], axis=1) / np.sqrt(2)
+    split = bench.split_pools(both)
+    np.testing.assert_allclose(split["cls"], cls)
+    np.testing.assert_allclose(split["mean"], mean)
+
+
+def test_every_copy_is_a_jpeg_beside_its_original(bench, tmp_path: Path) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("L", (40, 30), 128).save(photo)
+    group = bench.make_copies(photo, tmp_path)
+    assert group[0] == str(photo) and len(group) == 1 + len(bench.TRANSFORMS)
+    assert {Image.open(path).format for path in group[1:]} == {"JPEG"}
+    assert Image.open(group[1]).size == (20, 15)  # half_q70
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0

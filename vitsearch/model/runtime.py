@@ -1,0 +1,179 @@
+"""Which backend and precision run the model: asked for, or the fastest the hardware has.
+
+ViT-B/16 images/s relative to torch fp32 (benchmarks/bench_backends.py; 2-core machines):
+
+    CPU                               torch bf16    ONNX Runtime int8
+    Intel with AMX                    ~4.2-4.5x     ~2.2x
+    AMD Zen 4 (AVX512-bf16, no AMX)   ~3.5x         ~5x
+    AVX2 only                         ~1/7x         ~1.4-1.7x
+
+So ``auto`` means: CUDA: torch fp16; Apple MPS: torch fp32; a CPU with AMX: torch bf16; any
+other CPU: ONNX Runtime int8, on an export made and verified (cosine >= 0.99 to fp32) once
+per checkpoint in the library home; without the ``onnx`` extra, or when that export misses
+the tolerance: torch bf16 where the CPU has bf16 instructions, else fp32.
+
+A library keeps the backend it was built with: ``auto`` follows the recorded one, so moving
+a library to another machine never mixes embeddings from two backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitsearch.config import Settings
+from vitsearch.errors import ConfigError
+from vitsearch.model.embedder import Embedder, Features
+from vitsearch.model.hardware import choose_device, choose_precision, cpu_flags
+from vitsearch.model.loader import checkpoint_fingerprint, load_embedder, resolve_checkpoint
+from vitsearch.model.onnx_backend import (
+    MANIFEST_FILE,
+    OnnxEmbedder,
+    load_onnx_embedder,
+    open_export,
+)
+from vitsearch.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+TORCH = "torch"
+ONNX = "onnx"
+# what made a library's embeddings (ModelInfo.backend) -> how to make more of them;
+# "auto" precision: torch fp32, bf16 and fp16 agree, so the fastest of them
+RECORDED_BACKENDS = {
+    "torch": (TORCH, "auto"),
+    "onnx-int8": (ONNX, "int8"),
+    "onnx-fp32": (ONNX, "fp32"),
+    "torch-int8": (TORCH, "int8"),
+}
+
+
+EXPORTS_FOLDER = "exports"
+ONNX_PRECISIONS = ("int8", "fp32")
+AMX_BF16 = "amx_bf16"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    backend: str  # torch | onnx
+    device: str
+    precision: str
+    reason: str  # why, for the log and `status`
+
+
+def choose_runtime(
+    backend: str,
+    precision: str,
+    device: str,
+    *,
+    model_is_export: bool = False,
+    recorded: ModelInfo | None = None,
+    flags: frozenset[str] | None = None,
+    onnx_installed: bool | None = None,
+) -> Runtime:
+    """The backend, device and precision to load a checkpoint with.
+
+    Args:
+        backend, precision, device: as asked (``auto`` or a choice).
+        model_is_export: the model named is a ``vitsearch export`` directory.
+        recorded: the library's model, if it has one.
+        flags: the CPU flags (read from the machine when None).
+        onnx_installed: whether onnx and onnxruntime import (checked when None).
+    """
+    if backend == ONNX or (backend == "auto" and model_is_export):
+        # an export fixes its precision; "auto" takes it
+        return Runtime(ONNX, "cpu", precision, "an ONNX export")
+    flags = cpu_flags() if flags is None else flags
+    if backend == TORCH or precision != "auto":
+        device = choose_device(device)
+        return Runtime(TORCH, device, choose_precision(precision, device, flags), "asked for")
+    if recorded is not None:
+        chosen, recorded_precision = RECORDED_BACKENDS[recorded.backend]
+        if recorded_precision != "auto":
+            return Runtime(chosen, "cpu", recorded_precision, "the library was built with it")
+        device = choose_device(device)  # torch fp32/bf16/fp16 agree: the fastest of them
+        return Runtime(TORCH, device, choose_precision("auto", device, flags), "the library's")
+    device = choose_device(device)
+    if device != "cpu":
+        return Runtime(TORCH, device, choose_precision("auto", device), f"a {device} device")
+    if AMX_BF16 in flags:
+        return Runtime(TORCH, "cpu", "bf16", "a CPU with AMX: torch bf16 is the fastest")
+    if onnx_available() if onnx_installed is None else onnx_installed:
+        return Runtime(ONNX, "cpu", "int8", "a CPU without AMX: ONNX Runtime int8 is the fastest")
+    fallback = choose_precision("auto", "cpu", flags)
+    return Runtime(
+        TORCH, "cpu", fallback, "no AMX and no onnx extra (pip install 'vitsearch[onnx]')"
+    )
+
+
+def onnx_available() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+
+
+def load_model(settings: Settings, recorded: ModelInfo | None = None) -> Embedder | OnnxEmbedder:
+    """The embedder for ``settings.model`` on the runtime :func:`choose_runtime` picks."""
+    is_export = (Path(settings.model).expanduser() / MANIFEST_FILE).is_file()
+    runtime = choose_runtime(
+        settings.backend,
+        settings.precision,
+        settings.device,
+        model_is_export=is_export,
+        recorded=recorded,
+    )
+    log.info(
+        "model runs on %s %s %s: %s",
+        runtime.backend,
+        runtime.device,
+        runtime.precision,
+        runtime.reason,
+    )
+    if runtime.backend == TORCH:
+        return load_embedder(settings.replace(device=runtime.device, precision=runtime.precision))
+    if is_export:
+        return load_onnx_embedder(settings)
+    precision = "int8" if runtime.precision == "auto" else runtime.precision
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {precision}")
+    return _exported(settings, precision)
+
+
+def _exported(settings: Settings, precision: str) -> Embedder | OnnxEmbedder:
+    """The checkpoint on ONNX Runtime, from an export made once and kept in the home; torch
+    fp32 when that export cannot stay within tolerance (remembered, not retried)."""
+    from vitsearch.model.export import BackendMismatchError, export_onnx
+
+    directory = export_directory(settings, precision)
+    rejected = directory.with_name(directory.name + ".rejected.json")
+    fp32 = settings.replace(backend=TORCH, device="cpu", precision="fp32")
+    fallback = settings.replace(
+        backend=TORCH, device="cpu", precision=choose_precision("auto", "cpu", cpu_flags())
+    )
+    if rejected.is_file():
+        return load_embedder(fallback)
+    if not (directory / MANIFEST_FILE).is_file():
+        log.warning(
+            "first run of %s on this CPU: exporting it to ONNX %s, once (a minute for ViT-B)",
+            settings.model,
+            precision,
+        )
+        try:
+            export_onnx(
+                load_embedder(fp32), directory, quantize=None if precision == "fp32" else precision
+            )
+        except BackendMismatchError as exc:
+            log.warning("using torch %s instead: %s", fallback.precision, exc)
+            rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
+            return load_embedder(fallback)
+    return open_export(directory, settings.threads, name=settings.model)
+
+
+def export_directory(settings: Settings, precision: str) -> Path:
+    """Where the home keeps the automatic export of this checkpoint, layer and pooling."""
+    features = Features(settings.layer, settings.pool)
+    source = checkpoint_fingerprint(resolve_checkpoint(settings.model)) + features.tag()
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return settings.home / EXPORTS_FOLDER / f"{key}-{precision}"
