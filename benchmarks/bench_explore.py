@@ -75,6 +75,7 @@ class Synthetic:
     taken_at: np.ndarray
     pairs: np.ndarray  # (m, 2) rows: original, planted near-duplicate
     centre_cos: float
+    theme: np.ndarray | None = None  # (n,) the theme each photo was drawn around
     top1_cos: float = 0.0
     top10_cos: float = 0.0
 
@@ -153,16 +154,19 @@ def synthesize(n: int, dim: int, chunk: int = 50_000) -> Synthetic:
     scene_theme = rng.integers(0, len(themes), max(1, n // SCENE_SIZE))
     scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), dim), THEME_NOISE))
     vectors = np.empty((n, dim), dtype=np.float32)
+    theme = np.empty(n, dtype=np.int64)
     centre_cos = 0.0
     for start in range(0, n, chunk):
         scene = rng.integers(0, len(scenes), min(chunk, n - start))
         part = unit(scenes[scene] + noise(rng, (len(scene), dim), SHOT_NOISE))
         vectors[start : start + len(part)] = part
+        theme[start : start + len(part)] = scene_theme[scene]
         centre_cos += float(np.einsum("ij,ij->", part, themes[scene_theme[scene]]))
     del scenes
     in_a = rng.random(n) < FOLDER_A_SHARE
     taken_at = START + rng.random(n) * YEARS * 365 * 86400
-    return Synthetic(vectors, in_a, taken_at, np.empty((0, 2), np.int64), centre_cos / n)
+    pairs = np.empty((0, 2), np.int64)
+    return Synthetic(vectors, in_a, taken_at, pairs, centre_cos / n, theme)
 
 
 def plant_duplicates(data: Synthetic) -> None:
