@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers import FakeEmbedder, draw_album, draw_photo
+from vitsearch.config import available_cores
 from vitsearch.errors import ModelMismatchError
 from vitsearch.indexer import Indexer
 from vitsearch.search.query import nearest, search_by_image, similar_to
@@ -223,3 +226,54 @@ def test_hidden_and_non_images_ignored(run: Run, tmp_path: Path) -> None:
     draw_photo(tmp_path / "album" / ".thumbs" / "t.jpg", seed=4)
     (tmp_path / "album" / "notes.txt").write_text("hello")
     assert run(tmp_path / "album").new == 2
+
+
+class TimedEmbedder(FakeEmbedder):
+    """The fake model, noting when pixels are made (decode threads) and when it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preprocessed: list[tuple[float, float]] = []
+        self.forwards: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+
+    def preprocess(self, image):
+        started = time.perf_counter()
+        time.sleep(0.002)  # long enough for an overlap to show
+        pixels = super().preprocess(image)
+        with self._lock:
+            self.preprocessed.append((started, time.perf_counter()))
+        return pixels
+
+    def embed(self, pixels):
+        started = time.perf_counter()
+        time.sleep(0.02)
+        result = super().embed(pixels)
+        self.forwards.append((started, time.perf_counter()))
+        return result
+
+
+@pytest.mark.parametrize("alongside", [False, True])
+def test_decoding_waits_for_the_forward_when_the_model_uses_every_core(
+    alongside: bool, home: Path, tmp_path: Path
+) -> None:
+    draw_album(tmp_path / "album", 24)
+    embedder = TimedEmbedder()
+    # the model's threads take every core, or leave one free (needs 2 cores to mean it)
+    threads = available_cores() - 1 if alongside else available_cores()
+    if alongside and threads < 1:
+        pytest.skip("one core: the model cannot leave one free")
+    with open_library(home, write=True) as library:
+        indexer = Indexer(
+            library, lambda: embedder, batch_size=4, decode_workers=2, model_threads=threads
+        )
+        assert indexer.reconcile([tmp_path / "album"]).embedded == 24
+    overlaps = sum(
+        start < end_f and start_f < end
+        for start, end in embedder.preprocessed
+        for start_f, end_f in embedder.forwards
+    )
+    if alongside:
+        assert overlaps > 0, "with a core free, decoding should run during the forwards"
+    else:
+        assert overlaps == 0, "decoding ran while the model was using every core"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from tests.helpers import image_entries
 from vitsearch.errors import LibraryLockedError, LibraryVersionError, ModelMismatchError
 from vitsearch.records import FailedEntry, ImageEntry, Label, ModelInfo
 from vitsearch.store import Database, open_library, writer_pid
+from vitsearch.store.library import interrupts_deferred
 
 DIM = 8
 INFO = ModelInfo(name="m", fingerprint="sha256:abc", dim=DIM)
@@ -181,3 +185,14 @@ def test_save_includes_rows_committed_but_not_yet_added(home: Path) -> None:
     on_disk = faiss.read_index(str(home / "vectors.faiss"))
     assert set(faiss.vector_to_array(on_disk.id_map).tolist()) == db_ids(home)
     assert on_disk.ntotal == 5
+
+
+def test_ctrl_c_while_saving_takes_effect_after_the_file_is_whole() -> None:
+
+    finished = False
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # Python runs signal handlers between bytecodes: here, if at all
+        finished = True
+    assert finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -82,6 +82,7 @@ def make_indexer(settings: Settings, library: Library, progress: bool = False) -
         decode_workers=settings.decode_workers,
         save_every_seconds=settings.index_save_seconds,
         progress=progress,
+        model_threads=settings.threads,
     )
 
 

@@ -136,7 +136,11 @@ def main() -> None:
 @library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
-    summary = app.index_folders(settings, paths, progress=sys.stderr.isatty())
+    try:
+        summary = app.index_folders(settings, paths, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:  # before the first batch, or while the library was closing
+        click.echo("interrupted, run again to finish: every committed batch is kept")
+        sys.exit(130)
     click.echo(summary.line())
     if summary.interrupted:
         sys.exit(130)

@@ -28,7 +28,10 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _default_threads() -> int:
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
@@ -61,13 +64,15 @@ class Settings:
     )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(
-        _default_threads(), "Torch intra-op threads. Lower it when other work shares the CPU."
+        available_cores(), "Torch intra-op threads. Lower it when other work shares the CPU."
     )
     watch_threads: int = _setting(
-        max(1, _default_threads() - 1),
+        max(1, available_cores() - 1),
         "watch: torch threads of the background indexer; one core is left for you by default.",
     )
-    decode_workers: int = _setting(2, "Threads decoding photos while the model runs.")
+    decode_workers: int = _setting(
+        2, "Threads decoding photos: ahead of the model when it leaves a core free."
+    )
     index_save_seconds: float = _setting(
         300.0,
         "During a long run, write the FAISS file at most this often (always at the end).",

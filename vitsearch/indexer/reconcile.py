@@ -7,6 +7,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vitsearch.config import available_cores
 from vitsearch.errors import ImageDecodeError
 from vitsearch.indexer.decode import Photo, read_photo
 from vitsearch.indexer.files import (
@@ -91,12 +93,14 @@ class Indexer:
         decode_workers: int = 2,
         save_every_seconds: float = 300.0,
         progress: bool = False,
+        model_threads: int = 0,
     ) -> None:
         self.library = library
         self._embedder_factory = embedder_factory
         self._embedder = None
         self.batch_size = batch_size
         self.decode_workers = decode_workers
+        self.model_threads = model_threads  # 0: unknown
         self.save_every_seconds = save_every_seconds
         self.progress = progress
         self._last_save = time.monotonic()
@@ -141,7 +145,10 @@ class Indexer:
             summary.interrupted = True
         finally:
             if save:
-                self.library.save_vectors()
+                try:
+                    self.library.save_vectors()
+                except KeyboardInterrupt:  # came while saving: the file was written first
+                    summary.interrupted = True
             summary.seconds = time.perf_counter() - started
         return summary
 
@@ -225,21 +232,37 @@ class Indexer:
                 bar.update(len(batch))
 
     def _decoded(self, files: list[FileStat]) -> Iterator[_Decoded]:
-        """Decode in worker threads, a bounded distance ahead of the model, in order."""
+        """Decoded photos in order, from worker threads: ahead of the model while it runs
+        when it leaves a core free, else one batch at a time between its forwards."""
         embedder = self.embedder
-        ahead = max(2 * self.batch_size, 4 * self.decode_workers)
-        pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="vitsearch-decode")
-        pending: deque[Future] = deque()
-        try:
-            todo = iter(files)
-            for stat in todo:
-                pending.append(pool.submit(_decode, stat, embedder))
-                if len(pending) >= ahead:
+        decode = functools.partial(_decode, embedder=embedder)
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="vitsearch-decode") as pool:
+            if not self._decode_alongside(embedder):
+                for start in range(0, len(files), self.batch_size):
+                    yield from pool.map(decode, files[start : start + self.batch_size])
+                return
+            ahead = max(2 * self.batch_size, 4 * self.decode_workers)
+            pending: deque[Future] = deque()
+            try:
+                for stat in files:
+                    pending.append(pool.submit(decode, stat))
+                    if len(pending) >= ahead:
+                        yield pending.popleft().result()
+                while pending:
                     yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _decode_alongside(self, embedder) -> bool:
+        """Whether decoding overlaps the forward: yes on a GPU or when the model's threads
+        leave a core free. When the model uses every core, a decode thread stalls its
+        OpenMP workers: on 2 cores the forward ran 13% slower alongside decoding, more than
+        the whole decode costs when each batch is decoded with both cores in between
+        (benchmarks/bench_index.py)."""
+        if getattr(embedder, "device", "cpu") != "cpu" or not self.model_threads:
+            return True
+        return self.model_threads < available_cores()
 
     def _write(self, batch: list[_Decoded], root_id: int, plan: Plan, summary: Summary) -> None:
         started = time.perf_counter()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +120,12 @@ class Library:
         self._vectors_dirty = True
 
     def save_vectors(self) -> None:
-        """Write the FAISS file if it changed; only the writer does."""
+        """Write the FAISS file if it changed; only the writer does. A Ctrl-C meanwhile
+        takes effect once the file is written: a run stopped there still leaves it whole."""
+        with interrupts_deferred():
+            self._save_vectors()
+
+    def _save_vectors(self) -> None:
         if self.writable and self._vectors is not None and self._vectors_dirty:
             # An interrupt can fall between a commit and the in-memory add: check before saving.
             catch_up(self._vectors, self.db)
@@ -138,6 +147,24 @@ class Library:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT during the block is handled (by whatever handled it before) right after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if caught:
+            handler = previous if callable(previous) else signal.default_int_handler
+            if previous != signal.SIG_IGN:
+                handler(signal.SIGINT, None)
 
 
 def _mtime(path: Path) -> float | None:
