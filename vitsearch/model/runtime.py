@@ -156,7 +156,7 @@ def _exported(settings: Settings, precision: str) -> Embedder | OnnxEmbedder:
         return load_embedder(fallback)
     if not (directory / MANIFEST_FILE).is_file():
         log.warning(
-            "first run of %s on this CPU: exporting it to ONNX %s, once (a minute for ViT-B)",
+            "first run of %s on this CPU: exporting it to ONNX %s, once (ViT-B: ~15 s)",
             settings.model,
             precision,
         )
