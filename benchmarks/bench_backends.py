@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_explore import synthesize, write_library
-from bench_index import CpuMeter, pick_photos, save_vit_b16, timed
+from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16, timed
 from PIL import Image
 
 from vitsearch.config import Settings, load_settings
@@ -78,7 +78,6 @@ class Row:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = Settings()
     parser = argparse.ArgumentParser(
         description=(
             "Compare model backends (torch fp32/bf16/int8, ONNX Runtime fp32/int8, OpenVINO "
@@ -102,18 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_COSINE_IMAGES,
         help=f"photos compared with fp32 (default {DEFAULT_COSINE_IMAGES})",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help=f"images per forward pass (default {defaults.batch_size})",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=defaults.threads,
-        help=f"intra-op threads of every backend (default {defaults.threads})",
-    )
+    add_model_options(parser, threads_help="intra-op threads of every backend")
     parser.add_argument(
         "--repeat",
         type=int,

@@ -74,7 +74,6 @@ class Results:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = Settings()
     parser = argparse.ArgumentParser(
         description=(
             "Benchmark vitsearch indexing on a folder of photos with a randomly initialised "
@@ -97,6 +96,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_NAIVE_LIMIT,
         help=f"photos for the one-at-a-time fp32 loop (default {DEFAULT_NAIVE_LIMIT})",
     )
+    add_model_options(parser)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=DEFAULT_REPEAT,
+        help="time model-only and the pipeline this many times each, "
+        f"alternating, and keep the fastest of each (default {DEFAULT_REPEAT})",
+    )
+    return parser.parse_args(argv)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, threads_help: str = "torch intra-op threads"
+) -> None:
+    """--batch-size and --threads, with vitsearch's defaults (shared by the benchmarks)."""
+    defaults = Settings()
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -107,16 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=defaults.threads,
-        help=f"torch intra-op threads (default {defaults.threads})",
+        help=f"{threads_help} (default {defaults.threads})",
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=DEFAULT_REPEAT,
-        help="time model-only and the pipeline this many times each, "
-        f"alternating, and keep the fastest of each (default {DEFAULT_REPEAT})",
-    )
-    return parser.parse_args(argv)
 
 
 def save_vit_b16(directory: Path) -> Path:

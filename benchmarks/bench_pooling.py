@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_index import CpuMeter, pick_photos, save_vit_b16
+from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitsearch.config import POOLS, Settings, load_settings
@@ -127,18 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model",
         help="local checkpoint directory with real weights (default: a seeded random ViT-B/16)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help=f"images per forward pass (default {defaults.batch_size})",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=defaults.threads,
-        help=f"torch intra-op threads (default {defaults.threads})",
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--layer",
         type=int,

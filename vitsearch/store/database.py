@@ -178,7 +178,7 @@ class Database:
         with self.session() as s, s.begin():
             _touch(s)
             ids = _upsert_images(s, [_image_values(e, now) for e in entries])
-            failed = _upsert_images(s, [_failure_values(f, now) for f in failures])
+            failed = _upsert_images(s, [_image_values(f, now) for f in failures])
             _forget_derived(s, ids + failed)
             _delete_where_in(s, EmbeddingRow, failed)
             if entries:
@@ -776,37 +776,21 @@ def _upsert_images(s: Session, rows: list[dict]) -> list[int]:
     return [found[path] for path in paths]
 
 
-def _image_values(entry: ImageEntry, now: float) -> dict:
-    return {
-        "path": entry.path,
-        "root_id": entry.root_id,
-        "size": entry.size,
-        "mtime_ns": entry.mtime_ns,
-        "fingerprint": entry.fingerprint,
-        "content_hash": entry.content_hash,
-        "width": entry.width,
-        "height": entry.height,
-        "taken_at": entry.taken_at,
-        "status": STATUS_OK,
-        "error": None,
-        "indexed_at": now,
-    }
+# what only a decoded photo has; a failed file leaves these empty
+PHOTO_COLUMNS = ("fingerprint", "content_hash", "width", "height", "taken_at")
 
 
-def _failure_values(failure: FailedEntry, now: float) -> dict:
-    # the same keys as an embedded photo, so one statement shape serves both
+def _image_values(item: ImageEntry | FailedEntry, now: float) -> dict:
+    """An images row; the same keys for a photo and a failure, so one statement takes both."""
+    failed = isinstance(item, FailedEntry)
     return {
-        "path": failure.path,
-        "root_id": failure.root_id,
-        "size": failure.size,
-        "mtime_ns": failure.mtime_ns,
-        "fingerprint": None,
-        "content_hash": None,
-        "width": None,
-        "height": None,
-        "taken_at": None,
-        "status": STATUS_FAILED,
-        "error": failure.error,
+        "path": item.path,
+        "root_id": item.root_id,
+        "size": item.size,
+        "mtime_ns": item.mtime_ns,
+        **{column: None if failed else getattr(item, column) for column in PHOTO_COLUMNS},
+        "status": STATUS_FAILED if failed else STATUS_OK,
+        "error": item.error if failed else None,
         "indexed_at": now,
     }
 
