@@ -6,7 +6,9 @@ sample); they are read in place, and everything else lives in a temporary direct
 
 Backends, measured in one run on the same pre-processed pixels: torch fp32, torch bf16,
 torch int8 (dynamic quantization of the linear layers), ONNX Runtime fp32 and int8 (dynamic
-quantization), and OpenVINO on the fp32 ONNX graph when ``openvino`` is installed.
+quantization), and OpenVINO on the fp32 ONNX graph when ``openvino`` is installed (and on
+it with NNCF int8 weights, as ``export --format openvino --quantize int8`` makes it, with
+``nncf``).
 
 The checkpoint is a *randomly initialised* ViT-B/16 (seeded), like bench_index.py's: speed
 is that of the real architecture, but a trained model's activations (and so its int8
@@ -217,29 +219,55 @@ def openvino_rows(
     exports: dict[str, Path], pixels: np.ndarray, reference: np.ndarray, args: Args
 ) -> list[Row]:
     """OpenVINO on the exported ONNX graphs: the fp32 one as f32, and as bf16 where the CPU
-    has it (its default there); the int8 one (ONNX Runtime's dynamic quantization) as is."""
+    has it (its default there); the int8 one (ONNX Runtime's dynamic quantization) as is; and,
+    with nncf, the fp32 graph with NNCF int8 weights, as ``vitsearch export --format openvino
+    --quantize int8`` makes it (f32 activations, as vitsearch runs it; bf16 too where the CPU
+    has it)."""
     import openvino
 
     core = openvino.Core()
-    runs = [("fp32", "f32")]
-    if has_bf16_hardware(cpu_flags()):
-        runs.append(("fp32", "bf16"))
-    runs.append(("int8", None))
+    bf16 = has_bf16_hardware(cpu_flags())
+    runs = [("fp32", "f32"), *([("fp32", "bf16")] if bf16 else []), ("int8", None)]
     rows = []
     for graph, hint in runs:
-        config = {"INFERENCE_NUM_THREADS": args.threads}
-        if hint is not None:
-            config["INFERENCE_PRECISION_HINT"] = hint
-        compiled = core.compile_model(str(exports[graph] / MODEL_FILE), "CPU", config)
-        output = compiled.outputs[0]  # the unit embedding
-
-        def embed(batch: np.ndarray, compiled=compiled, output=output) -> np.ndarray:
-            return np.asarray(compiled(batch)[output], dtype=np.float32)
-
         precision = graph if hint in (None, "f32") else hint
         note = f"INFERENCE_PRECISION_HINT={hint}" if hint else "the ONNX Runtime int8 graph"
-        rows.append(measure("openvino", precision, embed, pixels, reference, args, note))
+        model = str(exports[graph] / MODEL_FILE)
+        rows.append(_openvino_row(core, model, hint, precision, note, pixels, reference, args))
+    if importlib.util.find_spec("nncf") is None:
+        print("  nncf is not installed: no OpenVINO NNCF int8 rows (pip install nncf adds them)")
+        return rows
+    from vitsearch.model.export import compress_int8_weights
+
+    started = time.perf_counter()
+    nncf_int8, _ = compress_int8_weights(openvino.convert_model(str(exports["fp32"] / MODEL_FILE)))
+    print(f"  NNCF int8 weight compression took {time.perf_counter() - started:.1f}s")
+    for hint in ("f32", "bf16") if bf16 else ("f32",):
+        note = f"NNCF int8 weights, INFERENCE_PRECISION_HINT={hint}"
+        rows.append(_openvino_row(core, nncf_int8, hint, "int8", note, pixels, reference, args))
     return rows
+
+
+def _openvino_row(
+    core,
+    model,
+    hint: str | None,
+    precision: str,
+    note: str,
+    pixels: np.ndarray,
+    reference: np.ndarray,
+    args: Args,
+) -> Row:
+    config = {"INFERENCE_NUM_THREADS": args.threads}
+    if hint is not None:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    compiled = core.compile_model(model, "CPU", config)
+    output = compiled.outputs[0]  # the unit embedding
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(batch)[output], dtype=np.float32)
+
+    return measure("openvino", precision, embed, pixels, reference, args, note)
 
 
 def print_machine(args: argparse.Namespace) -> None:
@@ -324,7 +352,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> list[Row]:
         rows += openvino_rows(exports, pixels, reference, args)
     else:
         print("  OpenVINO is not installed: no OpenVINO rows (pip install openvino adds them)")
-    print("  OpenVINO int8 runs ONNX Runtime's dynamically quantized graph (no NNCF here)")
+    print("  OpenVINO int8 rows: ONNX Runtime's dynamically quantized graph, and NNCF's")
     return rows
 
 

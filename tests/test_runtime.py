@@ -48,7 +48,16 @@ def test_what_is_asked_for_wins() -> None:
     assert pick(precision="fp32", flags=AMX) == ("torch", "cpu", "fp32")
     assert pick(precision="int8", flags=AVX2_ONLY) == ("torch", "cpu", "int8")
     assert pick("onnx", flags=AMX) == ("onnx", "cpu", "auto")  # the export's own precision
-    assert pick(model_is_export=True, flags=AMX) == ("onnx", "cpu", "auto")
+    assert pick(export="onnx", flags=AMX) == ("onnx", "cpu", "auto")
+    assert pick(export="openvino", flags=AVX2_ONLY) == ("openvino", "cpu", "auto")
+    assert pick("openvino", flags=AMX) == ("openvino", "cpu", "auto")
+
+
+def test_auto_never_picks_openvino_but_keeps_an_openvino_library() -> None:
+    for flags in (AMX, ZEN4, AVX2_ONLY):
+        assert pick(flags=flags)[0] != "openvino"
+    assert pick(recorded=built_with("+openvino-int8"), flags=AMX) == ("openvino", "cpu", "int8")
+    assert pick(recorded=built_with("+openvino-fp32"), flags=ZEN4) == ("openvino", "cpu", "fp32")
 
 
 def test_a_library_keeps_the_backend_it_was_built_with() -> None:

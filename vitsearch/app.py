@@ -151,13 +151,13 @@ def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tupl
     return len(kept), write_features(out, kept, vectors)
 
 
-def export_model(settings: Settings, out: Path, quantize: str | None = None):
-    """Export the fp32 model to ONNX in ``out``, checked against PyTorch before it is written."""
+def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
+    """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
     from vitsearch.model import load_embedder
-    from vitsearch.model.export import export_onnx
+    from vitsearch.model.export import export_model as export
 
     fp32 = load_embedder(settings.replace(device="cpu", precision="fp32"))
-    return export_onnx(fp32, out, quantize=quantize)
+    return export(fp32, out, fmt=fmt, quantize=quantize)
 
 
 def finetune_model(

@@ -46,7 +46,10 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
         click.option(
             "--backend",
             type=click.Choice(BACKENDS),
-            help="auto: the fastest within tolerance here; onnx: ONNX Runtime [VITSEARCH_BACKEND].",
+            help=(
+                "auto: the fastest within tolerance here; onnx: ONNX Runtime; openvino: an "
+                "OpenVINO export [VITSEARCH_BACKEND]."
+            ),
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
         click.option("-v", "--verbose", is_flag=True, help="Log more (debug)."),
@@ -425,31 +428,33 @@ def finetune(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx"]),
+    type=click.Choice(["onnx", "openvino"]),
     default="onnx",
     show_default=True,
-    help="Export format.",
+    help="onnx: model.onnx for ONNX Runtime; openvino: model.xml/.bin for OpenVINO.",
 )
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     required=True,
-    help="Directory for model.onnx, its manifest and the processor config.",
+    help="Directory for the model, its manifest and the processor config.",
 )
 @click.option(
-    "--quantize", type=click.Choice(["int8"]), help="Dynamic int8 weights (ONNX Runtime)."
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="int8 weights: ONNX Runtime dynamic quantization, or NNCF weight compression.",
 )
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
 @click.option("--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state.")
 @click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
 @library_options()
 def export(settings: Settings, fmt: str, out: Path, quantize: str | None) -> None:
-    """Export the model to ONNX (dynamic batch), checked against PyTorch before it is written."""
-    manifest = app.export_model(settings, out, quantize)
+    """Export the model to ONNX or OpenVINO (dynamic batch), checked against PyTorch first."""
+    manifest = app.export_model(settings, out, quantize, fmt)
     check = manifest.verification
     click.echo(
-        f"wrote {out} ({manifest.precision}): min cosine {check['min_cosine']:.5f} "
-        f"to PyTorch fp32 over {check['images']} probe images"
+        f"wrote {out} ({manifest.backend} {manifest.precision}): min cosine "
+        f"{check['min_cosine']:.5f} to PyTorch fp32 over {check['images']} probe images"
     )
 
 

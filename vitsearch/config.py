@@ -20,7 +20,7 @@ from vitsearch.errors import ConfigError
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 POOLS = ("cls", "mean", "cls+mean")
 
 
@@ -60,7 +60,7 @@ class Settings:
     backend: str = _setting(
         "auto",
         "auto (the fastest within tolerance for this hardware; a library keeps its own), torch, "
-        "or onnx (ONNX Runtime).",
+        "onnx (ONNX Runtime), or openvino (an OpenVINO export; auto never picks it).",
     )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(

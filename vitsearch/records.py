@@ -46,7 +46,7 @@ class Hit:
 
 # Backends whose embeddings differ from torch fp32 beyond its tolerance: each adds its own
 # suffix to the fingerprint, so a library never mixes them.
-OTHER_BACKENDS = ("onnx-fp32", "onnx-int8", "torch-int8")
+OTHER_BACKENDS = ("onnx-fp32", "onnx-int8", "torch-int8", "openvino-fp32", "openvino-int8")
 
 
 @dataclass(frozen=True)

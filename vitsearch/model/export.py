@@ -1,16 +1,19 @@
-"""Exporting a loaded checkpoint to ONNX, and checking other backends against PyTorch fp32.
+"""Exporting a loaded checkpoint to ONNX or OpenVINO, and checking other backends against
+PyTorch fp32.
 
 One graph gives what :meth:`Embedder.embed` gives: the unit embedding (of the embedder's
 layer and pooling; by default the final CLS token) and, when the checkpoint has a head, the
-logits, with a dynamic batch axis. An export is written to a
-staging directory, checked against the PyTorch model on seeded probe images, and only then
-moved into place: a directory holding a manifest always holds a verified export.
+logits, with a dynamic batch axis. The OpenVINO IR is converted from that same ONNX graph, so
+the two formats cannot drift apart. An export is written to a staging directory, checked
+against the PyTorch model on seeded probe images, and only then moved into place: a directory
+holding a manifest always holds a verified export.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import tempfile
@@ -34,19 +37,23 @@ from vitsearch.model.onnx_backend import (
     LOGITS_OUTPUT,
     MANIFEST_FILE,
     MODEL_FILE,
-    PROCESSOR_FILE,
+    OPENVINO_FORMAT,
+    ExportedEmbedder,
     ExportManifest,
-    OnnxEmbedder,
     open_export,
 )
+from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
 
 if TYPE_CHECKING:
     import onnx
+    import openvino
 
 # Least cosine to PyTorch fp32 each precision must reach: fp32 as bf16 already does, int8
 # looser because its activations are rounded to 8 bits per batch.
 TOLERANCES = {"fp32": 0.999, "int8": 0.99}
 QUANTIZATIONS = ("int8",)
+FORMATS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # --format -> its name in messages
+MODEL_FILES = (MODEL_FILE, XML_FILE, WEIGHTS_FILE)  # every format's model files
 OPSET = 18
 PROBE_IMAGES = 8
 PROBE_SEED = 0
@@ -85,35 +92,46 @@ class Verification:
 
 
 def export_onnx(embedder: Embedder, out: Path, *, quantize: str | None = None) -> ExportManifest:
-    """Export an fp32 CPU embedder to ``out`` as ONNX, verified against it.
+    """:func:`export_model` to ONNX."""
+    return export_model(embedder, out, fmt="onnx", quantize=quantize)
+
+
+def export_model(
+    embedder: Embedder, out: Path, *, fmt: str = "onnx", quantize: str | None = None
+) -> ExportManifest:
+    """Export an fp32 CPU embedder to ``out`` as ONNX or OpenVINO IR, verified against it.
 
     Args:
         embedder: the PyTorch model, loaded with device cpu and precision fp32.
         out: the export directory: new, empty, or an earlier export (replaced).
-        quantize: ``None`` for fp32 weights, or ``"int8"`` for ONNX Runtime dynamic
-            quantization of the matrix multiplications.
+        fmt: ``"onnx"`` (``model.onnx``, run by ONNX Runtime) or ``"openvino"``
+            (``model.xml``/``.bin``, run by OpenVINO).
+        quantize: ``None`` for fp32 weights, or ``"int8"``: ONNX Runtime dynamic quantization
+            of the matrix multiplications, or NNCF int8 weight compression for OpenVINO.
 
     Returns:
-        The manifest written beside ``model.onnx``, with its verification.
+        The manifest written beside the model, with its verification.
 
     Raises:
-        ConfigError: a bad ``out`` or ``quantize``, a non-fp32 embedder, or missing packages.
+        ConfigError: a bad ``out``, ``fmt`` or ``quantize``, a non-fp32 embedder, or missing
+            packages.
         BackendMismatchError: the export disagreed with PyTorch; nothing was written.
     """
-    _check_exportable(embedder, quantize)
+    _check_exportable(embedder, fmt, quantize)
     out = Path(out).expanduser()
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    runtime = "onnxruntime" if fmt == "onnx" else "openvino"
     fix = f"nothing was written to {out}; " + (
         "export without --quantize, or use --precision fp32 or bf16 with this model"
         if quantize
-        else "report it with the torch and onnxruntime versions"
+        else f"report it with the torch and {runtime} versions"
     )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-export-") as temp:
         staging = Path(temp)
-        manifest = _write_export(embedder, staging, quantize)
+        manifest = _write_export(embedder, staging, fmt, quantize)
         verification = verify_export(
-            staging, embedder, subject=f"the ONNX export to {out}", fix=fix
+            staging, embedder, subject=f"the {FORMATS[fmt]} export to {out}", fix=fix
         )
         manifest = dataclasses.replace(manifest, verification=verification.as_dict())
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
@@ -140,7 +158,7 @@ def verify_export(
 
 def compare_embedders(
     reference: Embedder,
-    candidate: Embedder | OnnxEmbedder,
+    candidate: Embedder | ExportedEmbedder,
     tolerance: float,
     images: Sequence[Image.Image] | None = None,
 ) -> Verification:
@@ -173,7 +191,9 @@ def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> list[Imag
     return images
 
 
-def _check_exportable(embedder: Embedder, quantize: str | None) -> None:
+def _check_exportable(embedder: Embedder, fmt: str, quantize: str | None) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
     if embedder.device != "cpu" or embedder.precision != "fp32":
@@ -192,30 +212,75 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _write_export(embedder: Embedder, staging: Path, quantize: str | None) -> ExportManifest:
-    """model.onnx, the processor config and an unverified manifest, in ``staging``."""
-    onnx = _require_onnx()
-    exported = staging / "fp32.onnx"
-    _export_graph(embedder, exported)
-    model = staging / MODEL_FILE
-    quantization = _quantize_int8(exported, model) if quantize == "int8" else None
-    if quantization is None:
-        exported.rename(model)
+def _write_export(
+    embedder: Embedder, staging: Path, fmt: str, quantize: str | None
+) -> ExportManifest:
+    """The model, the processor config and an unverified manifest, in ``staging``."""
+    openvino = _require_openvino(quantize) if fmt == "openvino" else None
+    onnx = _require_onnx(OPENVINO_INSTALL_HINT if openvino else INSTALL_HINT)
+    graph = staging / "fp32.onnx"
+    _export_graph(embedder, graph)
+    opset = _opset(onnx.load(str(graph), load_external_data=False))
+    if openvino is None:
+        quantization = _write_onnx(graph, staging / MODEL_FILE, quantize)
+    else:
+        quantization = _write_openvino(openvino, graph, staging / XML_FILE, quantize)
     embedder._processor.save_pretrained(staging)  # the very config the checkpoint preprocesses with
     manifest = ExportManifest(
         source_name=embedder.info.name,
         source_fingerprint=embedder.info.fingerprint,
         dim=embedder.info.dim,
         precision=quantize or "fp32",
-        opset=_opset(onnx.load(str(model), load_external_data=False)),
+        opset=opset,
         preprocessing=embedder.info.preprocessing,
         features=dataclasses.asdict(embedder.features),
         id2label=dict(embedder._id2label),
         quantization=quantization,
-        versions=_versions(),
+        versions=_versions(openvino),
+        **({"format": OPENVINO_FORMAT} if openvino else {}),
     )
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
+
+
+def _write_onnx(graph: Path, model: Path, quantize: str | None) -> dict | None:
+    """``model.onnx`` from the exported graph; the quantization's description, if any."""
+    if quantize == "int8":
+        return _quantize_int8(graph, model)
+    graph.rename(model)
+    return None
+
+
+def _write_openvino(
+    openvino: ModuleType, graph: Path, xml: Path, quantize: str | None
+) -> dict | None:
+    """``model.xml``/``.bin`` converted from the exported graph (names and the dynamic batch
+    axis carry over); the quantization's description, if any."""
+    model = openvino.convert_model(str(graph))
+    graph.unlink()
+    quantization = None
+    if quantize == "int8":
+        model, quantization = compress_int8_weights(model)
+    # save_model would halve fp32 weights to fp16 by default: another precision than the
+    # manifest names and the verification measured
+    openvino.save_model(model, str(xml), compress_to_fp16=False)
+    return quantization
+
+
+def compress_int8_weights(model: openvino.Model) -> tuple[openvino.Model, dict]:
+    """NNCF data-free weight compression: int8 weights, float activations. No calibration
+    set, so no photos are needed and a batch's embeddings do not depend on its batch-mates."""
+    import nncf
+
+    with _quiet_nncf():
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return compressed, {
+        "dtype": "int8",
+        "method": "nncf.compress_weights (data-free)",
+        "weights": "int8 asymmetric (uint8 with a zero point), per output channel",
+        "activations": "float32",
+        "nncf": nncf.__version__,
+    }
 
 
 class _ExportGraph(torch.nn.Module):
@@ -284,7 +349,10 @@ def _publish(staging: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: a half-replaced export never looks complete.
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    for name in (MODEL_FILE, PROCESSOR_FILE, MANIFEST_FILE):
+    names = sorted(path.name for path in staging.iterdir() if path.name != MANIFEST_FILE)
+    for stale in set(MODEL_FILES) - set(names):  # an earlier export's in another format
+        (out / stale).unlink(missing_ok=True)
+    for name in [*names, MANIFEST_FILE]:
         os.replace(staging / name, out / name)
 
 
@@ -292,31 +360,48 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _versions() -> dict:
+def _versions(openvino: ModuleType | None = None) -> dict:
     import onnx
     import onnxruntime
     import transformers
 
     from vitsearch import __version__
 
-    return {
+    versions = {
         "vitsearch": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    if openvino is not None:
+        versions["openvino"] = openvino.__version__
+    return versions
 
 
-def _require_onnx() -> ModuleType:
+def _require_onnx(hint: str = INSTALL_HINT) -> ModuleType:
     """The onnx module, or a clear error when the optional extra is missing."""
     try:
         import onnx
         import onnxruntime  # noqa: F401 (the export is verified with it)
         import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
     except ImportError as exc:
-        raise ConfigError(f"ONNX export needs the {exc.name} package; {INSTALL_HINT}") from exc
+        raise ConfigError(f"ONNX export needs the {exc.name} package; {hint}") from exc
     return onnx
+
+
+def _require_openvino(quantize: str | None) -> ModuleType:
+    """The openvino module (and nncf for int8), or one line naming the extra to install."""
+    try:
+        import openvino
+
+        if quantize is not None:
+            import nncf  # noqa: F401 (it compresses the weights)
+    except ImportError as exc:
+        raise ConfigError(
+            f"OpenVINO export needs the {exc.name} package; {OPENVINO_INSTALL_HINT}"
+        ) from exc
+    return openvino
 
 
 @contextlib.contextmanager
@@ -331,3 +416,20 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF prints a statistics table and a progress bar to stdout, where the CLI's own
+    result goes; only its errors are kept."""
+    import nncf
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf.set_log_level(level)

@@ -12,6 +12,10 @@ other CPU: ONNX Runtime int8, on an export made and verified (cosine >= 0.99 to 
 per checkpoint in the library home; without the ``onnx`` extra, or when that export misses
 the tolerance: torch bf16 where the CPU has bf16 instructions, else fp32.
 
+OpenVINO is never picked by ``auto``: on the AMX CPU measured it trails torch bf16 (fp32
+1.1x, bf16 3.8x), so it runs only when asked for with ``--backend openvino`` or when the model
+named is an OpenVINO export directory.
+
 A library keeps the backend it was built with: ``auto`` follows the recorded one, so moving
 a library to another machine never mixes embeddings from two backends.
 """
@@ -32,9 +36,10 @@ from vitsearch.model.hardware import choose_device, choose_precision, cpu_flags
 from vitsearch.model.loader import checkpoint_fingerprint, load_embedder, resolve_checkpoint
 from vitsearch.model.onnx_backend import (
     MANIFEST_FILE,
-    OnnxEmbedder,
-    load_onnx_embedder,
+    ExportedEmbedder,
+    load_exported,
     open_export,
+    read_manifest,
 )
 from vitsearch.records import ModelInfo
 
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 TORCH = "torch"
 ONNX = "onnx"
+OPENVINO = "openvino"
 # what made a library's embeddings (ModelInfo.backend) -> how to make more of them;
 # "auto" precision: torch fp32, bf16 and fp16 agree, so the fastest of them
 RECORDED_BACKENDS = {
@@ -49,6 +55,8 @@ RECORDED_BACKENDS = {
     "onnx-int8": (ONNX, "int8"),
     "onnx-fp32": (ONNX, "fp32"),
     "torch-int8": (TORCH, "int8"),
+    "openvino-fp32": (OPENVINO, "fp32"),
+    "openvino-int8": (OPENVINO, "int8"),
 }
 
 
@@ -59,7 +67,7 @@ AMX_BF16 = "amx_bf16"
 
 @dataclass(frozen=True)
 class Runtime:
-    backend: str  # torch | onnx
+    backend: str  # torch | onnx | openvino
     device: str
     precision: str
     reason: str  # why, for the log and `status`
@@ -70,7 +78,7 @@ def choose_runtime(
     precision: str,
     device: str,
     *,
-    model_is_export: bool = False,
+    export: str | None = None,
     recorded: ModelInfo | None = None,
     flags: frozenset[str] | None = None,
     onnx_installed: bool | None = None,
@@ -79,14 +87,16 @@ def choose_runtime(
 
     Args:
         backend, precision, device: as asked (``auto`` or a choice).
-        model_is_export: the model named is a ``vitsearch export`` directory.
+        export: the backend of the ``vitsearch export`` directory named as the model
+            (``onnx`` or ``openvino``); None for a checkpoint.
         recorded: the library's model, if it has one.
         flags: the CPU flags (read from the machine when None).
         onnx_installed: whether onnx and onnxruntime import (checked when None).
     """
-    if backend == ONNX or (backend == "auto" and model_is_export):
+    if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
-        return Runtime(ONNX, "cpu", precision, "an ONNX export")
+        chosen = export if backend == "auto" else backend
+        return Runtime(chosen, "cpu", precision, f"an {chosen} export" if export else "asked for")
     flags = cpu_flags() if flags is None else flags
     if backend == TORCH or precision != "auto":
         device = choose_device(device)
@@ -114,14 +124,16 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
 
 
-def load_model(settings: Settings, recorded: ModelInfo | None = None) -> Embedder | OnnxEmbedder:
+def load_model(
+    settings: Settings, recorded: ModelInfo | None = None
+) -> Embedder | ExportedEmbedder:
     """The embedder for ``settings.model`` on the runtime :func:`choose_runtime` picks."""
-    is_export = (Path(settings.model).expanduser() / MANIFEST_FILE).is_file()
+    export = export_backend(settings.model)
     runtime = choose_runtime(
         settings.backend,
         settings.precision,
         settings.device,
-        model_is_export=is_export,
+        export=export,
         recorded=recorded,
     )
     log.info(
@@ -133,15 +145,29 @@ def load_model(settings: Settings, recorded: ModelInfo | None = None) -> Embedde
     )
     if runtime.backend == TORCH:
         return load_embedder(settings.replace(device=runtime.device, precision=runtime.precision))
-    if is_export:
-        return load_onnx_embedder(settings)
+    if export is not None:
+        return load_exported(settings, runtime.backend)
+    if runtime.backend == OPENVINO:
+        # Made only on request, never behind the user's back: see the module docstring.
+        raise ConfigError(
+            f"the openvino backend runs an OpenVINO export, and {settings.model} is not one; "
+            f"create it with: vitsearch export --format openvino --out DIR, then use --model DIR"
+        )
     precision = "int8" if runtime.precision == "auto" else runtime.precision
     if precision not in ONNX_PRECISIONS:
         raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {precision}")
     return _exported(settings, precision)
 
 
-def _exported(settings: Settings, precision: str) -> Embedder | OnnxEmbedder:
+def export_backend(model: str) -> str | None:
+    """``onnx`` or ``openvino`` when ``model`` is a ``vitsearch export`` directory, else None."""
+    directory = Path(model).expanduser()
+    if not (directory / MANIFEST_FILE).is_file():
+        return None
+    return read_manifest(directory, require_verified=False).backend  # loading checks the rest
+
+
+def _exported(settings: Settings, precision: str) -> Embedder | ExportedEmbedder:
     """The checkpoint on ONNX Runtime, from an export made once and kept in the home; torch
     fp32 when that export cannot stay within tolerance (remembered, not retried)."""
     from vitsearch.model.export import BackendMismatchError, export_onnx
