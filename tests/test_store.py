@@ -196,3 +196,16 @@ def test_ctrl_c_while_saving_takes_effect_after_the_file_is_whole() -> None:
         finished = True
     assert finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_vector_count_reads_the_sidecar_only_when_it_is_in_step(home: Path) -> None:
+    fill(home, 5, seed=1)
+    with open_library(home) as library:
+        assert library.vector_count() == 5
+        assert library._vectors is None, "an up-to-date index was loaded just to be counted"
+    stale = (home / "vectors.faiss").read_bytes(), (home / "vectors.faiss.json").read_bytes()
+    fill(home, 3, seed=2)
+    (home / "vectors.faiss").write_bytes(stale[0])
+    (home / "vectors.faiss.json").write_bytes(stale[1])
+    with open_library(home) as library:
+        assert library.vector_count() == 8  # the lagging file is loaded and caught up

@@ -218,7 +218,7 @@ def library_status(settings: Settings) -> dict:
             "images": counts.images,
             "failed": counts.failed,
             "offline": counts.offline,
-            "vectors": len(library.vectors) if model else 0,
+            "vectors": library.vector_count() if model else 0,
             "model": model.name if model else None,
             "model_fingerprint": model.fingerprint if model else None,
             "dim": model.dim if model else None,

@@ -259,6 +259,16 @@ def saved_kind(path: Path) -> tuple[str, int] | None:
         return None
 
 
+def saved_state(path: Path) -> tuple[int, int] | None:
+    """(last write number, vector count) of the index file at ``path``, from its sidecar,
+    when both files are there."""
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        return (int(meta["seq"]), int(meta["count"])) if path.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
