@@ -236,6 +236,12 @@ def alternate(
             models.append(timed(lambda: embed_all(embedder, pixels, settings.batch_size)))
         with CpuMeter(busy, "pipeline"):
             pipelines.append(run_pipeline(settings.replace(home=settings.home / f"run{i}"), folder))
+        n = len(pixels)
+        print(
+            f"  run {i + 1}: model-only {n / models[-1][1]:.2f} images/s, "
+            f"pipeline {n / (pipelines[-1][1] - pipelines[-1][2]):.2f} images/s",
+            flush=True,
+        )
     best_model = min(models, key=lambda run: run[1])
     # each pipeline run against the model-only run just before it: drift between minutes
     # (this host's bf16 speed swings by 20%) hits both sides of one pair alike

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,7 +93,7 @@ def test_avx2_cpu_indexes_with_a_verified_int8_export_made_once(
     app.index_folders(settings, [folder])
     status = app.library_status(settings)
     assert (status["backend"], status["precision"]) == ("onnx-int8", "int8")
-    exports = list((settings.home / EXPORTS_FOLDER).iterdir())
+    exports = [p for p in (settings.home / EXPORTS_FOLDER).iterdir() if p.is_dir()]
     assert exports == [export_directory(settings, "int8")]
     made = (exports[0] / "model.onnx").stat().st_mtime_ns
 
@@ -130,3 +132,23 @@ def test_an_export_outside_tolerance_is_remembered_and_torch_fp32_used(
     app.index_folders(settings, [draw_album(tmp_path / "album", 3)[0].parent])
     status = app.library_status(settings)
     assert (status["backend"], status["precision"]) == ("torch", "fp32")
+
+
+@pytest.mark.slow
+def test_two_first_runs_at_once_export_once(cli_env: dict, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    pytest.importorskip("onnxscript", reason="needs the onnx extra")
+    photo = draw_photo(tmp_path / "query.jpg", seed=3)
+    # --backend onnx with a checkpoint takes the same first-run export as auto on a CPU
+    # without AMX (which a subprocess cannot be made to believe it is)
+    command = [sys.executable, "-m", "vitsearch", "classify", str(photo), "--backend", "onnx"]
+    runs = [
+        subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _out, err in outputs]
+    exporting = sum(b"exporting it to ONNX" in err for _out, err in outputs)
+    assert exporting == 1, "both processes exported"
+    home = Path(cli_env["VITSEARCH_HOME"])
+    assert len([p for p in (home / EXPORTS_FOLDER).iterdir() if p.is_dir()]) == 1

@@ -26,6 +26,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,11 @@ from vitsearch.model.onnx_backend import (
     read_manifest,
 )
 from vitsearch.records import ModelInfo
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -178,23 +185,33 @@ def _exported(settings: Settings, precision: str) -> Embedder | ExportedEmbedder
     fallback = settings.replace(
         backend=TORCH, device="cpu", precision=choose_precision("auto", "cpu", cpu_flags())
     )
-    if rejected.is_file():
-        return load_embedder(fallback)
-    if not (directory / MANIFEST_FILE).is_file():
-        log.warning(
-            "first run of %s on this CPU: exporting it to ONNX %s, once (ViT-B: ~15 s)",
-            settings.model,
-            precision,
-        )
-        try:
-            export_onnx(
-                load_embedder(fp32), directory, quantize=None if precision == "fp32" else precision
-            )
-        except BackendMismatchError as exc:
-            log.warning("using torch %s instead: %s", fallback.precision, exc)
-            rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
+    with _held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
+        if rejected.is_file():
             return load_embedder(fallback)
+        if not (directory / MANIFEST_FILE).is_file():
+            log.warning(
+                "first run of %s on this CPU: exporting it to ONNX %s, once (ViT-B: ~15 s)",
+                settings.model,
+                precision,
+            )
+            quantize = None if precision == "fp32" else precision
+            try:
+                export_onnx(load_embedder(fp32), directory, quantize=quantize)
+            except BackendMismatchError as exc:
+                log.warning("using torch %s instead: %s", fallback.precision, exc)
+                rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
+                return load_embedder(fallback)
     return open_export(directory, settings.threads, name=settings.model)
+
+
+@contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock`` for the block, waiting for another process's."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        if fcntl is not None:  # elsewhere (Windows) two first runs may both export: harmless
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def export_directory(settings: Settings, precision: str) -> Path:
