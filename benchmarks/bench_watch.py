@@ -486,9 +486,10 @@ def print_header(args: argparse.Namespace, settings, checkpoint: Path) -> None:
         f"CPU:            {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}"
     )
     print(f"model:          {args.model} (random init, seeded) at {checkpoint}")
+    watch_threads = settings.watch_threads or "adaptive (every core while the machine is idle)"
     print(
-        f"threads:        {settings.threads} torch threads, batch size {settings.batch_size}, "
-        f"{settings.decode_workers} decode workers (the watcher's and the index's settings)"
+        f"threads:        index {settings.threads}, watch {watch_threads}; batch size "
+        f"{settings.batch_size}, {settings.decode_workers} decode workers"
     )
     print(
         f"quiet time:     {settings.watch_quiet_seconds:g}s (VITSEARCH_WATCH_QUIET_SECONDS; "

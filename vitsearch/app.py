@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from vitsearch.config import Settings, settings_env
+from vitsearch.config import ADAPT_THREADS, Settings, available_cores, settings_env
 from vitsearch.errors import (
     LibraryLockedError,
     MissingFileError,
@@ -19,6 +19,7 @@ from vitsearch.errors import (
 )
 from vitsearch.features import embed_files, image_files, write_features
 from vitsearch.indexer import Indexer, Summary
+from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label, ModelInfo
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
@@ -57,9 +58,12 @@ def watch_folders(
     settings: Settings, folders: Sequence[Path], on_start: Callable[[Watcher], None] | None = None
 ) -> WatchState:
     """Reconcile ``folders``, then follow them until the watcher is stopped."""
-    settings = settings.replace(threads=settings.watch_threads)
+    adapt = settings.watch_threads == ADAPT_THREADS
+    settings = settings.replace(threads=available_cores() if adapt else settings.watch_threads)
     with open_library(settings.home, write=True) as library:
         indexer = make_indexer(settings, library)
+        if adapt:
+            indexer.threads_policy = AdaptiveThreads(settings.threads)
         _known_folders(library, folders)
         indexer.embedder  # noqa: B018  fail now, not at the first photo, if the model is wrong
         watcher = Watcher(

@@ -168,7 +168,7 @@ def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     "--threads",
     "watch_threads",
     type=int,
-    help="Torch threads [env VITSEARCH_WATCH_THREADS; default: cores - 1].",
+    help="Torch threads, 0 to adapt to the machine's load [env VITSEARCH_WATCH_THREADS; 0].",
 )
 @library_options(log_level=logging.INFO)
 def watch(settings: Settings, paths: tuple[Path, ...]) -> None:

@@ -20,6 +20,7 @@ from vitsearch.errors import ConfigError
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+ADAPT_THREADS = 0  # watch_threads: follow the machine's load
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 POOLS = ("cls", "mean", "cls+mean")
 
@@ -67,8 +68,9 @@ class Settings:
         available_cores(), "Torch intra-op threads. Lower it when other work shares the CPU."
     )
     watch_threads: int = _setting(
-        max(1, available_cores() - 1),
-        "watch: torch threads of the background indexer; one core is left for you by default.",
+        0,
+        "watch: torch threads of the background indexer; 0 adapts: every core while the "
+        "machine is otherwise idle, one fewer while another process keeps a core busy.",
     )
     decode_workers: int = _setting(
         2, "Threads decoding photos: ahead of the model when it leaves a core free."
@@ -149,8 +151,10 @@ def _validated(settings: Settings) -> Settings:
         raise ConfigError(
             f"precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}"
         )
-    for name in ("batch_size", "threads", "watch_threads", "decode_workers"):
+    for name in ("batch_size", "threads", "decode_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
+    if settings.watch_threads < ADAPT_THREADS:
+        raise ConfigError("watch-threads must be 0 (adapt to the machine) or at least 1")
     home = Path(settings.home).expanduser()
     return dataclasses.replace(settings, home=home)

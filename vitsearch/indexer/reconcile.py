@@ -94,6 +94,7 @@ class Indexer:
         save_every_seconds: float = 300.0,
         progress: bool = False,
         model_threads: int = 0,
+        threads_policy: Callable[[], int] | None = None,
     ) -> None:
         self.library = library
         self._embedder_factory = embedder_factory
@@ -101,6 +102,8 @@ class Indexer:
         self.batch_size = batch_size
         self.decode_workers = decode_workers
         self.model_threads = model_threads  # 0: unknown
+        # called before each batch: the model's threads for it (watch adapts to the machine)
+        self.threads_policy = threads_policy
         self.save_every_seconds = save_every_seconds
         self.progress = progress
         self._last_save = time.monotonic()
@@ -224,6 +227,7 @@ class Indexer:
                     return
                 batch.append(item)
                 if len(batch) >= self.batch_size:
+                    self._adapt_threads()
                     self._write(batch, root_id, plan, summary)
                     bar.update(len(batch))
                     batch = []
@@ -253,6 +257,15 @@ class Indexer:
             finally:
                 for future in pending:
                     future.cancel()
+
+    def _adapt_threads(self) -> None:
+        if self.threads_policy is None or not hasattr(self.embedder, "set_threads"):
+            return
+        wanted = self.threads_policy()
+        if wanted != self.model_threads:
+            log.info("model threads %d -> %d", self.model_threads, wanted)
+            self.embedder.set_threads(wanted)
+            self.model_threads = wanted
 
     def _decode_alongside(self, embedder) -> bool:
         """Whether decoding overlaps the forward: yes on a GPU or when the model's threads
