@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +223,19 @@ def adjusted_rand_index(truth: np.ndarray, found: np.ndarray) -> float:
     expected = rows * cols / comb(len(truth), 2)
     top = (rows + cols) / 2
     return 1.0 if top == expected else (pairs - expected) / (top - expected)
+
+
+def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """`vitsearch ARGS` as a user's shell runs it; with ``check``, a failure shows its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vitsearch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"vitsearch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result

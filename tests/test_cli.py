@@ -12,24 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import draw_album, draw_photo, save_tiny_vit
+from tests.helpers import draw_album, draw_photo, save_tiny_vit, vitsearch
 
 pytestmark = pytest.mark.slow
-
-
-def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "vitsearch", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"vitsearch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit
+from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit, vitsearch
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model import load_embedder
@@ -258,7 +258,6 @@ def test_cli_export_then_index_and_search_with_the_onnx_backend(
 ) -> None:
     import json
     import subprocess
-    import sys
 
     from tests.helpers import draw_album
 
@@ -266,15 +265,7 @@ def test_cli_export_then_index_and_search_with_the_onnx_backend(
     out = tmp_path / "exported"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "vitsearch", *args],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stderr
-        return result
+        return vitsearch(*args, env=cli_env)
 
     assert "min cosine" in run("export", "--out", str(out), "--quantize", "int8").stdout
     onnx = ("--backend", "onnx", "--model", str(out), "--home", str(tmp_path / "onnx-home"))

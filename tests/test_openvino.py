@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import draw_album, draw_photo
+from tests.helpers import draw_album, draw_photo, vitsearch
 from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
@@ -221,15 +221,7 @@ def test_cli_export_then_index_and_search_with_openvino(cli_env: dict, tmp_path:
     out = tmp_path / "exported"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "vitsearch", *args],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0, result.stderr
-        return result
+        return vitsearch(*args, env=cli_env)
 
     made = run("export", "--format", "openvino", "--quantize", "int8", "--out", str(out))
     assert "openvino int8" in made.stdout and "min cosine" in made.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import draw_album, draw_photo
+from tests.helpers import draw_album, draw_photo, vitsearch
 from vitsearch.config import load_settings
 from vitsearch.store import Database, open_library
 
@@ -106,16 +106,6 @@ def converged(home: Path, folder: Path, broken: set[str] = frozenset()) -> bool:
     return ok == photos_on_disk(folder) - broken and set(rows) - ok == broken
 
 
-def vitsearch(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vitsearch", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_watch_follows_every_kind_of_change(
     start_watch, env: dict, home: Path, tmp_path: Path
 ) -> None:
@@ -130,7 +120,7 @@ def test_watch_follows_every_kind_of_change(
     (folder / "burst").mkdir()
     for photo in burst:
         shutil.copy(photo, folder / "burst" / photo.name)
-    during = vitsearch(env, "search", str(originals[0]), "--json")
+    during = vitsearch("search", str(originals[0]), "--json", env=env, check=False)
     assert during.returncode == 0 and json.loads(during.stdout)[0]["path"] == str(originals[0])
 
     # one photo written slowly, in chunks, slower than nothing but faster than the quiet time
@@ -158,21 +148,24 @@ def test_watch_follows_every_kind_of_change(
         f"skipping {folder / 'slow.jpg'}" not in watcher.log.read_text()
     )  # never read half-written
     hits = json.loads(
-        vitsearch(env, "search", str(tmp_path / "slow-source.jpg"), "--json", "-k", "1").stdout
+        vitsearch(
+            "search", str(tmp_path / "slow-source.jpg"), "--json", "-k", "1", env=env, check=False
+        ).stdout
     )
     assert hits[0]["path"] == str(folder / "slow.jpg") and hits[0]["score"] == pytest.approx(
         1.0, abs=1e-3
     )
 
-    second = vitsearch(env, "index", str(folder))
+    second = vitsearch("index", str(folder), env=env, check=False)
     assert second.returncode != 0 and "is writing to this library" in second.stderr
     assert (
-        json.loads(vitsearch(env, "status", "--json").stdout)["writer_pid"] == watcher.process.pid
+        json.loads(vitsearch("status", "--json", env=env, check=False).stdout)["writer_pid"]
+        == watcher.process.pid
     )
 
     code, out = watcher.stop(signal.SIGTERM)
     assert code == 0 and out.startswith("stopped:")
-    info = json.loads(vitsearch(env, "status", "--json").stdout)
+    info = json.loads(vitsearch("status", "--json", env=env, check=False).stdout)
     assert (
         info["writer_pid"] is None
         and info["images"] == info["vectors"] == len(photos_on_disk(folder)) - 1
