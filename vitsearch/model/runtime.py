@@ -98,7 +98,7 @@ def choose_runtime(
             (``onnx`` or ``openvino``); None for a checkpoint.
         recorded: the library's model, if it has one.
         flags: the CPU flags (read from the machine when None).
-        onnx_installed: whether onnx and onnxruntime import (checked when None).
+        onnx_installed: whether the `onnx` extra is installed (checked when None).
     """
     if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
@@ -128,7 +128,8 @@ def choose_runtime(
 
 
 def onnx_available() -> bool:
-    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+    """What the automatic export needs: the `onnx` extra (torch's exporter uses onnxscript)."""
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript"))
 
 
 def load_model(
