@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from vitsearch import app
-from vitsearch.config import BACKENDS, PRECISIONS, Settings, load_settings
+from vitsearch.config import BACKENDS, POOLS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster, Filters, Hit, Label
 
@@ -84,6 +84,13 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
     return wrapper
 
 
+# the embedding a library is built on, for the commands that make embeddings
+layer_option = click.option(
+    "--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state."
+)
+pool_option = click.option("--pool", type=click.Choice(POOLS), help="Token pooling.")
+
+
 SETTINGS_FLAGS = (
     "batch_size",
     "threads",
@@ -134,8 +141,8 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
 @click.option("--decode-workers", type=int, help="Decode threads [env VITSEARCH_DECODE_WORKERS].")
-@click.option("--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state.")
-@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
+@layer_option
+@pool_option
 @library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
@@ -370,8 +377,8 @@ def teach(
     required=True,
     help="FILE.npy (paths in FILE.txt beside it) or FILE.parquet.",
 )
-@click.option("--layer", type=int, help="-1: final output (default); 0..N: that hidden state.")
-@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
+@layer_option
+@pool_option
 @click.option("--batch-size", type=int, help="Images per model forward.")
 @library_options()
 def embed(settings: Settings, inputs: tuple[Path, ...], out: Path) -> None:
@@ -445,8 +452,8 @@ def finetune(
     help="int8 weights: ONNX Runtime dynamic quantization, or NNCF weight compression.",
 )
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
-@click.option("--layer", type=int, help="Embedding layer: -1 final (default), 0..N hidden state.")
-@click.option("--pool", type=click.Choice(["cls", "mean", "cls+mean"]), help="Token pooling.")
+@layer_option
+@pool_option
 @library_options()
 def export(settings: Settings, fmt: str, out: Path, quantize: str | None) -> None:
     """Export the model to ONNX or OpenVINO (dynamic batch), checked against PyTorch first."""

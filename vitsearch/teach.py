@@ -202,10 +202,11 @@ def _examples(folder: Path) -> dict[str, list[str]]:
 def _embed_examples(library, embedder_factory, examples):
     """Vectors for every example: the library's own when it holds the same bytes."""
     classes = tuple(sorted(examples))
+    stored = _stored_vectors(library, [path for paths in examples.values() for path in paths])
     vectors, targets, pending = [], [], []
     for index, label in enumerate(classes):
         for path in examples[label]:
-            found = _stored_vector(library, path)
+            found = stored.get(path)
             if found is not None:
                 vectors.append(found)
                 targets.append(index)
@@ -226,14 +227,23 @@ def _embed_examples(library, embedder_factory, examples):
     return np.stack(vectors).astype(np.float32), np.array(targets), classes, embedded
 
 
-def _stored_vector(library: Library, path: str) -> np.ndarray | None:
-    """The library's vector for these bytes (same path, or a copy anywhere): no forward."""
-    try:
-        image_id = library.db.indexed_with_hash(content_hash_file(path))
-    except OSError:
-        return None
-    found = library.db.embedding(image_id) if image_id is not None else None
-    return found[0] if found is not None else None
+def _stored_vectors(library: Library, paths: list[str]) -> dict[str, np.ndarray]:
+    """The library's vectors for these files' bytes (same path, or a copy anywhere): no
+    forward. Unreadable files are left out; the model path reports them."""
+    hashes = {}
+    for path in paths:
+        try:
+            hashes[path] = content_hash_file(path)
+        except OSError:
+            continue
+    known = library.db.indexed_with_hashes(list(hashes.values()))
+    found = {}
+    for path, digest in hashes.items():
+        image_id = known.get(digest)
+        stored = library.db.embedding(image_id) if image_id is not None else None
+        if stored is not None:
+            found[path] = stored[0]
+    return found
 
 
 def _split(targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

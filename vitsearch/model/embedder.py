@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vitsearch.model.hardware import DTYPES
-from vitsearch.model.pixels import PlainPixels, plain_pixels
+from vitsearch.model.pixels import PlainPixels, input_size, plain_pixels
 from vitsearch.records import Label, ModelInfo
 
 TOP_LABELS = 5
@@ -56,10 +56,7 @@ class PixelInput:
     @property
     def input_size(self) -> tuple[int, int]:
         """(width, height) the processor resizes to; decoders may draft down to it."""
-        size = self.info.preprocessing.get("size") or {}
-        height = size.get("height") or size.get("shortest_edge") or 224
-        width = size.get("width") or size.get("shortest_edge") or 224
-        return int(width), int(height)
+        return input_size(self.info.preprocessing.get("size"))
 
     @property
     def decode_size(self) -> tuple[int, int]:

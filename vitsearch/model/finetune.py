@@ -43,6 +43,7 @@ from vitsearch.model.loader import (
     checkpoint_fingerprint,
     resolve_checkpoint,
 )
+from vitsearch.model.pixels import input_size
 
 log = logging.getLogger(__name__)
 
@@ -469,10 +470,7 @@ def _decode_size(processor) -> tuple[int, int]:
 
 
 def _input_size(processor) -> tuple[int, int]:
-    size = dict(processor.to_dict().get("size") or {})
-    height = size.get("height") or size.get("shortest_edge") or 224
-    width = size.get("width") or size.get("shortest_edge") or 224
-    return int(width), int(height)
+    return input_size(dict(processor.to_dict().get("size") or {}))
 
 
 def _precision(options: FinetuneOptions, settings: Settings, device: str) -> str:

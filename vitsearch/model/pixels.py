@@ -34,6 +34,14 @@ class PlainPixels:
         return pixels.transpose(2, 0, 1)
 
 
+def input_size(size: dict | None) -> tuple[int, int]:
+    """(width, height) a processor's ``size`` setting resizes to (224 where it names none)."""
+    size = size or {}
+    height = size.get("height") or size.get("shortest_edge") or 224
+    width = size.get("width") or size.get("shortest_edge") or 224
+    return int(width), int(height)
+
+
 def plain_pixels(processor) -> PlainPixels | None:
     """The quick path equivalent to ``processor``, or None when it does more than that."""
     settings = processor.to_dict()

@@ -43,7 +43,7 @@ from vitsearch.model.onnx_backend import (
     open_export,
     read_manifest,
 )
-from vitsearch.records import ModelInfo
+from vitsearch.records import OTHER_BACKENDS, ModelInfo
 
 try:
     import fcntl
@@ -55,17 +55,12 @@ log = logging.getLogger(__name__)
 TORCH = "torch"
 ONNX = "onnx"
 OPENVINO = "openvino"
-# what made a library's embeddings (ModelInfo.backend) -> how to make more of them;
-# "auto" precision: torch fp32, bf16 and fp16 agree, so the fastest of them
+# what made a library's embeddings (ModelInfo.backend, "<backend>-<precision>") -> how to make
+# more of them; "auto" precision: torch fp32, bf16 and fp16 agree, so the fastest of them
 RECORDED_BACKENDS = {
     "torch": (TORCH, "auto"),
-    "onnx-int8": (ONNX, "int8"),
-    "onnx-fp32": (ONNX, "fp32"),
-    "torch-int8": (TORCH, "int8"),
-    "openvino-fp32": (OPENVINO, "fp32"),
-    "openvino-int8": (OPENVINO, "int8"),
+    **{suffix: tuple(suffix.split("-")) for suffix in OTHER_BACKENDS},
 }
-
 
 EXPORTS_FOLDER = "exports"
 ONNX_PRECISIONS = ("int8", "fp32")
@@ -177,7 +172,8 @@ def export_backend(model: str) -> str | None:
 
 def _exported(settings: Settings, precision: str) -> Embedder | ExportedEmbedder:
     """The checkpoint on ONNX Runtime, from an export made once and kept in the home; torch
-    fp32 when that export cannot stay within tolerance (remembered, not retried)."""
+    (bf16 where the CPU has it, else fp32) when that export cannot stay within tolerance
+    (remembered, not retried)."""
     from vitsearch.model.export import BackendMismatchError, export_onnx
 
     directory = export_directory(settings, precision)

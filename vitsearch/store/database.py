@@ -146,26 +146,19 @@ class Database:
             row = s.scalar(select(ImageRow).where(ImageRow.path == path))
             return _stored_file(row) if row else None
 
-    def indexed_with_hash(self, content_hash: str) -> int | None:
-        """An indexed image with exactly these bytes, whose embedding a copy may reuse."""
-        query = (
-            select(ImageRow.id)
-            .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
-            .where(ImageRow.content_hash == content_hash)
-            .limit(1)
-        )
-        with self.session() as s:
-            return s.scalar(query)
-
     def indexed_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
-        """:meth:`indexed_with_hash` for a whole batch in one query: content hash -> image id."""
-        query = (
-            select(ImageRow.content_hash, ImageRow.id)
-            .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
-            .where(ImageRow.content_hash.in_(list(set(hashes))))
-        )
+        """Indexed images with exactly these bytes, whose embeddings copies may reuse:
+        content hash -> image id."""
+        found: dict[str, int] = {}
         with self.session() as s:
-            return {content: image_id for content, image_id in s.execute(query)}
+            for chunk in _chunks(list(set(hashes)), 500):
+                query = (
+                    select(ImageRow.content_hash, ImageRow.id)
+                    .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
+                    .where(ImageRow.content_hash.in_(chunk))
+                )
+                found.update((content, image_id) for content, image_id in s.execute(query))
+        return found
 
     def write_batch(
         self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
@@ -305,8 +298,7 @@ class Database:
 
     def label_vocabulary(self) -> list[tuple[str, int, int]]:
         """(label, photos with it as top label, photos with it in their top labels)."""
-        is_top = (LabelRow.rank == 0) | (LabelRow.rank >= CUSTOM_RANK)
-        top = func.sum(case((is_top, 1), else_=0))
+        top = func.sum(case((_top_label(), 1), else_=0))
         query = (
             select(LabelRow.label, top, func.count())
             .group_by(LabelRow.label)
@@ -504,12 +496,11 @@ class Database:
     def top_label_counts(self, ids: Sequence[int]) -> dict[str, int]:
         """How many of ``ids`` have each label as their most likely one (taught ones too)."""
         counts: dict[str, int] = {}
-        is_top = (LabelRow.rank == 0) | (LabelRow.rank >= CUSTOM_RANK)
         with self.session() as s:
             for chunk in _chunks(list(ids), 500):
                 query = (
                     select(LabelRow.label, func.count())
-                    .where(is_top, LabelRow.image_id.in_(chunk))
+                    .where(_top_label(), LabelRow.image_id.in_(chunk))
                     .group_by(LabelRow.label)
                 )
                 for label, count in s.execute(query):
@@ -738,6 +729,11 @@ def _filter_conditions(filters: Filters) -> list:
     if filters.before is not None:
         conditions.append(ImageRow.taken_at < filters.before)
     return conditions
+
+
+def _top_label():
+    """A photo's most likely model label, or a label a taught classifier gave it."""
+    return (LabelRow.rank == 0) | (LabelRow.rank >= CUSTOM_RANK)
 
 
 def _forget_derived(s: Session, ids: list[int]) -> None:

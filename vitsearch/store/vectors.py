@@ -110,13 +110,8 @@ class VectorIndex:
             empty = np.empty(0, np.int64)
             return empty, empty, np.empty(0, np.float32)
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=RANGE_NPROBE)
-            limits, scores, found = self.index.range_search(
-                queries, float(threshold), params=params
-            )
-        else:
-            limits, scores, found = self.index.range_search(queries, float(threshold))
+        params = faiss.SearchParametersIVF(nprobe=RANGE_NPROBE) if self.kind == "ivf" else None
+        limits, scores, found = self.index.range_search(queries, float(threshold), params=params)
         sources = np.repeat(np.asarray(ids, dtype=np.int64), np.diff(limits).astype(np.int64))
         keep = sources < found
         return sources[keep], found[keep], scores[keep]
@@ -252,21 +247,29 @@ def faiss_threads(count: int) -> Iterator[None]:
 
 def saved_kind(path: Path) -> tuple[str, int] | None:
     """(kind, trained_on) of the index file at ``path``, from its sidecar."""
+    meta = _saved_meta(path)
     try:
-        meta = json.loads(_sidecar(path).read_text())
-        return meta.get("kind", "flat"), int(meta.get("trained_on", 0))
-    except (OSError, ValueError):
+        return None if meta is None else (meta.get("kind", "flat"), int(meta.get("trained_on", 0)))
+    except (TypeError, ValueError):
         return None
 
 
 def saved_state(path: Path) -> tuple[int, int] | None:
     """(last write number, vector count) of the index file at ``path``, from its sidecar,
     when both files are there."""
+    meta = _saved_meta(path)
+    try:
+        return None if meta is None or not path.exists() else (int(meta["seq"]), int(meta["count"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _saved_meta(path: Path) -> dict | None:
     try:
         meta = json.loads(_sidecar(path).read_text())
-        return (int(meta["seq"]), int(meta["count"])) if path.exists() else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _sidecar(path: Path) -> Path:
