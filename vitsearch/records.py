@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+_WNID_PREFIX = re.compile(r"(n\d{8})\s+(\S.*)", re.DOTALL)
+
+
+def split_wnid(label: str) -> tuple[str | None, str]:
+    """("n02099712", "Labrador retriever") from "n02099712 Labrador retriever"; else (None, label).
+
+    Checkpoints like real-vit-tiny prefix labels with their WordNet id: stored as is (it names
+    the class exactly), shown without it.
+    """
+    match = _WNID_PREFIX.fullmatch(label.strip())
+    return (match.group(1), match.group(2).strip()) if match else (None, label)
+
+
+def display_label(label: str) -> str:
+    """A label as people read it: without a leading WordNet id."""
+    return split_wnid(label)[1]
 
 
 @dataclass(frozen=True)
@@ -16,7 +34,10 @@ class Label:
         return self.source is not None
 
     def as_dict(self) -> dict:
-        out = {"label": self.label, "score": round(self.score, 6)}
+        wnid, name = split_wnid(self.label)
+        out = {"label": name, "score": round(self.score, 6)}
+        if wnid is not None:
+            out["wnid"] = wnid
         if self.source is not None:
             out["custom"] = self.source.removeprefix("custom:")
         return out
@@ -94,6 +115,7 @@ class ImageEntry:
     taken_at: float | None
     vector: object  # np.ndarray (dim,) float32
     labels: tuple[Label, ...]
+    phash: int | None = None  # perceptual hash (vitsearch.indexer.phash), unsigned 64-bit
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from vitsearch.indexer.files import (
     is_temporary_name,
     scan,
 )
+from vitsearch.indexer.phash import photo_hash
 from vitsearch.indexer.plan import Plan, make_plan
 from vitsearch.records import FailedEntry, ImageEntry, StoredFile
 from vitsearch.store import Library
@@ -80,6 +81,7 @@ class _Decoded:
     photo: Photo | None
     pixels: np.ndarray | None
     error: str | None
+    phash: int | None = None
 
 
 class Indexer:
@@ -371,11 +373,12 @@ def _decode(stat: FileStat, embedder) -> _Decoded:
     try:
         photo = read_photo(stat.path, embedder.decode_size)
         pixels = embedder.preprocess(photo.image)
+        phash = photo_hash(photo.image)  # while the decoded photo is in memory: ~0.3 ms
     except ImageDecodeError as exc:
         return _Decoded(stat, None, None, str(exc))
     except Exception as exc:  # the image processor may reject odd images; record, don't crash
         return _Decoded(stat, None, None, f"cannot preprocess: {exc}")
-    return _Decoded(stat, photo, pixels, None)
+    return _Decoded(stat, photo, pixels, None, phash)
 
 
 def _entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
@@ -392,4 +395,5 @@ def _entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
         taken_at=photo.taken_at if photo.taken_at is not None else item.stat.mtime_ns / 1e9,
         vector=np.asarray(vector, dtype=np.float32),
         labels=tuple(labels),
+        phash=item.phash,
     )

@@ -1,39 +1,64 @@
-"""Duplicates in three tiers people can tell apart.
+"""Duplicates in three tiers people can tell apart; each photo is in at most one group.
 
 - exact: byte-identical files (same content hash).
-- near: the same picture resized, recompressed, lightly cropped or re-exported: cosine >= 0.95.
-- burst: different shots of one moment: cosine >= 0.85 *and* taken within 30 s of each other,
-  and not already near-duplicates. "Similar" is never reported as "duplicate".
+- near: copies of one picture: resized, recompressed, re-exported, greyscale or sepia, lightly
+  cropped, turned by 90 degrees with the EXIF lost, mirrored. The CLS embedding alone cannot
+  tell those from another photo of the same kind of thing (on a trained ViT-Ti a greyscale copy
+  scores ~0.65 to its original and two terriers of one breed as much), so a pair is a copy only
+  when the photos' perceptual hashes (:mod:`vitsearch.indexer.phash`, stored at indexing) agree
+  too: within COPY_BITS bits in any orientation (with the embeddings at least COPY_COSINE alike),
+  or within CROP_BITS with a cosine of NEAR_THRESHOLD (crops move the hash more).
+- burst: different shots of one moment: cosine >= BURST_THRESHOLD and taken within 30 s.
 
-How the defaults were chosen: real weights could not be downloaded where this was built, so the
-thresholds come from the geometry the tests and benchmarks plant (see README, "Duplicates"),
-set conservatively high; `--threshold` overrides them and the README explains how to calibrate
-them on your own photos. Groups come from FAISS range search (bounded by the number of close
-pairs, never O(n²) in Python) joined with union-find. Nothing is ever deleted here.
+Tiers and groups: exact beats near beats burst. A group is grown from its suggested keeper
+(largest, then oldest): every member passes the tier's rule with the keeper, and with every other
+member too (for near, their hashes agreeing within CROP_BITS is enough: a greyscale and a turned
+copy of one photo look far apart to the model). So no chain A~B~C joins A and C.
+
+Candidate pairs come from FAISS: a range search on the embeddings (bounded by the number of
+close pairs) and a multi-index Hamming search on the hashes (which finds turned and greyscale
+copies whose embeddings are far apart). The cuts were chosen on a measured precision/recall
+curve (benchmarks/bench_duplicates.py, README "Duplicates"). A photo indexed before the hash
+existed gets it computed from its file when it is a cosine candidate; when the file cannot be
+read, its pairs fall back to the cosine alone at COSINE_ONLY. Nothing is ever deleted here.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
-from vitsearch.errors import ConfigError
+from vitsearch.errors import ConfigError, ImageDecodeError
+from vitsearch.indexer import phash
+from vitsearch.indexer.decode import read_photo
 from vitsearch.records import PhotoDetails
 from vitsearch.store import Library
 
+log = logging.getLogger(__name__)
+
 KINDS = ("exact", "near", "burst")
-NEAR_THRESHOLD = 0.95
+COPY_BITS = 7  # hashes this close are one picture, whatever the embedding says (above COPY_COSINE)
+COPY_COSINE = 0.3
+CROP_BITS = 16  # a 90% crop moves ~11 bits: allowed when the embeddings agree too
+NEAR_THRESHOLD = 0.8  # cosine of the crop rule; --threshold moves it
+COSINE_ONLY = 0.95  # pairs with a photo whose hash is missing and whose file cannot be read
 BURST_THRESHOLD = 0.85
 BURST_SECONDS = 30.0
 QUERY_CHUNK = 4096
+HASH_TABLES, HASH_TABLE_BITS = 4, 16  # 4 tables x 16 bits, 1 flip each: exact up to 7 bits
+LAZY_DRAFT = (256, 256)  # decode size for a hash computed at query time
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
     kind: str
     members: tuple[PhotoDetails, ...]  # the suggested keeper first
-    similarity: float  # the lowest similarity that joined the group (1.0 for exact)
+    similarity: float  # the lowest cosine of a member to the keeper (1.0 for exact)
+    hash_bits: int | None = None  # most hash bits a member is from the keeper; None: unknown
 
     @property
     def keeper(self) -> PhotoDetails:
@@ -43,6 +68,7 @@ class DuplicateGroup:
         return {
             "kind": self.kind,
             "similarity": round(self.similarity, 6),
+            "hash_bits": self.hash_bits,
             "keep": self.keeper.id,
             "members": [
                 {
@@ -59,27 +85,49 @@ class DuplicateGroup:
         }
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """Candidate pairs a < b with their cosine and hash bits apart (-1: a hash is missing)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    cosine: np.ndarray
+    bits: np.ndarray
+
+
 def find_duplicates(
     library: Library, kinds: tuple[str, ...] = KINDS, threshold: float | None = None
 ) -> list[DuplicateGroup]:
-    """Duplicate groups of the asked kinds, biggest first; ``threshold`` sets the kind's cut."""
+    """Duplicate groups of the asked kinds, biggest first; ``threshold`` sets the kind's cosine.
+
+    A photo is in one group at most: exact, else near, else burst (tiers not asked for still
+    take their photos, so ``--kind burst`` never shows a photo that is a near copy)."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ConfigError(f"unknown duplicate kind {', '.join(sorted(unknown))}; use {KINDS}")
-    if threshold is not None and len(kinds) != 1:
+    if threshold is not None and (len(kinds) != 1 or kinds[0] == "exact"):
         raise ConfigError("--threshold needs exactly one --kind (near or burst)")
-    groups: list[DuplicateGroup] = []
+    near_cut = threshold if threshold is not None and "near" in kinds else NEAR_THRESHOLD
+    # without a hash the cosine is all there is: the strict cut, unless one was asked for
+    alone_cut = threshold if threshold is not None and "near" in kinds else COSINE_ONLY
+    burst_cut = threshold if threshold is not None and "burst" in kinds else BURST_THRESHOLD
+    exact = library.db.exact_duplicate_groups()
+    taken = {i for group in exact for i in group}
+    found: list[DuplicateGroup] = []
     if "exact" in kinds:
-        groups += _groups(library, "exact", library.db.exact_duplicate_groups(), {})
+        found += _exact_groups(library, exact)
     if "near" in kinds or "burst" in kinds:
-        near_cut = threshold if threshold is not None and "near" in kinds else NEAR_THRESHOLD
-        burst_cut = threshold if threshold is not None and "burst" in kinds else BURST_THRESHOLD
-        near, burst = _similar_pairs(library, near_cut, burst_cut if "burst" in kinds else None)
+        pairs, hashes = _candidate_pairs(library, min(near_cut, burst_cut))
+        near = pairs_where(pairs, lambda p: _is_copy(p, near_cut, alone_cut))
+        near_groups = _grow(library, near, taken, _same_picture(hashes))
         if "near" in kinds:
-            groups += _groups(library, "near", _union(near), _weakest(near), drop_exact=True)
+            found += _similar_groups(library, "near", near_groups, near)
         if "burst" in kinds:
-            groups += _groups(library, "burst", _union(burst), _weakest(burst))
-    return sorted(groups, key=lambda g: (-len(g.members), g.kind, g.keeper.path))
+            taken |= {i for group in near_groups for i in group}
+            burst = pairs_where(pairs, lambda p: _is_burst(library, p, burst_cut))
+            burst_groups = _grow(library, burst, taken, lambda x, y: False)
+            found += _similar_groups(library, "burst", burst_groups, burst)
+    return sorted(found, key=lambda g: (-len(g.members), g.kind, g.keeper.path))
 
 
 def keeper_order(photo: PhotoDetails) -> tuple:
@@ -88,20 +136,127 @@ def keeper_order(photo: PhotoDetails) -> tuple:
     return (-photo.pixels, taken, photo.id)
 
 
-def _similar_pairs(library: Library, near_cut: float, burst_cut: float | None):
-    """Near pairs (>= near_cut) and burst pairs (>= burst_cut, close in time, not near)."""
-    lowest = min(near_cut, burst_cut) if burst_cut is not None else near_cut
-    near: list[tuple[np.ndarray, ...]] = []
-    burst: list[tuple[np.ndarray, ...]] = []
-    vectors = library.vectors
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def _is_copy(p: _Pairs, cosine_cut: float, alone_cut: float) -> np.ndarray:
+    hashed = p.bits >= 0
+    same_picture = hashed & (p.bits <= COPY_BITS) & (p.cosine >= COPY_COSINE)
+    cropped = hashed & (p.bits <= CROP_BITS) & (p.cosine >= cosine_cut)
+    unhashed = ~hashed & (p.cosine >= alone_cut)
+    return same_picture | cropped | unhashed
+
+
+def _is_burst(library: Library, p: _Pairs, cosine_cut: float) -> np.ndarray:
+    close = p.cosine >= cosine_cut
+    close[close] = _within_seconds(library, p.a[close], p.b[close], BURST_SECONDS)
+    return close
+
+
+def pairs_where(pairs: _Pairs, rule: Callable[[_Pairs], np.ndarray]) -> _Pairs:
+    keep = rule(pairs)
+    return _Pairs(pairs.a[keep], pairs.b[keep], pairs.cosine[keep], pairs.bits[keep])
+
+
+# -- candidates --------------------------------------------------------------------------------
+
+
+def _candidate_pairs(library: Library, cosine_cut: float) -> tuple[_Pairs, dict[int, int]]:
+    """Pairs close in embedding (>= ``cosine_cut``) or in hash (<= COPY_BITS), scored on both;
+    and the hashes known (stored, or computed now for a candidate indexed without one)."""
+    found = [_cosine_pairs(library, cosine_cut)]
+    hashes = library.db.phashes()
+    known = {i: h for i, h in hashes.items() if h is not None}
+    a, b = _hash_pairs(known)
+    if len(a):
+        found.append((a, b, _cosines(library, a, b)))
+    a, b, cosine = (np.concatenate([f[k] for f in found]) for k in range(3))
+    a, b, cosine = _unique(a, b, cosine)
+    missing = {i for i, h in hashes.items() if h is None}
+    if missing:
+        known |= _lazy_hashes(library, missing & set(np.concatenate([a, b]).tolist()))
+    return _Pairs(a, b, cosine, _bits(known, a, b)), known
+
+
+def _cosine_pairs(library: Library, cut: float) -> tuple[np.ndarray, ...]:
+    parts = []
     for ids, chunk in library.db.iter_embeddings(chunk=QUERY_CHUNK):
-        a, b, score = vectors.pairs_above(ids, chunk, lowest)
-        is_near = score >= near_cut
-        near.append((a[is_near], b[is_near], score[is_near]))
-        if burst_cut is not None and (~is_near).any():
-            near_in_time = _within_seconds(library, a[~is_near], b[~is_near], BURST_SECONDS)
-            burst.append(tuple(x[~is_near][near_in_time] for x in (a, b, score)))
-    return _concat(near), _concat(burst)
+        parts.append(library.vectors.pairs_above(ids, chunk, cut))
+    if not parts:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float32)
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+def _hash_pairs(hashes: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs a < b whose hashes are within COPY_BITS in some orientation (FAISS multi-index:
+    4 tables of 16 bits probed with one flip find every such pair, by pigeonhole)."""
+    if len(hashes) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    ids = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
+    values = np.array([hashes[int(i)] for i in ids], dtype=np.uint64)
+    index = faiss.IndexBinaryMultiHash(phash.BITS, HASH_TABLES, HASH_TABLE_BITS)
+    index.nflip = 1
+    index.add(_codes(values))
+    sources, targets = [], []
+    for turned in phash.orientations_array(values):
+        limits, _, found = index.range_search(_codes(turned), COPY_BITS + 1)  # radius: <
+        sources.append(np.repeat(ids, np.diff(limits).astype(np.int64)))
+        targets.append(ids[found])
+    a, b = np.concatenate(sources), np.concatenate(targets)
+    keep = a < b
+    return a[keep], b[keep]
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values.astype("<u8")).view(np.uint8).reshape(len(values), 8)
+
+
+def _cosines(library: Library, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    vectors: dict[int, np.ndarray] = {}
+    for ids, chunk in library.db.iter_embeddings(ids=np.union1d(a, b).tolist()):
+        vectors.update(zip(ids.tolist(), chunk, strict=True))
+    if not vectors:
+        return np.zeros(len(a), np.float32)
+    return np.array(
+        [float(vectors[x] @ vectors[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)],
+        dtype=np.float32,
+    )
+
+
+def _unique(a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarray, ...]:
+    _, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
+    return a[first], b[first], cosine[first]
+
+
+def _bits(hashes: dict[int, int | None], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def column(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = [hashes.get(i) for i in ids.tolist()]
+        known = np.array([v is not None for v in values], dtype=bool)
+        return np.array([v or 0 for v in values], dtype=np.uint64), known
+
+    (ha, known_a), (hb, known_b) = column(a), column(b)
+    return np.where(known_a & known_b, phash.distances(ha, hb), -1)
+
+
+def _lazy_hashes(library: Library, ids: set[int]) -> dict[int, int]:
+    """Hashes of photos indexed before they existed, from their files (read-only: kept for
+    this run). A file that cannot be read leaves its pairs to the cosine alone."""
+    found, unreadable = {}, 0
+    for image_id, photo in library.db.details(sorted(ids)).items():
+        try:
+            found[image_id] = phash.photo_hash(read_photo(photo.path, LAZY_DRAFT).image)
+        except ImageDecodeError:
+            unreadable += 1
+    if unreadable:
+        log.warning(
+            "%d photos have no perceptual hash and their files cannot be read; their near "
+            "duplicates are judged on the embedding alone (cosine >= %.2f). Re-index them "
+            "with `vitsearch index` once their folder is back",
+            unreadable,
+            COSINE_ONLY,
+        )
+    return found
 
 
 def _within_seconds(library: Library, a: np.ndarray, b: np.ndarray, seconds: float) -> np.ndarray:
@@ -112,49 +267,82 @@ def _within_seconds(library: Library, a: np.ndarray, b: np.ndarray, seconds: flo
         return np.abs(t_a - t_b) <= seconds
 
 
-def _union(pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[list[int]]:
-    parent: dict[int, int] = {}
-
-    def root(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for x, y in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True):
-        rx, ry = root(x), root(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    groups: dict[int, list[int]] = {}
-    for x in parent:
-        groups.setdefault(root(x), []).append(x)
-    return [sorted(members) for members in groups.values() if len(members) > 1]
+# -- groups ------------------------------------------------------------------------------------
 
 
-def _weakest(pairs) -> dict[int, float]:
-    """Per photo, the lowest similarity of an edge that touches it (for the group's score)."""
-    weakest: dict[int, float] = {}
-    for x, y, s in zip(*(p.tolist() for p in pairs), strict=True):
-        for node in (x, y):
-            weakest[node] = min(weakest.get(node, 1.0), s)
-    return weakest
+def _same_picture(hashes: dict[int, int]) -> Callable[[int, int], bool]:
+    """Whether two copies of one keeper are copies of one picture too: their hashes agree
+    (within CROP_BITS), whatever their embeddings say (a greyscale and a turned copy can be
+    far apart in the model's eyes)."""
+
+    def agree(x: int, y: int) -> bool:
+        hx, hy = hashes.get(x), hashes.get(y)
+        return hx is not None and hy is not None and phash.distance(hx, hy) <= CROP_BITS
+
+    return agree
 
 
-def _groups(library, kind, id_groups, weakest, drop_exact: bool = False) -> list[DuplicateGroup]:
+def _grow(
+    library: Library, pairs: _Pairs, taken: set[int], also: Callable[[int, int], bool]
+) -> list[list[int]]:
+    """Groups grown from each keeper in turn (largest, then oldest): its partners in ``pairs``
+    join while they are paired with every member already in, or ``also`` says they fit with
+    it. So each member is within the tier's cut of the keeper and no chain A~B~C puts A and
+    C together when they do not fit. Photos in ``taken`` (a higher tier's groups) stay out."""
+    neighbours: dict[int, dict[int, float]] = {}
+    for x, y, s in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.cosine.tolist(), strict=True):
+        if x not in taken and y not in taken:
+            neighbours.setdefault(x, {})[y] = s
+            neighbours.setdefault(y, {})[x] = s
+    details = library.db.details(list(neighbours))
+    order = sorted((details[i] for i in neighbours if i in details), key=keeper_order)
+    used: set[int] = set()
+    groups = []
+    for keeper in order:
+        if keeper.id in used:
+            continue
+        group = [keeper.id]
+        close = neighbours[keeper.id]
+        for candidate in sorted(close, key=lambda c: (-close[c], c)):
+            if candidate in used:
+                continue
+            if all(m in neighbours[candidate] or also(candidate, m) for m in group[1:]):
+                group.append(candidate)
+        if len(group) > 1:
+            used.update(group)
+            groups.append(group)
+    return groups
+
+
+def _similar_groups(
+    library: Library, kind: str, id_groups: list[list[int]], pairs: _Pairs
+) -> list[DuplicateGroup]:
+    score = {
+        (x, y): (s, bits)
+        for x, y, s, bits in zip(
+            pairs.a.tolist(),
+            pairs.b.tolist(),
+            pairs.cosine.tolist(),
+            pairs.bits.tolist(),
+            strict=True,
+        )
+    }
+    details = library.db.details([i for group in id_groups for i in group])
+    result = []
+    for keeper, *others in id_groups:
+        links = [score[min(keeper, m), max(keeper, m)] for m in others]
+        known = [bits for _, bits in links if bits >= 0]
+        hash_bits = max(known) if len(known) == len(links) else None
+        members = tuple(details[i] for i in [keeper, *others])
+        result.append(DuplicateGroup(kind, members, min(s for s, _ in links), hash_bits))
+    return result
+
+
+def _exact_groups(library: Library, id_groups: list[list[int]]) -> list[DuplicateGroup]:
     details = library.db.details([i for group in id_groups for i in group])
     result = []
     for group in id_groups:
         members = sorted((details[i] for i in group if i in details), key=keeper_order)
-        if len(members) < 2 or (drop_exact and len({m.content_hash for m in members}) == 1):
-            continue
-        similarity = min((weakest.get(m.id, 1.0) for m in members), default=1.0)
-        result.append(DuplicateGroup(kind, tuple(members), min(similarity, 1.0)))
+        if len(members) > 1:
+            result.append(DuplicateGroup("exact", tuple(members), 1.0, 0))
     return result
-
-
-def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not parts:
-        empty = np.empty(0, np.int64)
-        return empty, empty, np.empty(0, np.float32)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))

@@ -65,11 +65,19 @@ def _add_taught_labels(conn) -> None:
     Base.metadata.create_all(conn, tables=[ClassifierRow.__table__])
 
 
+def _add_phash(conn) -> None:
+    """Photos indexed before get NULL: duplicates computes their hash when it needs it."""
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(images)")}
+    if "phash" not in columns:
+        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN phash INTEGER")
+
+
 # Ordered migrations: version -> function(connection). Version 1 is the initial create_all.
 MIGRATIONS: dict[int, Callable] = {
     2: _create_derived_tables,
     3: _index_cluster_pages,
     4: _add_taught_labels,
+    5: _add_phash,
 }
 
 
@@ -307,15 +315,26 @@ class Database:
         with self.session() as s:
             return [(label, int(top), int(total)) for label, top, total in s.execute(query)]
 
-    def best_with_labels(self, labels: Sequence[str], filters: Filters, k: int) -> list[Hit]:
-        """Photos carrying any of ``labels``, ranked by that label's probability."""
-        score = func.max(LabelRow.score).label("score")
-        query = (
-            select(LabelRow.image_id, score)
-            .join(ImageRow, ImageRow.id == LabelRow.image_id)
+    def best_with_labels(
+        self, labels: Sequence[str], filters: Filters, k: int, combine: str = "max"
+    ) -> list[Hit]:
+        """Photos carrying any of ``labels``, ranked by the best such label's probability, or
+        with ``combine="sum"`` by their summed probability (three dog breeds in a photo's top 5
+        at 0.3, 0.2, 0.1: 0.6). Sums stay within one source, then the best source counts: a
+        taught classifier's scores and the model's are not shares of one distribution."""
+        combined = {"max": func.max, "sum": func.sum}[combine](LabelRow.score)
+        per_source = (
+            select(LabelRow.image_id.label("image_id"), combined.label("score"))
             .where(LabelRow.label.in_(list(labels)))
-            .group_by(LabelRow.image_id)
-            .order_by(score.desc(), LabelRow.image_id)
+            .group_by(LabelRow.image_id, LabelRow.source)
+            .subquery()
+        )
+        score = func.max(per_source.c.score).label("score")
+        query = (
+            select(per_source.c.image_id, score)
+            .join(ImageRow, ImageRow.id == per_source.c.image_id)
+            .group_by(per_source.c.image_id)
+            .order_by(score.desc(), per_source.c.image_id)
             .limit(k)
         )
         for condition in _filter_conditions(filters):
@@ -400,6 +419,17 @@ class Database:
             for content, image_id in s.execute(query):
                 groups.setdefault(content, []).append(image_id)
         return list(groups.values())
+
+    def phashes(self, ids: Sequence[int] | None = None) -> dict[int, int | None]:
+        """Perceptual hash (unsigned) of the given indexed photos, or of all; None if missing."""
+        query = select(ImageRow.id, ImageRow.phash).where(ImageRow.status == STATUS_OK)
+        id_chunks = _chunks(list(ids), 500) if ids is not None else [None]
+        found = {}
+        with self.engine.connect() as conn:
+            for chunk in id_chunks:
+                q = query if chunk is None else query.where(ImageRow.id.in_(chunk))
+                found.update((key, _unsigned64(value)) for key, value in conn.execute(q))
+        return found
 
     def taken_at(self, ids: Sequence[int]) -> dict[int, float | None]:
         found = {}
@@ -785,10 +815,20 @@ def _image_values(item: ImageEntry | FailedEntry, now: float) -> dict:
         "size": item.size,
         "mtime_ns": item.mtime_ns,
         **{column: None if failed else getattr(item, column) for column in PHOTO_COLUMNS},
+        "phash": None if failed else _signed64(item.phash),
         "status": STATUS_FAILED if failed else STATUS_OK,
         "error": item.error if failed else None,
         "indexed_at": now,
     }
+
+
+def _signed64(value: int | None) -> int | None:
+    """An unsigned 64-bit hash as SQLite's signed INTEGER holds it."""
+    return value - (1 << 64) if value is not None and value >= 1 << 63 else value
+
+
+def _unsigned64(value: int | None) -> int | None:
+    return value + (1 << 64) if value is not None and value < 0 else value
 
 
 def _blob(vector) -> bytes:

@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 4  # 2: clusters, map; 3: cluster page index; 4: taught classifiers
+SCHEMA_VERSION = 5  # 2: clusters, map; 3: cluster page index; 4: taught classifiers; 5: phash
 CUSTOM_RANK = 1000  # labels.rank of a taught classifier's label: CUSTOM_RANK + classifier id
 
 STATUS_OK = "ok"
@@ -55,6 +55,8 @@ class ImageRow(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     taken_at: Mapped[float | None] = mapped_column(Float)
+    # perceptual hash for duplicates, as a signed 64-bit integer; NULL: indexed before schema 5
+    phash: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String, default=STATUS_OK)
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[float] = mapped_column(Float)
