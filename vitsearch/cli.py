@@ -15,7 +15,7 @@ import click
 from vitsearch import app
 from vitsearch.config import BACKENDS, POOLS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
-from vitsearch.records import Cluster, Filters, Hit, Label
+from vitsearch.records import Cluster, Filters, Hit, Label, display_label
 
 log = logging.getLogger("vitsearch")
 
@@ -239,7 +239,7 @@ def labels(settings: Settings, as_json: bool) -> None:
         click.echo(json.dumps([c.as_dict() for c in counts], indent=2))
         return
     for c in counts:
-        click.echo(f"{c.top:>7} top  {c.anywhere:>7} any  {c.label}")
+        click.echo(f"{c.top:>7} top  {c.anywhere:>7} any  {display_label(c.label)}")
 
 
 @main.command()
@@ -537,7 +537,7 @@ def _labels(labels: tuple[Label, ...]) -> list[dict]:
 
 
 def _label_text(labels: tuple[Label, ...]) -> str:
-    return ", ".join(f"{label.label} ({label.score:.0%})" for label in labels)
+    return ", ".join(f"{display_label(label.label)} ({label.score:.0%})" for label in labels)
 
 
 def _setup_logging(level: int) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster
-from vitsearch.search.labels import synonyms
+from vitsearch.search.labels import short_label
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,15 @@ def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
 
 
 def cluster_name(label_counts: dict[str, int], size: int) -> str:
-    """A name from the members' most frequent labels, e.g. "golden retriever · Labrador"."""
+    """A name from the members' most frequent labels, e.g. "golden retriever · Labrador retriever"
+    (each label's first synonym as written: no WordNet id, capitals kept)."""
     if not label_counts:
         return ""
     names = []
     for label, count in Counter(label_counts).most_common(3):
         if names and count < 0.2 * size:
             break
-        names.append(synonyms(label)[0] if synonyms(label) else label)
+        names.append(short_label(label))
     return " · ".join(names)
 
 

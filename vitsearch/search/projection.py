@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.records import display_label
 from vitsearch.search.clusters import clusters
 from vitsearch.store import Library
 
@@ -447,7 +448,7 @@ def _describe(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int,
             text = html.escape(hit.path)
             if hit.labels:
                 top = hit.labels[0]
-                text += f"<br>{html.escape(top.label)} ({top.score:.0%})"
+                text += f"<br>{html.escape(display_label(top.label))} ({top.score:.0%})"
             described[hit.id] = text
     return described
 

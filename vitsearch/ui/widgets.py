@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from vitsearch.records import Hit, Label, PhotoDetails
+from vitsearch.search.labels import short_label
 from vitsearch.ui import context
 
 COLUMNS = 4
@@ -66,7 +67,7 @@ def thumbnail(photo: PhotoDetails | None) -> None:
 
 
 def label_text(labels: Sequence[Label]) -> str:
-    return ", ".join(f"{label.label.split(',')[0]} {label.score:.0%}" for label in labels) or "-"
+    return ", ".join(f"{short_label(label.label)} {label.score:.0%}" for label in labels) or "-"
 
 
 def date_text(timestamp: float | None) -> str:
