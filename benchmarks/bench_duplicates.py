@@ -1,9 +1,9 @@
 """Duplicate tiers on real weights: which copies are caught, which distinct photos are joined.
 
 Run: ``python benchmarks/bench_duplicates.py PATH --model DIR [--images N] [--bursts N]
-[--wordnet FILE] [--batch-size B] [--threads T]``. PATH is a folder of ImageNet photos named
+[--copied N] [--wordnet FILE] [--work DIR] [--batch-size B] [--threads T]``. PATH: photos named
 ``<wnid>_<class>.JPEG`` (e.g. /work/shared/data/imagenet-sample, one photo per class); they are
-linked, never copied, and their modified copies live in a temporary directory.
+copied (each with its own capture time) and modified in a temporary directory (or ``--work``).
 
 Each photo gets the copies people make (:data:`COPIES`): resized, recompressed, re-exported,
 greyscale, sepia, cropped to 90%, turned by 90 degrees with the EXIF lost, mirrored. The first
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from bench_index import add_model_options, link_photos, pick_photos
+from bench_index import add_model_options, pick_photos
 from PIL import Image, ImageOps
 
 from vitsearch import app
@@ -130,14 +131,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_folder(photos: Sequence[Path], copied: int, bursts: int, folder: Path) -> int:
-    """Originals (linked) and copies in ``folder``; each photo an hour from the next."""
-    link_photos(photos, folder / "originals")
+    """Originals and copies in ``folder``; each photo an hour from the next."""
+    (folder / "originals").mkdir()
     copies = folder / "copies"
     copies.mkdir()
     start = time.time() - len(photos) * HOUR
     for number, photo in enumerate(photos):
         when = start + number * HOUR
-        os.utime(folder / "originals" / photo.name, (when, when), follow_symlinks=False)
+        # a copy of the file (same bytes) whose time says when it was taken
+        shutil.copyfile(photo, folder / "originals" / photo.name)
+        os.utime(folder / "originals" / photo.name, (when, when))
         if copied and number >= copied:
             continue
         with Image.open(photo) as opened:

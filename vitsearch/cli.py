@@ -268,7 +268,11 @@ def clusters(settings: Settings, k: str, recompute: bool, as_json: bool) -> None
     multiple=True,
     help="Which tier(s) [default: all three].",
 )
-@click.option("--threshold", type=float, help="Cosine cut for the one --kind given.")
+@click.option(
+    "--threshold",
+    type=float,
+    help="Cosine cut for the one --kind given (near: for copies whose hash moved, e.g. crops).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @library_options()
 def duplicates(
@@ -282,7 +286,10 @@ def duplicates(
     if not groups:
         click.echo("no duplicates found")
     for group in groups:
-        click.echo(f"{group.kind} ({len(group.members)} photos, similarity {group.similarity:.3f})")
+        bits = "" if group.hash_bits is None else f", hash {group.hash_bits} bits apart"
+        click.echo(
+            f"{group.kind} ({len(group.members)} photos, similarity {group.similarity:.3f}{bits})"
+        )
         for p in group.members:
             mark = "keep" if p.id == group.keeper.id else "    "
             click.echo(f"  {mark} {p.width}x{p.height} {p.size:>10} B  {p.path}")

@@ -11,8 +11,8 @@
 - burst: different shots of one moment: cosine >= BURST_THRESHOLD and taken within 30 s.
 
 Tiers and groups: exact beats near beats burst. A group is grown from its suggested keeper
-(largest, then oldest): every member passes the tier's rule with the keeper, and with every other
-member too (for near, their hashes agreeing within CROP_BITS is enough: a greyscale and a turned
+(largest, then oldest) along the tier's pairs, with complete linkage: every two members pass the
+tier's rule (for near, their hashes agreeing within CROP_BITS is enough: a greyscale and a turned
 copy of one photo look far apart to the model). So no chain A~B~C joins A and C.
 
 Candidate pairs come from FAISS: a range search on the embeddings (bounded by the number of
@@ -57,8 +57,8 @@ LAZY_DRAFT = (256, 256)  # decode size for a hash computed at query time
 class DuplicateGroup:
     kind: str
     members: tuple[PhotoDetails, ...]  # the suggested keeper first
-    similarity: float  # the lowest cosine of a member to the keeper (1.0 for exact)
-    hash_bits: int | None = None  # most hash bits a member is from the keeper; None: unknown
+    similarity: float  # the lowest cosine of a link that joined the group (1.0 for exact)
+    hash_bits: int | None = None  # near: most hash bits between two members; None: unknown
 
     @property
     def keeper(self) -> PhotoDetails:
@@ -121,12 +121,12 @@ def find_duplicates(
         near = pairs_where(pairs, lambda p: _is_copy(p, near_cut, alone_cut))
         near_groups = _grow(library, near, taken, _same_picture(hashes))
         if "near" in kinds:
-            found += _similar_groups(library, "near", near_groups, near)
+            found += _similar_groups(library, "near", near_groups, near, hashes)
         if "burst" in kinds:
             taken |= {i for group in near_groups for i in group}
             burst = pairs_where(pairs, lambda p: _is_burst(library, p, burst_cut))
             burst_groups = _grow(library, burst, taken, lambda x, y: False)
-            found += _similar_groups(library, "burst", burst_groups, burst)
+            found += _similar_groups(library, "burst", burst_groups, burst, None)
     return sorted(found, key=lambda g: (-len(g.members), g.kind, g.keeper.path))
 
 
@@ -285,10 +285,10 @@ def _same_picture(hashes: dict[int, int]) -> Callable[[int, int], bool]:
 def _grow(
     library: Library, pairs: _Pairs, taken: set[int], also: Callable[[int, int], bool]
 ) -> list[list[int]]:
-    """Groups grown from each keeper in turn (largest, then oldest): its partners in ``pairs``
-    join while they are paired with every member already in, or ``also`` says they fit with
-    it. So each member is within the tier's cut of the keeper and no chain A~B~C puts A and
-    C together when they do not fit. Photos in ``taken`` (a higher tier's groups) stay out."""
+    """Groups grown from each keeper in turn (largest, then oldest) along ``pairs``: a photo
+    paired with a member joins when it fits with every member, paired or ``also`` (complete
+    linkage), so no chain A~B~C puts A and C together when they do not fit. Photos in
+    ``taken`` (a higher tier's groups) stay out."""
     neighbours: dict[int, dict[int, float]] = {}
     for x, y, s in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.cosine.tolist(), strict=True):
         if x not in taken and y not in taken:
@@ -299,43 +299,52 @@ def _grow(
     used: set[int] = set()
     groups = []
     for keeper in order:
-        if keeper.id in used:
-            continue
-        group = [keeper.id]
-        close = neighbours[keeper.id]
-        for candidate in sorted(close, key=lambda c: (-close[c], c)):
-            if candidate in used:
-                continue
-            if all(m in neighbours[candidate] or also(candidate, m) for m in group[1:]):
-                group.append(candidate)
-        if len(group) > 1:
-            used.update(group)
-            groups.append(group)
+        if keeper.id not in used:
+            group = _grow_one(keeper.id, neighbours, used, also)
+            if len(group) > 1:
+                used.update(group)
+                groups.append(group)
     return groups
 
 
+def _grow_one(keeper: int, neighbours, used: set[int], also) -> list[int]:
+    group, refused = [keeper], set()
+    while True:
+        best: dict[int, float] = {}
+        for member in group:
+            for other, s in neighbours[member].items():
+                if other not in used and other not in refused and other not in group:
+                    best[other] = max(best.get(other, -1.0), s)
+        if not best:
+            return group
+        for candidate in sorted(best, key=lambda c: (-best[c], c)):
+            if all(m in neighbours[candidate] or also(candidate, m) for m in group):
+                group.append(candidate)
+            else:
+                refused.add(candidate)
+
+
 def _similar_groups(
-    library: Library, kind: str, id_groups: list[list[int]], pairs: _Pairs
+    library: Library, kind: str, id_groups: list[list[int]], pairs: _Pairs, hashes
 ) -> list[DuplicateGroup]:
-    score = {
-        (x, y): (s, bits)
-        for x, y, s, bits in zip(
-            pairs.a.tolist(),
-            pairs.b.tolist(),
-            pairs.cosine.tolist(),
-            pairs.bits.tolist(),
-            strict=True,
-        )
+    cosine = {
+        (x, y): s
+        for x, y, s in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.cosine.tolist(), strict=True)
     }
     details = library.db.details([i for group in id_groups for i in group])
     result = []
-    for keeper, *others in id_groups:
-        links = [score[min(keeper, m), max(keeper, m)] for m in others]
-        known = [bits for _, bits in links if bits >= 0]
-        hash_bits = max(known) if len(known) == len(links) else None
-        members = tuple(details[i] for i in [keeper, *others])
-        result.append(DuplicateGroup(kind, members, min(s for s, _ in links), hash_bits))
+    for group in id_groups:
+        links = [(min(x, y), max(x, y)) for n, x in enumerate(group) for y in group[n + 1 :]]
+        similarity = min(cosine[link] for link in links if link in cosine)
+        members = tuple(details[i] for i in group)
+        result.append(DuplicateGroup(kind, members, similarity, _most_bits(links, hashes)))
     return result
+
+
+def _most_bits(links: list[tuple[int, int]], hashes: dict[int, int] | None) -> int | None:
+    if hashes is None or any(hashes.get(i) is None for link in links for i in link):
+        return None
+    return max(phash.distance(hashes[x], hashes[y]) for x, y in links)
 
 
 def _exact_groups(library: Library, id_groups: list[list[int]]) -> list[DuplicateGroup]:

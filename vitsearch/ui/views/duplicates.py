@@ -25,7 +25,11 @@ def render() -> None:
         "Kind",
         ["near", "exact", "burst"],
         horizontal=True,
-        captions=["resized or re-saved copies", "byte-identical files", "shots seconds apart"],
+        captions=[
+            "resized, re-saved, toned, cropped, turned or mirrored copies",
+            "byte-identical files",
+            "shots seconds apart",
+        ],
     )
     threshold = None
     if kind != "exact":
@@ -47,8 +51,10 @@ def render() -> None:
 
 def show_group(group, number: int) -> None:
     with st.container(border=True):
+        bits = "" if group.hash_bits is None else f" · hash ≤ {group.hash_bits} bits apart"
         st.markdown(
-            f"**{group.kind}** · {len(group.members)} photos · similarity ≥ {group.similarity:.3f}"
+            f"**{group.kind}** · {len(group.members)} photos · similarity ≥ "
+            f"{group.similarity:.3f}{bits}"
         )
         for start in range(0, len(group.members), COLUMNS):
             row = group.members[start : start + COLUMNS]
