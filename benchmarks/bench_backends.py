@@ -383,26 +383,29 @@ def teach_timing(n: int, temp: Path) -> None:
     )
     busy: dict[str, float] = {}
     with CpuMeter(busy, "teach"):
-        (classifier, accuracy), train_s = timed(
+        (classifier, validation), train_s = timed(
             lambda: train(data.vectors[examples], classes_of[examples], names)
         )
         with open_library(temp / "teach-home", write=True) as library:
             cid = library.db.save_classifier(
-                "bench", classifier.to_bytes(), list(names), accuracy, "x"
+                "bench", classifier.to_bytes(), list(names), validation.accuracy, "x"
             )
-            labelled, apply_s = timed(lambda: apply_classifier(library, cid, "bench", classifier))
-        (_, all_accuracy), train_all_s = timed(
+            (labelled, _), apply_s = timed(
+                lambda: apply_classifier(library, cid, "bench", classifier)
+            )
+        (_, all_validation), train_all_s = timed(
             lambda: train(data.vectors[labelled_rows], classes_of[labelled_rows], names)
         )
     print(
         f"  train on {len(examples):,} examples ({TEACH_CLASSES} labels, up to "
-        f"{TEACH_EXAMPLES_PER_CLASS} each): {train_s:.2f}s, held-out accuracy {accuracy:.3f}"
+        f"{TEACH_EXAMPLES_PER_CLASS} each): {train_s:.2f}s, "
+        f"held-out accuracy {validation.accuracy:.3f}"
     )
     print(f"  label the library ({labelled:,} photos, no model forward): {apply_s:.2f}s")
     print(f"  teach = train + label: {train_s + apply_s:.2f}s")
     print(
         f"  train on all {len(labelled_rows):,} photos of those labels as examples: "
-        f"{train_all_s:.2f}s, held-out accuracy {all_accuracy:.3f}"
+        f"{train_all_s:.2f}s, held-out accuracy {all_validation.accuracy:.3f}"
     )
     if busy["teach"] > BUSY_WARNING_CORES:
         print(f"  (other processes used {busy['teach']:.2f} cores meanwhile)")

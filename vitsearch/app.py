@@ -28,7 +28,7 @@ from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
 from vitsearch.search.labels import LabelCount
 from vitsearch.search.projection import map_figure_html, map_json, project
 from vitsearch.store import Library, open_library, writer_pid
-from vitsearch.teach import TeachResult, teach_folder
+from vitsearch.teach import TeachResult, classifier_summaries, teach_folder
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def teach_labels(settings: Settings, folder: Path, name: str | None = None) -> T
 
 def taught_classifiers(settings: Settings) -> list[dict]:
     with open_library(settings.home) as library:
-        return library.db.classifier_summaries()
+        return classifier_summaries(library)
 
 
 def forget_classifier(settings: Settings, name: str) -> None:

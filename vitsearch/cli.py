@@ -354,7 +354,9 @@ def teach(
     if show:
         for c in app.taught_classifiers(settings):
             accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.0%}"
-            click.echo(f"{c['name']}: {', '.join(c['classes'])} (held-out accuracy {accuracy})")
+            stale = "" if c["open_set"] else "; labels every photo: run `vitsearch teach` again"
+            labels = ", ".join(c["classes"])
+            click.echo(f"{c['name']}: {labels} (held-out accuracy {accuracy}{stale})")
         return
     if remove:
         app.forget_classifier(settings, remove)
@@ -362,18 +364,7 @@ def teach(
         return
     if folder is None:
         raise click.UsageError("give FOLDER, --list or --remove NAME")
-    result = app.teach_labels(settings, folder, name)
-    accuracy = (
-        "n/a (too few examples)"
-        if result.held_out_accuracy is None
-        else (f"{result.held_out_accuracy:.1%}")
-    )
-    examples = ", ".join(f"{label} ({n})" for label, n in result.classes.items())
-    click.echo(
-        f"taught {result.name}: {examples}; held-out accuracy {accuracy}; labelled "
-        f"{result.labelled} photos in {result.seconds:.1f}s ({result.embedded} examples "
-        "needed the model)"
-    )
+    click.echo("\n".join(app.teach_labels(settings, folder, name).report()))
 
 
 @main.command()

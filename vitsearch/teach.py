@@ -1,17 +1,24 @@
-"""Your own labels without re-indexing: a linear classifier on the stored CLS embeddings.
+"""Your own labels without re-indexing: an open-set linear classifier on the stored embeddings.
 
 ``teach`` reads a folder with one sub-folder per label, embeds its example photos (reusing the
-library's vectors for photos it already holds), trains a class-balanced softmax regression in
-numpy (seconds), reports its accuracy on a held-out split, calibrates a temperature on that split
-so the scores are probabilities you can threshold, stores it in the library and labels every
-photo already indexed, with no model forward. New photos get the label at index time.
+library's vectors for photos it already holds) and trains a class-balanced softmax regression in
+numpy (seconds) with one more class, "none of these": random photos of the library itself, less
+the examples' near copies and the photos so close to a label's examples that they are probably
+unlabelled members of it. A distance gate backs it up: a photo less similar to a label's example
+centroid than every example was to the others' (less a margin) never gets that label. Scores are
+temperature-calibrated on out-of-fold predictions (k-fold over examples and background photos),
+which also give the reported accuracy, false-label rate and calibration error. The classifier is
+stored in the library and labels every photo already indexed with no model forward; new photos
+get their label at index time. A photo unlike every taught label gets none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,35 +33,72 @@ from vitsearch.store import Library
 log = logging.getLogger(__name__)
 
 SEED = 1234
-HELD_OUT = 0.2
+FOLDS = 5  # k-fold over examples and background: 5-7 examples a label leave too few to hold out
 STEPS = 400
 LEARNING_RATE = 0.05
-L2 = 1e-4
+L2 = 1e-2  # bench_teach.py: 1e-4 overfits 6 examples in 192-d (recall -0.05 at equal false labels)
 SOURCE_PREFIX = "custom:"
 APPLY_CHUNK = 20_000
+NONE = -1  # top()'s class index for "none of these"
+BACKGROUND_MAX = 1000  # library photos sampled: 3/4 "none of these", 1/4 held out
+MIN_BACKGROUND = 20  # fewer usable library photos: the distance gate alone keeps the set open
+NEAR_COPY = 0.95  # cosine above which a library photo is a copy of an example, not background
+# Library photos closer to a label's centroid than this share of the examples are to theirs
+# (leave-one-out) are left out of the background: they are likely members nobody sorted.
+MEMBER_QUANTILE = 0.1
+OTHERS_SHARE = 0.25  # of the sampled library photos: held out to measure the false-label rate
+GATE_MARGIN = 0.05  # cosine below the least typical example before the gate says "none"
+CALIBRATION_BINS = 10
 
 
 @dataclass(frozen=True)
 class LinearClassifier:
-    """Softmax regression over unit embeddings, with a calibration temperature."""
+    """Softmax regression over unit embeddings, with a calibration temperature.
+
+    Open-set when trained with a background column (the last of ``weights``: "none of these")
+    and/or a distance gate (``centroids``, ``min_cosine``). Classifiers stored before either
+    existed load as closed-set: they give every photo a label until taught again.
+    """
 
     classes: tuple[str, ...]
-    weights: np.ndarray  # (dim, classes)
-    bias: np.ndarray  # (classes,)
+    weights: np.ndarray  # (dim, classes), or (dim, classes + 1) with the background last
+    bias: np.ndarray
     temperature: float = 1.0
+    centroids: np.ndarray | None = None  # (classes, dim) unit example centroids
+    min_cosine: np.ndarray | None = None  # (classes,) below it: not that label
+
+    @property
+    def has_background(self) -> bool:
+        return self.weights.shape[1] == len(self.classes) + 1
+
+    @property
+    def open_set(self) -> bool:
+        return self.has_background or self.centroids is not None
+
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, np.float32) @ self.weights + self.bias
+
+    def far(self, vectors: np.ndarray) -> np.ndarray:
+        """(vectors, classes) True where the gate rules a label out."""
+        if self.centroids is None:
+            return np.zeros((len(vectors), len(self.classes)), bool)
+        return np.asarray(vectors, np.float32) @ self.centroids.T < self.min_cosine
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        return _softmax(
-            (np.asarray(vectors, np.float32) @ self.weights + self.bias) / self.temperature
+        """(vectors, classes + 1): calibrated probability of each label, then of none."""
+        return _open_probabilities(
+            self.logits(vectors), self.far(vectors), self.temperature, self.has_background
         )
 
     def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class index, calibrated probability) of the most likely class per vector."""
+        """(class index or NONE, its calibrated probability) per vector."""
         probs = self.probabilities(vectors)
         best = probs.argmax(axis=1)
-        return best, probs[np.arange(len(best)), best]
+        scores = probs[np.arange(len(best)), best]
+        return np.where(best == len(self.classes), NONE, best), scores
 
     def to_bytes(self) -> bytes:
+        arrays = {"centroids": self.centroids, "min_cosine": self.min_cosine}
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -62,44 +106,191 @@ class LinearClassifier:
             bias=self.bias,
             temperature=np.array(self.temperature),
             classes=np.array(self.classes),
+            **{key: value for key, value in arrays.items() if value is not None},
         )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LinearClassifier:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            gate = ("centroids", "min_cosine")
+            centroids, min_cosine = (saved[k] if k in saved.files else None for k in gate)
             return cls(
                 tuple(str(c) for c in saved["classes"]),
                 saved["weights"],
                 saved["bias"],
                 float(saved["temperature"]),
+                centroids,
+                min_cosine,
             )
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Out-of-fold quality: each example and background photo is scored by a classifier that
+    did not train on it. Rates are None when there was nothing to measure them on."""
+
+    folds: int
+    examples: int  # held-out examples scored
+    accuracy: float | None  # of those, the share given their own label ("none" is wrong)
+    background: int  # background photos scored out of fold
+    calibration_error: float | None  # expected calibration error of the top score, both sets
+    others: int = 0  # library photos (not examples) never trained on
+    # of those, the share given a taught label: false labels, or members nobody sorted
+    false_label_rate: float | None = None
 
 
 @dataclass(frozen=True)
 class TeachResult:
     name: str
     classes: dict[str, int]  # label -> example count
-    held_out_accuracy: float | None  # None when too few examples to hold any out
-    labelled: int  # library photos labelled
+    validation: Validation
+    photos: int  # library photos checked
+    label_counts: dict[str, int]  # label -> library photos that got it
     embedded: int  # examples that needed a model forward
     seconds: float
 
+    @property
+    def held_out_accuracy(self) -> float | None:
+        return self.validation.accuracy
+
+    @property
+    def labelled(self) -> int:
+        return sum(self.label_counts.values())
+
+    def report(self) -> list[str]:
+        """What ``vitsearch teach`` prints."""
+        v = self.validation
+        examples = ", ".join(f"{label} ({n})" for label, n in self.classes.items())
+        lines = [f"taught {self.name}: {examples} examples"]
+        if v.accuracy is None:
+            lines.append("  held-out accuracy: n/a (give each label 2 or more examples)")
+        else:
+            lines.append(
+                f"  held-out examples ({v.folds}-fold cross-validation, {v.examples}): "
+                f"{v.accuracy:.1%} got their own label; calibration error "
+                f"{v.calibration_error:.3f} (with {v.background} background photos)"
+            )
+        if v.false_label_rate is not None:
+            lines.append(
+                f"  other library photos ({v.others} held out, not examples): "
+                f"{v.false_label_rate:.1%} got a taught label (false labels, or members "
+                "you did not sort)"
+            )
+        counts = ", ".join(f"{label} {n:,}" for label, n in self.label_counts.items())
+        lines.append(
+            f"  labelled {self.labelled:,} of {self.photos:,} photos ({counts}); the rest are "
+            f"none of these; {self.seconds:.1f}s, {self.embedded} examples needed the model"
+        )
+        return lines
+
 
 def train(
-    vectors: np.ndarray, targets: np.ndarray, classes: tuple[str, ...], seed: int = SEED
-) -> tuple[LinearClassifier, float | None]:
-    """Fit on a stratified split, calibrate on the held-out part; returns its accuracy too."""
-    train_rows, held_rows = _split(targets, seed)
-    weights, bias = fit_softmax(vectors[train_rows], targets[train_rows], len(classes), seed)
-    classifier = LinearClassifier(classes, weights, bias)
-    if len(held_rows) == 0:
-        return classifier, None
-    held_x, held_y = vectors[held_rows], targets[held_rows]
-    temperature = _calibrate(classifier, held_x, held_y)
-    classifier = LinearClassifier(classes, weights, bias, temperature)
-    accuracy = float((classifier.top(held_x)[0] == held_y).mean())
-    return classifier, accuracy
+    vectors: np.ndarray,
+    targets: np.ndarray,
+    classes: tuple[str, ...],
+    background: np.ndarray | None = None,
+    others: np.ndarray | None = None,
+    seed: int = SEED,
+    gate_margin: float | None = GATE_MARGIN,
+) -> tuple[LinearClassifier, Validation]:
+    """Fit on examples (+ background photos as "none of these"), calibrate the temperature on
+    out-of-fold predictions and report their quality, and the share of ``others`` (library
+    photos it never saw) given a label; ``gate_margin=None`` turns the gate off."""
+    count = len(classes)
+    x, y, with_background = _training_set(vectors, targets, count, background)
+    folds = _folds(y, count, seed)
+    fit = _Fit(classes, with_background, seed, gate_margin)
+    if folds.max() < 0:  # no label has 2 examples: nothing to hold out
+        classifier, validation = fit(x, y), Validation(0, 0, None, 0, None)
+    else:
+        logits, far = fit.out_of_fold(x, y, folds)
+        temperature = _calibrate(logits, far, y, with_background)
+        probs = _open_probabilities(logits, far, temperature, with_background)
+        classifier, validation = fit(x, y, temperature), _validate(probs, y, count, folds)
+    if others is None or len(others) == 0:
+        return classifier, validation
+    labelled = float((classifier.top(others)[0] != NONE).mean())
+    return classifier, dataclasses.replace(
+        validation, others=len(others), false_label_rate=labelled
+    )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One way of fitting, applied to all rows and to each cross-validation fold alike."""
+
+    classes: tuple[str, ...]
+    with_background: bool
+    seed: int
+    gate_margin: float | None
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, temperature: float = 1.0):
+        count = len(self.classes)
+        weights, bias = fit_softmax(x, y, count + self.with_background, self.seed)
+        centroids = min_cosine = None
+        if self.gate_margin is not None:
+            examples = y < count
+            centroids, loo = centroids_and_loo(x[examples], y[examples], count)
+            min_cosine = _gate(loo, y[examples], count, self.gate_margin)
+        return LinearClassifier(self.classes, weights, bias, temperature, centroids, min_cosine)
+
+    def out_of_fold(self, x: np.ndarray, y: np.ndarray, folds: np.ndarray):
+        """Logits and gate verdicts for every row from the fold model that did not see it."""
+        count = len(self.classes)
+        logits = np.zeros((len(y), count + self.with_background), np.float32)
+        far = np.zeros((len(y), count), bool)
+        for fold in range(folds.max() + 1):
+            held = folds == fold
+            model = self(x[~held], y[~held])
+            logits[held], far[held] = model.logits(x[held]), model.far(x[held])
+        return logits, far
+
+
+def split_library(
+    candidates: np.ndarray, examples: np.ndarray, targets: np.ndarray, count: int, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """(background to train on, other photos held out) from library embeddings: copies of
+    the examples are neither; OTHERS_SHARE of the rest is held out, as is, to count false
+    labels; the background is what ``pick_background`` keeps of the remainder."""
+    if len(candidates) == 0:
+        return candidates, candidates
+    candidates = candidates[(candidates @ examples.T).max(axis=1) < NEAR_COPY]
+    shuffled = candidates[np.random.default_rng(seed).permutation(len(candidates))]
+    held = round(len(shuffled) * OTHERS_SHARE)
+    return pick_background(shuffled[held:], examples, targets, count), shuffled[:held]
+
+
+def pick_background(
+    candidates: np.ndarray,
+    examples: np.ndarray,
+    targets: np.ndarray,
+    count: int,
+    quantile: float = MEMBER_QUANTILE,
+) -> np.ndarray:
+    """The library photos fit to stand for "none of these": not copies of an example, and no
+    closer to a label's centroid than all but ``quantile`` of its examples are to theirs."""
+    if len(candidates) == 0:
+        return candidates
+    near = (candidates @ examples.T).max(axis=1) >= NEAR_COPY
+    centroids, loo = centroids_and_loo(examples, targets, count)
+    usable = loo[np.isfinite(loo)]
+    bar = np.quantile(usable, quantile) if len(usable) else np.inf
+    likely = (candidates @ centroids.T).max(axis=1) >= bar
+    return candidates[~near & ~likely]
+
+
+def centroids_and_loo(x: np.ndarray, y: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit centroid per class, and each example's cosine to its class's other examples'
+    centroid (nan for a class's only example)."""
+    sums = np.zeros((count, x.shape[1]))
+    np.add.at(sums, y, x)
+    sizes = np.bincount(y, minlength=count)
+    others = sums[y] - x
+    loo = np.full(len(y), np.nan)
+    has_others = sizes[y] > 1
+    loo[has_others] = np.einsum("ij,ij->i", x, _unit(others))[has_others]
+    return _unit(sums).astype(np.float32), loo
 
 
 def fit_softmax(
@@ -107,12 +298,12 @@ def fit_softmax(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced, L2-regularised softmax regression by full-batch Adam."""
     rng = np.random.default_rng(seed)
-    x = np.asarray(x, np.float64)
-    weights = rng.normal(0, 0.01, (x.shape[1], count))
-    bias = np.zeros(count)
-    per_class = np.bincount(y, minlength=count).astype(np.float64)
+    x = np.asarray(x, np.float32)  # float64 matmuls are 5-10x slower here, for nothing
+    weights = rng.normal(0, 0.01, (x.shape[1], count)).astype(np.float32)
+    bias = np.zeros(count, np.float32)
+    per_class = np.bincount(y, minlength=count).astype(np.float32)
     sample_weight = (len(y) / (count * np.maximum(per_class, 1)))[y]
-    onehot = np.eye(count)[y]
+    onehot = np.eye(count, dtype=np.float32)[y]
     moments = [np.zeros_like(weights), np.zeros_like(bias)]
     squares = [np.zeros_like(weights), np.zeros_like(bias)]
     for step in range(1, steps + 1):
@@ -135,50 +326,181 @@ def teach_folder(
     examples = _examples(folder)
     name = name or folder.name
     vectors, targets, classes, embedded = _embed_examples(library, embedder_factory, examples)
-    classifier, accuracy = train(vectors, targets, classes)
+    candidates = library_sample(library, vectors.shape[1])
+    background, others = split_library(candidates, vectors, targets, len(classes))
+    classifier, validation = train(vectors, targets, classes, background, others)
     classifier_id = library.db.save_classifier(
-        name, classifier.to_bytes(), list(classes), accuracy, _fingerprint(library)
+        name, classifier.to_bytes(), list(classes), validation.accuracy, _fingerprint(library)
     )
-    labelled = apply_classifier(library, classifier_id, name, classifier)
-    counts = {label: int((targets == i).sum()) for i, label in enumerate(classes)}
-    return TeachResult(name, counts, accuracy, labelled, embedded, time.perf_counter() - started)
+    photos, counts = apply_classifier(library, classifier_id, name, classifier)
+    examples_per_label = {label: int((targets == i).sum()) for i, label in enumerate(classes)}
+    return TeachResult(
+        name,
+        examples_per_label,
+        validation,
+        photos,
+        {label: counts.get(label, 0) for label in classes},
+        embedded,
+        time.perf_counter() - started,
+    )
+
+
+def library_sample(library: Library, dim: int, seed: int = SEED) -> np.ndarray:
+    """Up to BACKGROUND_MAX random library embeddings (all of a small library)."""
+    ids = library.db.embedding_ids()
+    if len(ids) > BACKGROUND_MAX:
+        ids = np.random.default_rng(seed).choice(ids, BACKGROUND_MAX, replace=False)
+    parts = [vectors for _ids, vectors in library.db.iter_embeddings(ids=ids.tolist())]
+    return np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
 
 
 def apply_classifier(
     library: Library, classifier_id: int, name: str, classifier: LinearClassifier
-) -> int:
-    """Label every stored embedding with its most likely class: no model forward."""
+) -> tuple[int, Counter]:
+    """Label every stored embedding its classifier recognises, with no model forward:
+    (photos checked, photos per label)."""
     source = SOURCE_PREFIX + name
     library.db.clear_custom_labels(classifier_id)
-    done = 0
+    done, counts = 0, Counter()
     for ids, vectors in library.db.iter_embeddings(chunk=APPLY_CHUNK):
         best, scores = classifier.top(vectors)
+        known = best != NONE
         labels = [
             Label(classifier.classes[b], float(s), source)
-            for b, s in zip(best, scores, strict=True)
+            for b, s in zip(best[known], scores[known], strict=True)
         ]
-        library.db.write_custom_labels(classifier_id, ids.tolist(), labels)
+        library.db.write_custom_labels(classifier_id, ids[known].tolist(), labels)
+        counts.update(label.label for label in labels)
         done += len(ids)
-    return done
+    return done, counts
 
 
 def custom_labels_for(
     classifiers: list[tuple[int, str, LinearClassifier]], vectors: np.ndarray
 ) -> list[tuple[Label, ...]]:
-    """Each vector's label from every classifier (the indexer adds these to new photos)."""
+    """Each vector's label from every classifier that recognises it (the indexer adds these
+    to new photos); a photo unlike all of a classifier's labels gets none from it."""
     per_vector: list[list[Label]] = [[] for _ in range(len(vectors))]
     for _cid, name, classifier in classifiers:
         best, scores = classifier.top(vectors)
         for row, (b, s) in enumerate(zip(best, scores, strict=True)):
-            per_vector[row].append(Label(classifier.classes[b], float(s), SOURCE_PREFIX + name))
+            if b != NONE:
+                label = Label(classifier.classes[b], float(s), SOURCE_PREFIX + name)
+                per_vector[row].append(label)
     return [tuple(labels) for labels in per_vector]
 
 
 def load_classifiers(library: Library) -> list[tuple[int, str, LinearClassifier]]:
-    return [
+    loaded = [
         (cid, name, LinearClassifier.from_bytes(blob))
         for cid, name, blob in library.db.classifiers()
     ]
+    for _cid, name, classifier in loaded:
+        if not classifier.open_set:
+            log.warning("taught labels %r label every photo: run `vitsearch teach` again", name)
+    return loaded
+
+
+def classifier_summaries(library: Library) -> list[dict]:
+    """What ``teach --list`` shows: each classifier's labels, accuracy and whether it is
+    open-set (stored before open-set labels existed: needs ``teach`` again)."""
+    open_set = {
+        name: LinearClassifier.from_bytes(blob).open_set
+        for _cid, name, blob in library.db.classifiers()
+    }
+    return [
+        {**summary, "open_set": open_set.get(summary["name"], False)}
+        for summary in library.db.classifier_summaries()
+    ]
+
+
+def _training_set(
+    vectors: np.ndarray, targets: np.ndarray, count: int, background: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Examples, plus the background as class ``count`` when there is enough of it."""
+    vectors = np.asarray(vectors, np.float32)
+    if background is None or len(background) < MIN_BACKGROUND:
+        return vectors, np.asarray(targets), False
+    x = np.concatenate([vectors, np.asarray(background, np.float32)])
+    y = np.concatenate([targets, np.full(len(background), count)])
+    return x, y, True
+
+
+def _folds(y: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Stratified fold of each row; all -1 when no label has 2 examples to split."""
+    per_class = np.bincount(y[y < count], minlength=count)
+    folds_n = min(FOLDS, int(per_class.max()))
+    folds = np.full(len(y), -1)
+    if folds_n < 2:
+        return folds
+    rng = np.random.default_rng(seed)
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        folds[rows] = (np.arange(len(rows)) + rng.integers(folds_n)) % folds_n
+    return folds
+
+
+def _gate(loo: np.ndarray, y: np.ndarray, count: int, margin: float) -> np.ndarray:
+    """Per label: the least typical example's leave-one-out cosine, less ``margin``
+    (-inf, no gate, for a label with a single example)."""
+    bars = np.full(count, -np.inf, np.float32)
+    for label in range(count):
+        own = loo[(y == label) & np.isfinite(loo)]
+        if len(own):
+            bars[label] = own.min() - margin
+    return bars
+
+
+def _open_probabilities(
+    logits: np.ndarray, far: np.ndarray, temperature: float, with_background: bool
+) -> np.ndarray:
+    """Softmax over the labels (and the background); a gated label's mass goes to none."""
+    probs = _softmax(logits / temperature)
+    if not with_background:
+        probs = np.hstack([probs, np.zeros((len(probs), 1))])
+    kept = np.where(far, 0.0, probs[:, :-1])
+    return np.hstack([kept, np.clip(1 - kept.sum(axis=1, keepdims=True), 0, 1)])
+
+
+def _calibrate(logits: np.ndarray, far: np.ndarray, y: np.ndarray, with_background: bool) -> float:
+    """Temperature scaling: the temperature with the least class-balanced negative
+    log-likelihood of the out-of-fold predictions."""
+    weight = 1.0 / np.bincount(y)[y]
+    rows = np.arange(len(y))
+
+    def loss(temperature: float) -> float:
+        probs = _open_probabilities(logits, far, temperature, with_background)
+        return float(-(weight * np.log(probs[rows, y] + 1e-12)).sum())
+
+    candidates = np.exp(np.linspace(np.log(0.05), np.log(20.0), 60))
+    return float(candidates[int(np.argmin([loss(t) for t in candidates]))])
+
+
+def _validate(probs: np.ndarray, y: np.ndarray, count: int, folds: np.ndarray) -> Validation:
+    best, top = probs.argmax(axis=1), probs.max(axis=1)
+    examples, background = y < count, y == count
+    return Validation(
+        folds=int(folds.max() + 1),
+        examples=int(examples.sum()),
+        accuracy=float((best[examples] == y[examples]).mean()),
+        background=int(background.sum()),
+        calibration_error=calibration_error(top, best == y),
+    )
+
+
+def calibration_error(scores: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
+    """Expected calibration error: the mean |accuracy - confidence| over equal-width score
+    bins, weighted by how many predictions fall in each."""
+    edges = np.minimum((np.asarray(scores) * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in np.unique(edges):
+        members = edges == b
+        error += members.sum() * abs(correct[members].mean() - scores[members].mean())
+    return float(error / len(scores))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
 
 
 def _examples(folder: Path) -> dict[str, list[str]]:
@@ -244,28 +566,6 @@ def _stored_vectors(library: Library, paths: list[str]) -> dict[str, np.ndarray]
         if stored is not None:
             found[path] = stored[0]
     return found
-
-
-def _split(targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified: about HELD_OUT of each class with at least 3 examples is held out."""
-    rng = np.random.default_rng(seed)
-    train_rows, held_rows = [], []
-    for label in np.unique(targets):
-        rows = rng.permutation(np.flatnonzero(targets == label))
-        hold = round(len(rows) * HELD_OUT) if len(rows) >= 3 else 0
-        held_rows += rows[:hold].tolist()
-        train_rows += rows[hold:].tolist()
-    return np.array(sorted(train_rows)), np.array(sorted(held_rows), dtype=np.int64)
-
-
-def _calibrate(classifier: LinearClassifier, x: np.ndarray, y: np.ndarray) -> float:
-    """Temperature scaling: the temperature with the least negative log-likelihood."""
-    logits = x @ classifier.weights + classifier.bias
-    candidates = np.exp(np.linspace(np.log(0.05), np.log(20.0), 60))
-    losses = [
-        -np.log(_softmax(logits / t)[np.arange(len(y)), y] + 1e-12).mean() for t in candidates
-    ]
-    return float(candidates[int(np.argmin(losses))])
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
