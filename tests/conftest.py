@@ -30,9 +30,16 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
+# Which backend `auto` picks depends on the CPU and on timing: every test that is not about
+# the backend pins torch fp32 (tests about it ask for "auto" themselves).
+PINNED_BACKEND = {"backend": "torch", "precision": "fp32"}
+
+
 @pytest.fixture
 def settings(home: Path, tiny_model: Path):
-    return load_settings(environ={}, home=home, model=str(tiny_model), batch_size=4, threads=1)
+    return load_settings(
+        environ={}, home=home, model=str(tiny_model), batch_size=4, threads=1, **PINNED_BACKEND
+    )
 
 
 @pytest.fixture
@@ -43,6 +50,8 @@ def cli_env(home: Path, tiny_model: Path) -> dict:
         "VITSEARCH_HOME": str(home),
         "VITSEARCH_MODEL": str(tiny_model),
         "VITSEARCH_THREADS": "1",
+        "VITSEARCH_BACKEND": PINNED_BACKEND["backend"],
+        "VITSEARCH_PRECISION": PINNED_BACKEND["precision"],
     }
 
 

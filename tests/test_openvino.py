@@ -221,7 +221,10 @@ def test_cli_export_then_index_and_search_with_openvino(cli_env: dict, tmp_path:
     out = tmp_path / "exported"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return vitsearch(*args, env=cli_env)
+        # an export fixes its backend and precision: no pin
+        return vitsearch(
+            *args, env={**cli_env, "VITSEARCH_BACKEND": "auto", "VITSEARCH_PRECISION": "auto"}
+        )
 
     made = run("export", "--format", "openvino", "--quantize", "int8", "--out", str(out))
     assert "openvino int8" in made.stdout and "min cosine" in made.stdout

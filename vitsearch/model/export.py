@@ -16,8 +16,10 @@ import dataclasses
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.model.embedder import FINAL_LAYER, Embedder, _pool
+from vitsearch.model.embedder import FINAL_LAYER, Embedder, EmbeddingBatch, _pool
 from vitsearch.model.onnx_backend import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
@@ -49,14 +51,21 @@ if TYPE_CHECKING:
     import openvino
 
 # Least cosine to PyTorch fp32 each precision must reach: fp32 as bf16 already does, int8
-# looser because its activations are rounded to 8 bits per batch.
+# looser because its weights and activations are rounded to 8 bits.
 TOLERANCES = {"fp32": 0.999, "int8": 0.99}
+# What a user sees is the neighbours: the least share of each probe image's top-10 neighbours
+# (among the probes) that a backend must keep. On the trained ViT-Ti, per-tensor dynamic int8
+# kept 0.72 of them over 1000 real photos while its min cosine (0.83) looked merely loose.
+NEIGHBOUR_OVERLAP = 0.95
+NEIGHBOURS = 10
 QUANTIZATIONS = ("int8",)
 FORMATS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # --format -> its name in messages
 MODEL_FILES = (MODEL_FILE, XML_FILE, WEIGHTS_FILE)  # every format's model files
 OPSET = 18
-PROBE_IMAGES = 8
+PROBE_FIELDS = 8  # colour fields, coarse to fine
+PROBE_SCENES = 32  # drawn scenes: shapes, lines, blur; what separates int8 schemes (see below)
 PROBE_SEED = 0
+INT8_BLOCK = 64  # weights and activations share a scale per 64 values of the inner dimension
 EXAMPLE_BATCH = 2  # torch.export specialises a batch of 1, so trace with 2 to keep it dynamic
 
 
@@ -73,10 +82,12 @@ class Verification:
     mean_cosine: float
     tolerance: float
     top1_agreement: float | None  # share of images with the same top label; None without labels
+    neighbour_overlap: float = 1.0  # mean share of top-10 probe neighbours kept
+    min_overlap: float = NEIGHBOUR_OVERLAP
 
     @property
     def passed(self) -> bool:
-        return self.min_cosine >= self.tolerance
+        return self.min_cosine >= self.tolerance and self.neighbour_overlap >= self.min_overlap
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
@@ -85,19 +96,27 @@ class Verification:
         """Itself when it passed; else a :class:`BackendMismatchError` naming ``fix``."""
         if not self.passed:
             raise BackendMismatchError(
-                f"{subject} differs from PyTorch fp32: min cosine {self.min_cosine:.5f} over "
-                f"{self.images} probe images, below the required {self.tolerance}; {fix}"
+                f"{subject} differs from PyTorch fp32 over {self.images} probe images: min "
+                f"cosine {self.min_cosine:.5f} (needs {self.tolerance}), top-{NEIGHBOURS} "
+                f"neighbours kept {self.neighbour_overlap:.3f} (needs {self.min_overlap}); {fix}"
             )
         return self
 
 
-def export_onnx(embedder: Embedder, out: Path, *, quantize: str | None = None) -> ExportManifest:
+def export_onnx(
+    embedder: Embedder, out: Path, *, quantize: str | None = None, graph: Path | None = None
+) -> ExportManifest:
     """:func:`export_model` to ONNX."""
-    return export_model(embedder, out, fmt="onnx", quantize=quantize)
+    return export_model(embedder, out, fmt="onnx", quantize=quantize, graph=graph)
 
 
 def export_model(
-    embedder: Embedder, out: Path, *, fmt: str = "onnx", quantize: str | None = None
+    embedder: Embedder,
+    out: Path,
+    *,
+    fmt: str = "onnx",
+    quantize: str | None = None,
+    graph: Path | None = None,
 ) -> ExportManifest:
     """Export an fp32 CPU embedder to ``out`` as ONNX or OpenVINO IR, verified against it.
 
@@ -106,8 +125,10 @@ def export_model(
         out: the export directory: new, empty, or an earlier export (replaced).
         fmt: ``"onnx"`` (``model.onnx``, run by ONNX Runtime) or ``"openvino"``
             (``model.xml``/``.bin``, run by OpenVINO).
-        quantize: ``None`` for fp32 weights, or ``"int8"``: ONNX Runtime dynamic quantization
-            of the matrix multiplications, or NNCF int8 weight compression for OpenVINO.
+        quantize: ``None`` for fp32 weights, or ``"int8"``: ONNX Runtime block int8 of the
+            matrix multiplications, or NNCF int8 weight compression for OpenVINO.
+        graph: an fp32 ``model.onnx`` already exported from this very embedder, to start
+            from instead of exporting again (the export is still verified).
 
     Returns:
         The manifest written beside the model, with its verification.
@@ -129,7 +150,7 @@ def export_model(
     )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-export-") as temp:
         staging = Path(temp)
-        manifest = _write_export(embedder, staging, fmt, quantize)
+        manifest = _write_export(embedder, staging, fmt, quantize, graph)
         verification = verify_export(
             staging, embedder, subject=f"the {FORMATS[fmt]} export to {out}", fix=fix
         )
@@ -163,8 +184,8 @@ def compare_embedders(
     images: Sequence[Image.Image] | None = None,
 ) -> Verification:
     """Both embedders on the same images (each with its own preprocessing), compared."""
+    expected = _reference_batch(reference) if images is None else reference.embed_images(images)
     images = list(images) if images is not None else probe_images()
-    expected = reference.embed_images(images)
     got = candidate.embed_images(images)
     cosines = np.sum(expected.vectors * got.vectors, axis=1)
     agreement = None
@@ -177,18 +198,69 @@ def compare_embedders(
         mean_cosine=float(cosines.mean()),
         tolerance=tolerance,
         top1_agreement=agreement,
+        neighbour_overlap=neighbour_overlap(expected.vectors, got.vectors),
     )
 
 
-def probe_images(count: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> list[Image.Image]:
-    """Seeded colour fields from coarse to fine detail: the same images on every machine."""
+def neighbour_overlap(expected: np.ndarray, got: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """Mean share of each vector's k nearest others (by ``expected``) that ``got`` keeps."""
+    k = min(k, len(expected) - 1)
+    if k < 1:
+        return 1.0
+    near = [_nearest(vectors, k) for vectors in (expected, got)]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(*near, strict=True)]))
+
+
+def _nearest(vectors: np.ndarray, k: int) -> np.ndarray:
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+_REFERENCE_BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reference_batch(reference: Embedder) -> EmbeddingBatch:
+    """The reference's output on the probe images, computed once per embedder: every export
+    made from it (fp32, then int8) is checked against the same forward."""
+    if reference not in _REFERENCE_BATCHES:
+        _REFERENCE_BATCHES[reference] = reference.embed_images(probe_images())
+    return _REFERENCE_BATCHES[reference]
+
+
+def probe_images(
+    fields: int = PROBE_FIELDS, scenes: int = PROBE_SCENES, seed: int = PROBE_SEED
+) -> list[Image.Image]:
+    """Seeded pictures, the same on every machine: colour fields from coarse to fine detail,
+    then scenes of shapes and lines, some blurred. Measured on the trained ViT-Ti, the scenes'
+    neighbour overlap ranks int8 schemes as 1000 real photos do (per-tensor dynamic int8 0.82,
+    block int8 0.975), where colour fields alone pass them all (0.97 vs 1.00)."""
     rng = np.random.default_rng(seed)
     images = []
-    for i in range(count):
+    for i in range(fields):
         cells = 2 + (i * 5) % 30  # spread the detail so the check is not one kind of picture
         grid = rng.integers(0, 256, size=(cells, cells, 3), dtype=np.uint8)
         images.append(Image.fromarray(grid).resize((256, 256), Image.Resampling.BICUBIC))
-    return images
+    return images + [_scene(rng, blur=i % 3 == 0) for i in range(scenes)]
+
+
+def _scene(rng: np.random.Generator, blur: bool) -> Image.Image:
+    def colour() -> tuple[int, ...]:
+        return tuple(int(c) for c in rng.integers(0, 256, 3))
+
+    image = Image.new("RGB", (256, 256), colour())
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 12))):
+        x0, y0 = (int(v) for v in rng.integers(0, 256, 2))
+        box = (x0, y0, x0 + int(rng.integers(8, 200)), y0 + int(rng.integers(8, 200)))
+        shape = rng.random()
+        if shape < 0.4:
+            draw.ellipse(box, fill=colour())
+        elif shape < 0.8:
+            draw.rectangle(box, fill=colour())
+        else:
+            draw.line(box, fill=colour(), width=int(rng.integers(1, 9)))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3))) if blur else image
 
 
 def _check_exportable(embedder: Embedder, fmt: str, quantize: str | None) -> None:
@@ -213,13 +285,16 @@ def _check_out(out: Path) -> None:
 
 
 def _write_export(
-    embedder: Embedder, staging: Path, fmt: str, quantize: str | None
+    embedder: Embedder, staging: Path, fmt: str, quantize: str | None, source: Path | None
 ) -> ExportManifest:
     """The model, the processor config and an unverified manifest, in ``staging``."""
     openvino = _require_openvino(quantize) if fmt == "openvino" else None
     onnx = _require_onnx(OPENVINO_INSTALL_HINT if openvino else INSTALL_HINT)
     graph = staging / "fp32.onnx"
-    _export_graph(embedder, graph)
+    if source is not None:  # the exporter takes ~1 min for a ViT; its graph is the same
+        shutil.copyfile(source, graph)
+    else:
+        _export_graph(embedder, graph)
     opset = _opset(onnx.load(str(graph), load_external_data=False))
     if openvino is None:
         quantization = _write_onnx(graph, staging / MODEL_FILE, quantize)
@@ -304,7 +379,7 @@ class _ExportGraph(torch.nn.Module):
 
 
 def _export_graph(embedder: Embedder, path: Path) -> None:
-    channels, height, width = embedder.preprocess(probe_images(1)[0]).shape
+    channels, height, width = embedder.preprocess(probe_images(1, 0)[0]).shape
     example = torch.zeros(EXAMPLE_BATCH, channels, height, width)
     outputs = [EMBEDDING_OUTPUT, LOGITS_OUTPUT] if embedder.has_labels else [EMBEDDING_OUTPUT]
     with _quiet_exporter(), torch.inference_mode(False):
@@ -323,26 +398,58 @@ def _export_graph(embedder: Embedder, path: Path) -> None:
 
 
 def _quantize_int8(source: Path, target: Path) -> dict:
-    """ONNX Runtime dynamic quantization: int8 weights, activations quantized per batch."""
+    """8-bit weights in blocks (ONNX Runtime's MatMulNBits) with int8 arithmetic on activations
+    quantized per block too (accuracy level 4).
+
+    Why blocks: trained transformers carry outlier activations in a few channels (after each
+    LayerNorm, and above all after GELU); one scale per tensor, as dynamic quantization uses,
+    rounds every other channel away. On the trained ViT-Ti over 1000 real photos, dynamic
+    per-tensor int8 kept 0.72 of the top-10 neighbours (per-channel weights 0.74, static QDQ
+    0.61); blocks of 64 keep 0.963 with a min cosine of 0.998 (blocks of 128: 0.958, 256:
+    0.950). Attention's activation-by-activation products stay fp32.
+    """
+    import onnx
     import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = source.with_name("prepared.onnx")
-    # ORT's recommended pre-processing (shape inference, basic fusions); without it
-    # quantize_dynamic warns on the root logger. On ViT-B/16 here it changed neither speed nor
-    # cosine. Symbolic shape inference is skipped: it fails on the exporter's Expand (CLS token).
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    source.unlink()
-    quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+    # ORT's recommended pre-processing (shape inference, basic fusions). Symbolic shape
+    # inference is skipped: it fails on the exporter's Expand (CLS token).
+    with _quiet_quantizer():
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        source.unlink()
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(prepared)),
+            bits=8,
+            block_size=INT8_BLOCK,
+            is_symmetric=True,
+            accuracy_level=4,
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target))
     prepared.unlink()
     return {
         "dtype": "int8",
-        "method": "onnxruntime.quantization.quantize_dynamic",
-        "weights": "int8, per tensor",
-        "activations": "uint8, scale computed per batch at run time",
+        "method": "onnxruntime.quantization MatMulNBits (bits=8, accuracy_level=4)",
+        "weights": f"int8 symmetric, one scale per {INT8_BLOCK} inputs of each output",
+        "activations": f"int8, one scale per {INT8_BLOCK} values, computed at run time",
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ORT's quantizer and the ONNX IR passes log every node at INFO: not for a user."""
+    loggers = [logging.getLogger(name) for name in ("onnxruntime", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -411,7 +518,7 @@ def _quiet_exporter() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_quantizer():
             warnings.simplefilter("ignore")
             yield
     finally:

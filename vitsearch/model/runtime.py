@@ -1,23 +1,21 @@
-"""Which backend and precision run the model: asked for, or the fastest the hardware has.
+"""Which backend and precision run the model: asked for, or the fastest this machine has,
+measured.
 
-ViT-B/16 images/s relative to torch fp32 (benchmarks/bench_backends.py; 2-core machines):
+``auto`` on a CPU times the candidates that agree with torch fp32 and keeps the fastest: torch
+fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x *slower*),
+ONNX Runtime fp32 and ONNX Runtime block int8, each ONNX one on an export made once per
+checkpoint in the library home and verified against torch fp32 on probe images (min cosine
+and top-10 neighbour overlap, see :mod:`.export`). The measurement takes a few seconds per
+candidate, is kept in the home per checkpoint and CPU, and is made again on another CPU, so a
+new kind of CPU gets the right answer without a table of names. CUDA runs torch fp16, Apple
+MPS torch fp32.
 
-    CPU                               torch bf16    ONNX Runtime int8
-    Intel with AMX                    ~4.2-4.5x     ~2.2x
-    AMD Zen 4 (AVX512-bf16, no AMX)   ~3.5x         ~5x
-    AVX2 only                         ~1/7x         ~1.4-1.7x
+OpenVINO is never picked by ``auto``: it runs only when asked for with ``--backend openvino``
+or when the model named is an OpenVINO export directory.
 
-So ``auto`` means: CUDA: torch fp16; Apple MPS: torch fp32; a CPU with AMX: torch bf16; any
-other CPU: ONNX Runtime int8, on an export made and verified (cosine >= 0.99 to fp32) once
-per checkpoint in the library home; without the ``onnx`` extra, or when that export misses
-the tolerance: torch bf16 where the CPU has bf16 instructions, else fp32.
-
-OpenVINO is never picked by ``auto``: on the AMX CPU measured it trails torch bf16 (fp32
-1.1x, bf16 3.8x), so it runs only when asked for with ``--backend openvino`` or when the model
-named is an OpenVINO export directory.
-
-A library keeps the backend it was built with: ``auto`` follows the recorded one, so moving
-a library to another machine never mixes embeddings from two backends.
+A library keeps the backend it was built with: ``auto`` measures only the backends whose
+embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library
+runs ONNX int8), so moving a library to another machine never mixes embeddings.
 """
 
 from __future__ import annotations
@@ -26,18 +24,29 @@ import hashlib
 import importlib.util
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 from vitsearch.config import Settings
 from vitsearch.errors import ConfigError
 from vitsearch.model.embedder import Embedder, Features
-from vitsearch.model.hardware import choose_device, choose_precision, cpu_flags
+from vitsearch.model.hardware import (
+    choose_device,
+    choose_precision,
+    cpu_flags,
+    cpu_name,
+    has_bf16_hardware,
+)
 from vitsearch.model.loader import checkpoint_fingerprint, load_embedder, resolve_checkpoint
 from vitsearch.model.onnx_backend import (
     MANIFEST_FILE,
+    MODEL_FILE,
     ExportedEmbedder,
     load_exported,
     open_export,
@@ -63,16 +72,33 @@ RECORDED_BACKENDS = {
 }
 
 EXPORTS_FOLDER = "exports"
-ONNX_PRECISIONS = ("int8", "fp32")
-AMX_BF16 = "amx_bf16"
+ONNX_PRECISIONS = ("fp32", "int8")  # fp32 first: int8 is quantized from its graph
+# 2: int8 in blocks with neighbour-checked verification; exports of scheme 1 (per-tensor
+# dynamic int8) are not reused
+EXPORT_SCHEME = 2
+MEASURE_SECONDS = 2.0  # per candidate, after a warm-up batch
+MEASURE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a checkpoint on the CPU."""
+
+    backend: str  # torch | onnx
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.precision}"
 
 
 @dataclass(frozen=True)
 class Runtime:
-    backend: str  # torch | onnx | openvino
+    backend: str  # torch | onnx | openvino; "auto": the fastest of ``candidates``, measured
     device: str
     precision: str
     reason: str  # why, for the log and `status`
+    candidates: tuple[Candidate, ...] = ()
 
 
 def choose_runtime(
@@ -85,7 +111,8 @@ def choose_runtime(
     flags: frozenset[str] | None = None,
     onnx_installed: bool | None = None,
 ) -> Runtime:
-    """The backend, device and precision to load a checkpoint with.
+    """The backend, device and precision to load a checkpoint with, or on a CPU with a
+    choice (``backend == "auto"``) the candidates to time.
 
     Args:
         backend, precision, device: as asked (``auto`` or a choice).
@@ -93,7 +120,7 @@ def choose_runtime(
             (``onnx`` or ``openvino``); None for a checkpoint.
         recorded: the library's model, if it has one.
         flags: the CPU flags (read from the machine when None).
-        onnx_installed: whether the `onnx` extra is installed (checked when None).
+        onnx_installed: whether ONNX export and runtime are installed (checked when None).
     """
     if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
@@ -103,27 +130,32 @@ def choose_runtime(
     if backend == TORCH or precision != "auto":
         device = choose_device(device)
         return Runtime(TORCH, device, choose_precision(precision, device, flags), "asked for")
-    if recorded is not None:
+    if recorded is not None and RECORDED_BACKENDS[recorded.backend][1] != "auto":
         chosen, recorded_precision = RECORDED_BACKENDS[recorded.backend]
-        if recorded_precision != "auto":
-            return Runtime(chosen, "cpu", recorded_precision, "the library was built with it")
-        device = choose_device(device)  # torch fp32/bf16/fp16 agree: the fastest of them
-        return Runtime(TORCH, device, choose_precision("auto", device, flags), "the library's")
+        return Runtime(chosen, "cpu", recorded_precision, "the library was built with it")
     device = choose_device(device)
     if device != "cpu":
         return Runtime(TORCH, device, choose_precision("auto", device), f"a {device} device")
-    if AMX_BF16 in flags:
-        return Runtime(TORCH, "cpu", "bf16", "a CPU with AMX: torch bf16 is the fastest")
-    if onnx_available() if onnx_installed is None else onnx_installed:
-        return Runtime(ONNX, "cpu", "int8", "a CPU without AMX: ONNX Runtime int8 is the fastest")
-    fallback = choose_precision("auto", "cpu", flags)
-    return Runtime(
-        TORCH, "cpu", fallback, "no AMX and no onnx extra (pip install 'vitsearch[onnx]')"
-    )
+    onnx_ok = onnx_available() if onnx_installed is None else onnx_installed
+    found = cpu_candidates(flags, onnx=onnx_ok and recorded is None)
+    if len(found) == 1:
+        return Runtime(TORCH, "cpu", found[0].precision, "the only candidate on this CPU")
+    why = "the fastest agreeing with the library's" if recorded else "the fastest, measured"
+    return Runtime("auto", "cpu", "auto", why, found)
+
+
+def cpu_candidates(flags: frozenset[str], onnx: bool) -> tuple[Candidate, ...]:
+    """What is worth timing on this CPU: bf16 only with bf16 hardware, ONNX when installed."""
+    found = [Candidate(TORCH, "fp32")]
+    if has_bf16_hardware(flags):
+        found.append(Candidate(TORCH, "bf16"))
+    if onnx:
+        found += [Candidate(ONNX, precision) for precision in ONNX_PRECISIONS]
+    return tuple(found)
 
 
 def onnx_available() -> bool:
-    """What the automatic export needs: the `onnx` extra (torch's exporter uses onnxscript)."""
+    """What the automatic export needs: onnx, ONNX Runtime, and onnxscript (torch's exporter)."""
     return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript"))
 
 
@@ -139,6 +171,8 @@ def load_model(
         export=export,
         recorded=recorded,
     )
+    if runtime.backend == "auto":
+        return _fastest(settings, runtime)
     log.info(
         "model runs on %s %s %s: %s",
         runtime.backend,
@@ -159,7 +193,144 @@ def load_model(
     precision = "int8" if runtime.precision == "auto" else runtime.precision
     if precision not in ONNX_PRECISIONS:
         raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {precision}")
-    return _exported(settings, precision)
+    embedder = _exported(settings, precision)
+    if embedder is None:
+        from vitsearch.model.export import BackendMismatchError
+
+        raise BackendMismatchError(
+            f"ONNX Runtime {precision} of {settings.model} did not agree with torch fp32 on "
+            f"this machine (see {_rejected_file(settings, precision)}); use --backend auto or "
+            f"torch (a library built with ONNX Runtime {precision} needs a new --home)"
+        )
+    return embedder
+
+
+def _fastest(settings: Settings, runtime: Runtime) -> Embedder | ExportedEmbedder:
+    """The fastest candidate that agrees with torch fp32, from the home's measurement for
+    this checkpoint and CPU, measured now when there is none."""
+    choice_file = measurement_file(settings, runtime.candidates)
+    measured = read_measurement(choice_file)
+    if measured is not None:
+        chosen = _candidate(measured["chosen"])
+        log.info("model runs on %s: measured fastest on this CPU", chosen.name)
+        embedder = _load_candidate(settings, chosen)
+        if embedder is not None:
+            return embedder
+    return measure(settings, runtime.candidates, choice_file)
+
+
+def measure(
+    settings: Settings,
+    candidates: tuple[Candidate, ...],
+    choice_file: Path,
+    seconds: float = MEASURE_SECONDS,
+) -> Embedder | ExportedEmbedder:
+    """Load every candidate (exporting once where needed), time them, record the results in
+    ``choice_file`` and return the fastest."""
+    log.warning(
+        "first run of %s on this CPU (%s): timing %s to keep the fastest, once%s",
+        settings.model,
+        cpu_name(),
+        ", ".join(c.name for c in candidates),
+        " (exporting a ViT-B to ONNX takes about a minute)"
+        if any(c.backend == ONNX for c in candidates)
+        else "",
+    )
+    loaded = {c.name: _load_candidate(settings, c) for c in candidates}
+    usable = {name: embedder for name, embedder in loaded.items() if embedder is not None}
+    rates = images_per_second(usable, settings.batch_size, seconds)
+    chosen = max(rates, key=rates.__getitem__)
+    results = [
+        {"candidate": name, "images_per_second": round(rates[name], 3)}
+        if name in rates
+        else {"candidate": name, "rejected": True}
+        for name in loaded
+    ]
+    write_measurement(choice_file, chosen, results, settings.threads)
+    log.warning(
+        "model runs on %s, the fastest here (%s)",
+        chosen,
+        ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()) + " images/s",
+    )
+    return usable[chosen]
+
+
+def images_per_second(embedders: dict[str, object], batch_size: int, seconds: float) -> dict:
+    """Each embedder's best probe-batch throughput over rounds that take turns (a passing load
+    on the machine then slows every candidate alike, not just one), after a warm-up batch;
+    at least two rounds, then more until about ``seconds`` per candidate have passed."""
+    from vitsearch.model.export import probe_images
+
+    images = probe_images()[: max(1, min(batch_size, MEASURE_BATCH))]
+    pixels = {
+        name: np.stack([embedder.preprocess(image) for image in images])
+        for name, embedder in embedders.items()
+    }
+    for name, embedder in embedders.items():
+        embedder.embed(pixels[name])
+    best = dict.fromkeys(embedders, 0.0)
+    rounds, started = 0, time.perf_counter()
+    while rounds < 2 or time.perf_counter() - started < seconds * len(embedders):
+        for name, embedder in embedders.items():
+            began = time.perf_counter()
+            embedder.embed(pixels[name])
+            best[name] = max(best[name], len(images) / (time.perf_counter() - began))
+        rounds += 1
+    return best
+
+
+def _load_candidate(settings: Settings, candidate: Candidate) -> Embedder | ExportedEmbedder | None:
+    """The candidate's embedder; None for an ONNX export that failed its check here."""
+    if candidate.backend == TORCH:
+        return load_embedder(
+            settings.replace(backend=TORCH, device="cpu", precision=candidate.precision)
+        )
+    return _exported(settings, candidate.precision)
+
+
+def _candidate(name: str) -> Candidate:
+    backend, _, precision = name.partition("-")
+    return Candidate(backend, precision)
+
+
+def measurement_file(settings: Settings, candidates: tuple[Candidate, ...]) -> Path:
+    """Where the home keeps the timing of these candidates for this checkpoint and this CPU:
+    another CPU (its name or instruction set) or thread count is measured again."""
+    features = Features(settings.layer, settings.pool)
+    source = "|".join(
+        [
+            checkpoint_fingerprint(resolve_checkpoint(settings.model)) + features.tag(),
+            cpu_name(),
+            ",".join(sorted(cpu_flags())),
+            str(settings.threads),
+            ",".join(c.name for c in candidates),
+        ]
+    )
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return settings.home / EXPORTS_FOLDER / f"measured-{key}.json"
+
+
+def read_measurement(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        _candidate(data["chosen"])
+        return data
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none yet, or unreadable: measure again
+
+
+def write_measurement(path: Path, chosen: str, results: list[dict], threads: int) -> None:
+    record = {
+        "chosen": chosen,
+        "cpu": cpu_name(),
+        "threads": threads,
+        "results": results,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def export_backend(model: str) -> str | None:
@@ -170,35 +341,38 @@ def export_backend(model: str) -> str | None:
     return read_manifest(directory, require_verified=False).backend  # loading checks the rest
 
 
-def _exported(settings: Settings, precision: str) -> Embedder | ExportedEmbedder:
-    """The checkpoint on ONNX Runtime, from an export made once and kept in the home; torch
-    (bf16 where the CPU has it, else fp32) when that export cannot stay within tolerance
-    (remembered, not retried)."""
+def _exported(settings: Settings, precision: str) -> ExportedEmbedder | None:
+    """The checkpoint on ONNX Runtime, from an export made once and kept in the home; None when
+    that export cannot stay within tolerance on this machine (remembered, not retried)."""
     from vitsearch.model.export import BackendMismatchError, export_onnx
 
     directory = export_directory(settings, precision)
-    rejected = directory.with_name(directory.name + ".rejected.json")
-    fp32 = settings.replace(backend=TORCH, device="cpu", precision="fp32")
-    fallback = settings.replace(
-        backend=TORCH, device="cpu", precision=choose_precision("auto", "cpu", cpu_flags())
-    )
+    rejected = _rejected_file(settings, precision)
     with _held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
         if rejected.is_file():
-            return load_embedder(fallback)
+            return None
         if not (directory / MANIFEST_FILE).is_file():
-            log.warning(
-                "first run of %s on this CPU: exporting it to ONNX %s, once (ViT-B: ~15 s)",
-                settings.model,
-                precision,
-            )
-            quantize = None if precision == "fp32" else precision
+            log.warning("exporting %s to ONNX %s, once", settings.model, precision)
+            fp32 = export_directory(settings, "fp32") / MODEL_FILE
+            fp32_settings = settings.replace(backend=TORCH, device="cpu", precision="fp32")
+            reference = load_embedder(fp32_settings)
             try:
-                export_onnx(load_embedder(fp32), directory, quantize=quantize)
+                export_onnx(
+                    reference,
+                    directory,
+                    quantize=None if precision == "fp32" else precision,
+                    graph=fp32 if fp32.is_file() and precision != "fp32" else None,
+                )
             except BackendMismatchError as exc:
-                log.warning("using torch %s instead: %s", fallback.precision, exc)
+                log.warning("not using ONNX Runtime %s: %s", precision, exc)
                 rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
-                return load_embedder(fallback)
+                return None
     return open_export(directory, settings.threads, name=settings.model)
+
+
+def _rejected_file(settings: Settings, precision: str) -> Path:
+    directory = export_directory(settings, precision)
+    return directory.with_name(directory.name + ".rejected.json")
 
 
 @contextmanager
@@ -215,5 +389,6 @@ def export_directory(settings: Settings, precision: str) -> Path:
     """Where the home keeps the automatic export of this checkpoint, layer and pooling."""
     features = Features(settings.layer, settings.pool)
     source = checkpoint_fingerprint(resolve_checkpoint(settings.model)) + features.tag()
+    source += f"|scheme={EXPORT_SCHEME}"
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     return settings.home / EXPORTS_FOLDER / f"{key}-{precision}"
