@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FakeEmbedder, save_tiny_vit
+from tests.helpers import PINNED_BACKEND, FakeEmbedder, save_tiny_vit
 from vitsearch.config import load_settings
 
 
@@ -28,11 +28,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
-
-
-# Which backend `auto` picks depends on the CPU and on timing: every test that is not about
-# the backend pins torch fp32 (tests about it ask for "auto" themselves).
-PINNED_BACKEND = {"backend": "torch", "precision": "fp32"}
 
 
 @pytest.fixture

@@ -12,6 +12,10 @@ from PIL import Image, ImageDraw
 
 from vitsearch.records import Label, ModelInfo
 
+# Which backend `auto` picks depends on the CPU and on timing: every test that is not about
+# the backend pins torch fp32 (tests about it ask for "auto" themselves).
+PINNED_BACKEND = {"backend": "torch", "precision": "fp32"}
+
 TINY_LABELS = {
     0: "tabby, tabby cat",
     1: "golden retriever",

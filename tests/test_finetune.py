@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.helpers import save_tiny_vit
+from tests.helpers import PINNED_BACKEND, save_tiny_vit
 from vitsearch.app import index_folders
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, VitsearchError
@@ -96,7 +96,9 @@ def test_output_is_a_checkpoint_transformers_and_index_load(
 
     embedder = load_embedder(load_settings(environ={}, model=str(out), threads=1))
     assert embedder.embed_images([red.convert("RGB")]).labels[0][0].label == "red"
-    settings = load_settings(environ={}, home=tmp_path / "home", model=str(out), threads=1)
+    settings = load_settings(
+        environ={}, home=tmp_path / "home", model=str(out), threads=1, **PINNED_BACKEND
+    )
     summary = index_folders(settings, [data])
     assert (summary.new, summary.failed) == (24, 0)
 
