@@ -1,29 +1,43 @@
-"""Model backends side by side on a full-size ViT-B/16: images/s and cosine to torch fp32.
+"""Every backend candidate on this CPU: agreement with torch fp32 on a trained model, speed on
+a full-size ViT-B/16, and what ``auto`` picks here.
 
-Run: ``python benchmarks/bench_backends.py PATH [--images N] [--cosine-images M]
-[--batch-size B] [--threads T] [--repeat R]``. PATH is a folder of photos (e.g. an ImageNet
-sample); they are read in place, and everything else lives in a temporary directory.
+Run: ``python benchmarks/bench_backends.py PATH --model DIR [--photos N] [--rounds R]
+[--batch-size B] [--threads T]``, or ``--teach-only`` to time ``teach`` alone. PATH is a folder
+of real photos (e.g. an ImageNet sample, read in place), DIR a trained checkpoint (e.g. a
+ViT-Ti/16); everything else lives in a temporary directory.
 
-Backends, measured in one run on the same pre-processed pixels: torch fp32, torch bf16,
-torch int8 (dynamic quantization of the linear layers), ONNX Runtime fp32 and int8 (dynamic
-quantization), and OpenVINO on the fp32 ONNX graph when ``openvino`` is installed (and on
-it with NNCF int8 weights, as ``export --format openvino --quantize int8`` makes it, with
-``nncf``).
+Candidates: torch fp32 (the reference), torch bf16 (CPUs with bf16 instructions only), torch
+dynamic int8 (``--precision int8``), ONNX Runtime fp32 and block int8 (what ``auto`` times),
+ONNX Runtime per-tensor dynamic int8 (the scheme vitsearch shipped before, quantized here only,
+as the reference it replaced), and OpenVINO fp32 and NNCF int8 when ``openvino`` (and ``nncf``)
+are installed. The shipped variants are made by vitsearch's own code (``load_embedder``,
+``quantize_int8``, ``export_model``); one the shipped check refuses is rebuilt unverified by the
+same code, so it is still measured, and marked FAIL.
 
-The checkpoint is a *randomly initialised* ViT-B/16 (seeded), like bench_index.py's: speed
-is that of the real architecture, but a trained model's activations (and so its int8
-rounding error) differ, so the int8 cosines here are indicative only.
+1. Agreement, on DIR's trained weights over N real photos: top-10 neighbour overlap among the
+   photos, min and mean cosine and top-1 label agreement with torch fp32, and whether the
+   shipped check (probe images: min cosine and neighbour overlap, ``compare_embedders``) passes.
+   Random weights lack a trained network's outlier activations, so int8 error is judged here.
+2. Speed, on a seeded random ViT-B/16 (``ViTConfig()``: the real FLOPs): images/s of one batch,
+   the candidates taking turns over rounds (a passing load then slows all of them alike), best
+   and median, each as a ratio to torch fp32 in the same rounds.
+3. ``auto``: ``vitsearch.model.runtime.measure`` on that ViT-B in a fresh home, as the first run
+   of ``load_model`` makes it (exports included): its recorded rates and choice, and its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
+import logging
 import os
+import shutil
+import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,81 +48,145 @@ from PIL import Image
 
 from vitsearch.config import Settings, load_settings
 from vitsearch.model import Embedder, load_embedder
-from vitsearch.model.export import TOLERANCES, export_onnx
+from vitsearch.model.embedder import EmbeddingBatch
+from vitsearch.model.export import (
+    NEIGHBOURS,
+    TOLERANCES,
+    BackendMismatchError,
+    Verification,
+    compare_embedders,
+    export_model,
+    neighbour_overlap,
+)
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
-from vitsearch.model.onnx_backend import MODEL_FILE, OnnxEmbedder, load_onnx_embedder
+from vitsearch.model.onnx_backend import MANIFEST_FILE, MODEL_FILE, open_export, read_manifest
 from vitsearch.model.quantize import quantize_int8
+from vitsearch.model.runtime import choose_runtime, measure, measurement_file, read_measurement
 from vitsearch.store import open_library
 from vitsearch.teach import apply_classifier, train
 
-DEFAULT_IMAGES = 64
-DEFAULT_COSINE_IMAGES = 32
-DEFAULT_REPEAT = 2
-FLAGS_OF_INTEREST = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
+DEFAULT_PHOTOS = 300
+DEFAULT_ROUNDS = 6
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+LOAD_WARNING = 1.5  # 1-minute load average above which the machine is too busy to time
 BUSY_WARNING_CORES = 0.1
+REFERENCE = "torch-fp32"
 TEACH_EMBEDDINGS = 10_000
 TEACH_CLASSES = 10
 TEACH_EXAMPLES_PER_CLASS = 200  # "a few to a few hundred" example photos per label
 
-Embed = Callable[[np.ndarray], np.ndarray]  # (n, 3, H, W) pixels -> (n, dim) unit vectors
-Args = argparse.Namespace
+Embed = Callable[[np.ndarray], object]  # (n, 3, H, W) pixels -> anything; only timed
 
 
-@dataclass
-class Row:
-    backend: str
-    precision: str
-    rate: float  # images/s, best of the repeats
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    name: str
+    how: str  # how a vitsearch user gets it
+    tolerance: str  # the TOLERANCES entry its check uses
+
+
+VARIANTS = (
+    Variant(
+        REFERENCE, "torch fp32", "`--backend torch --precision fp32`; `auto` candidate", "fp32"
+    ),
+    Variant("torch-bf16", "torch bf16", "`--precision bf16`; `auto` candidate, unchecked", "fp32"),
+    Variant("torch-int8", "torch dynamic int8", "`--precision int8`", "int8"),
+    Variant(
+        "onnx-fp32",
+        "ONNX Runtime fp32",
+        "`--backend onnx --precision fp32`; `auto` candidate",
+        "fp32",
+    ),
+    Variant(
+        "onnx-int8",
+        "ONNX Runtime int8, block (shipped)",
+        "`--backend onnx`; `auto` candidate",
+        "int8",
+    ),
+    Variant(
+        "onnx-int8-dynamic", "ONNX Runtime int8, per-tensor dynamic (old)", "benchmark only", "int8"
+    ),
+    Variant("openvino-fp32", "OpenVINO fp32", "`export --format openvino`", "fp32"),
+    Variant(
+        "openvino-int8",
+        "OpenVINO NNCF int8 weights",
+        "`export --format openvino --quantize int8`",
+        "int8",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The fp32 torch model every variant is made from, and where their files go."""
+
+    fp32: Embedder
+    settings: Settings
+    work: Path
+
+
+@dataclass(frozen=True)
+class Built:
+    embedder: object  # Embedder or ExportedEmbedder
+    check: Verification | None  # the shipped check on probe images; None for the reference
+    refused: str = ""  # the shipped check's message when it refused to write the export
+
+
+@dataclass(frozen=True)
+class Agreement:
+    overlap: float  # top-10 neighbours among the photos kept
     min_cosine: float
     mean_cosine: float
-    busy: float  # cores other processes used meanwhile
-    note: str = ""
+    top1: float | None  # share of photos with the same top label; None without labels
 
-    @property
-    def target(self) -> float:
-        return TOLERANCES["int8" if self.precision == "int8" else "fp32"]
+
+@dataclass(frozen=True)
+class Quality:
+    agreement: Agreement
+    check: Verification | None
+    refused: str
+
+
+@dataclass(frozen=True)
+class Speed:
+    best: float  # images/s, best round
+    median: float  # images/s, median round
+    ratio_best: float  # best / torch fp32's best
+    ratio_median: float  # median over rounds of (this / torch fp32 in the same round)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    chosen: str
+    seconds: float  # the whole first-run measurement, exports included
+    results: list[dict]
+    busy: float  # cores other processes used meanwhile
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
-            "Compare model backends (torch fp32/bf16/int8, ONNX Runtime fp32/int8, OpenVINO "
-            "when installed) on a randomly initialised ViT-B/16: images/s at one batch size "
-            "and cosine to torch fp32 on real photos. About 2-3 minutes on an idle 2-core "
-            "CPU with the defaults; close other programs first."
+            "Every backend candidate (torch fp32/bf16/int8, ONNX Runtime fp32/block int8/old "
+            "dynamic int8, OpenVINO when installed): agreement with torch fp32 on a trained "
+            "checkpoint over real photos, images/s on a random full-size ViT-B/16, and what "
+            "`auto` picks. About 10 minutes on an idle 2-core CPU; close other programs first."
         )
     )
+    parser.add_argument("path", type=Path, nargs="?", help="folder of photos (sorted by name)")
+    parser.add_argument("--model", type=Path, help="trained checkpoint to judge agreement on")
     parser.add_argument(
-        "path", type=Path, nargs="?", help="folder of photos (files sorted by name)"
-    )
-    parser.add_argument(
-        "--images",
+        "--photos",
         type=int,
-        default=DEFAULT_IMAGES,
-        help=f"photos timed per backend (default {DEFAULT_IMAGES})",
-    )
-    parser.add_argument(
-        "--cosine-images",
-        type=int,
-        default=DEFAULT_COSINE_IMAGES,
-        help=f"photos compared with fp32 (default {DEFAULT_COSINE_IMAGES})",
+        default=DEFAULT_PHOTOS,
+        help=f"photos compared with torch fp32 (default {DEFAULT_PHOTOS})",
     )
     add_model_options(parser, threads_help="intra-op threads of every backend")
     parser.add_argument(
-        "--repeat",
+        "--rounds",
         type=int,
-        default=DEFAULT_REPEAT,
-        help=f"timed passes per backend, fastest kept (default {DEFAULT_REPEAT})",
+        default=DEFAULT_ROUNDS,
+        help=f"timed rounds, one batch per candidate each (default {DEFAULT_ROUNDS})",
     )
     parser.add_argument(
         "--teach-embeddings",
@@ -122,152 +200,231 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def available_variants() -> list[Variant]:
+    """Those this machine can run: bf16 needs bf16 hardware, OpenVINO its packages."""
+    skip = set()
+    if not has_bf16_hardware(cpu_flags()):
+        skip.add("torch-bf16")
+    if importlib.util.find_spec("openvino") is None:
+        skip |= {"openvino-fp32", "openvino-int8"}
+    elif importlib.util.find_spec("nncf") is None:
+        skip.add("openvino-int8")
+    return [v for v in VARIANTS if v.key not in skip]
+
+
+def build(variant: Variant, src: Source) -> Built:
+    if variant.key == REFERENCE:
+        return Built(src.fp32, None)
+    tolerance = TOLERANCES[variant.tolerance]
+    if variant.key == "torch-bf16":  # auto runs it unchecked; judged here as fp32 exports are
+        bf16 = load_embedder(src.settings.replace(precision="bf16"))
+        return Built(bf16, compare_embedders(src.fp32, bf16, tolerance))
+    if variant.key == "torch-int8":
+        int8 = quantize_int8(src.fp32, check=False)  # checked here, so a miss is still measured
+        return Built(int8, compare_embedders(src.fp32, int8, tolerance))
+    if variant.key == "onnx-int8-dynamic":
+        return dynamic_int8(src, tolerance)
+    fmt, _, precision = variant.key.partition("-")
+    return shipped_export(src, fmt, None if precision == "fp32" else precision)
+
+
+def build_all(src: Source) -> Iterator[tuple[Variant, Built]]:
+    """Each available variant, made in order (the ONNX fp32 graph before what starts from it)."""
+    for variant in available_variants():
+        started = time.perf_counter()
+        built = build(variant, src)
+        seconds = time.perf_counter() - started
+        refused = "; REFUSED by the shipped check, built unverified" if built.refused else ""
+        print(f"  made {variant.name} in {seconds:.1f}s{refused}")
+        yield variant, built
+
+
+def fp32_graph(src: Source) -> Path:
+    return src.work / "onnx-fp32" / MODEL_FILE
+
+
+def shipped_export(src: Source, fmt: str, quantize: str | None) -> Built:
+    """vitsearch's own export (verified as shipped), opened with the benchmark's threads."""
+    out = src.work / f"{fmt}-{quantize or 'fp32'}"
+    graph = None if (fmt, quantize) == ("onnx", None) else fp32_graph(src)
+    try:
+        manifest = export_model(src.fp32, out, fmt=fmt, quantize=quantize, graph=graph)
+    except BackendMismatchError as exc:
+        return refused_export(src, out, fmt, quantize, graph, str(exc))
+    fields = {k: v for k, v in manifest.verification.items() if k != "passed"}
+    return Built(open_export(out, src.settings.threads), Verification(**fields))
+
+
+def refused_export(
+    src: Source, out: Path, fmt: str, quantize: str | None, graph: Path | None, why: str
+) -> Built:
+    """The same files the export would have written, without its check, to measure them."""
+    # private on purpose: the benchmark reports what the check refused; vitsearch never opens it
+    from vitsearch.model.export import _write_export
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_export(src.fp32, out, fmt, quantize, graph)
+    embedder = open_export(out, src.settings.threads, require_verified=False)
+    check = compare_embedders(src.fp32, embedder, TOLERANCES[quantize or "fp32"])
+    return Built(embedder, check, refused=why)
+
+
+def dynamic_int8(src: Source, tolerance: float) -> Built:
+    """The scheme vitsearch shipped before block int8: ORT's pre-processing, then
+    ``quantize_dynamic`` (int8 weights per tensor, activations per batch) of the fp32 graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = src.work / "onnx-int8-dynamic"
+    shutil.copytree(fp32_graph(src).parent, out)
+    prepared = out / "prepared.onnx"
+    # symbolic shape inference fails on the exporter's Expand (CLS token), as in the old export
+    quant_pre_process(str(fp32_graph(src)), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(out / MODEL_FILE), weight_type=QuantType.QInt8)
+    prepared.unlink()
+    manifest = dataclasses.replace(
+        read_manifest(out),
+        precision="int8",
+        quantization={"method": "onnxruntime.quantization.quantize_dynamic (QInt8)"},
+        verification=None,
+    )
+    (out / MANIFEST_FILE).write_text(manifest.to_json())
+    embedder = open_export(out, src.settings.threads, require_verified=False)
+    return Built(embedder, compare_embedders(src.fp32, embedder, tolerance))
+
+
+def checkpoint_settings(checkpoint: Path, args: argparse.Namespace, **flags) -> Settings:
+    return load_settings(
+        environ={},  # VITSEARCH_* of the shell must not pin the benchmark's backend
+        model=str(checkpoint),
+        device="cpu",
+        batch_size=args.batch_size,
+        threads=args.threads,
+        **flags,
+    )
+
+
 def load_pixels(embedder: Embedder, photos: Sequence[Path]) -> np.ndarray:
     """The photos through the checkpoint's own processor, as every backend will see them."""
     return np.stack([embedder.preprocess(Image.open(p).convert("RGB")) for p in photos])
 
 
-def embed_all(embed: Embed, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [embed(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+def embed_batches(embedder, pixels: np.ndarray, batch_size: int) -> EmbeddingBatch:
+    batches = [
+        embedder.embed(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)
+    ]
+    return EmbeddingBatch(
+        vectors=np.concatenate([b.vectors for b in batches]),
+        labels=[labels for b in batches for labels in b.labels],
     )
 
 
-def time_backend(embed: Embed, pixels: np.ndarray, batch_size: int, repeat: int) -> float:
-    """images/s: one untimed warm-up batch, then the fastest of ``repeat`` passes."""
-    embed(pixels[:batch_size])
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        embed_all(embed, pixels, batch_size)
-        runs.append(time.perf_counter() - started)
-    return len(pixels) / min(runs)
+def top1_agreement(expected: Sequence[tuple], got: Sequence[tuple]) -> float | None:
+    """Share of photos whose top label is the same; None when either side has no labels."""
+    if not expected or not all(expected) or not all(got):
+        return None
+    same = [a[0].label == b[0].label for a, b in zip(expected, got, strict=True)]
+    return float(np.mean(same))
 
 
-def measure(
-    name: str,
-    precision: str,
-    embed: Embed,
-    pixels: np.ndarray,
-    reference: np.ndarray,
-    args: argparse.Namespace,
-    note: str = "",
-) -> Row:
-    """Speed on all pixels, then cosine to ``reference`` on the first photos, same batches."""
-    busy = {}
-    with CpuMeter(busy, name):
-        rate = time_backend(embed, pixels, args.batch_size, args.repeat)
-    vectors = embed_all(embed, pixels[: len(reference)], args.batch_size)
-    cosines = np.sum(vectors * reference, axis=1)
-    print(f"  measured {name} {precision}: {rate:.2f} images/s")
-    return Row(name, precision, rate, float(cosines.min()), float(cosines.mean()), busy[name], note)
-
-
-def vectors_of(embedder: Embedder | OnnxEmbedder) -> Embed:
-    return lambda pixels: embedder.embed(pixels).vectors
-
-
-def torch_rows(
-    fp32: Embedder, settings: Settings, pixels: np.ndarray, reference: np.ndarray, args: Args
-) -> list[Row]:
-    """torch fp32 (the reference), bf16 and int8."""
-    rows = [measure("torch", "fp32", vectors_of(fp32), pixels, reference, args, "reference")]
-    bf16_note = (
-        "CPU has bf16 hardware"
-        if has_bf16_hardware(cpu_flags())
-        else "NO bf16 hardware: emulated, expect it slower than fp32"
+def agreement(expected: EmbeddingBatch, got: EmbeddingBatch) -> Agreement:
+    cosines = np.sum(expected.vectors * got.vectors, axis=1)
+    return Agreement(
+        overlap=neighbour_overlap(expected.vectors, got.vectors),
+        min_cosine=float(cosines.min()),
+        mean_cosine=float(cosines.mean()),
+        top1=top1_agreement(expected.labels, got.labels),
     )
-    bf16 = load_embedder(settings.replace(precision="bf16"))
-    rows.append(measure("torch", "bf16", vectors_of(bf16), pixels, reference, args, bf16_note))
-    del bf16
-    int8 = quantize_int8(fp32)
-    note = "quantize_dynamic of nn.Linear"
-    rows.append(measure("torch", "int8", vectors_of(int8), pixels, reference, args, note))
-    return rows
 
 
-def export(fp32: Embedder, out: Path, quantize: str | None) -> Path:
-    started = time.perf_counter()
-    manifest = export_onnx(fp32, out, quantize=quantize)
-    size = (out / MODEL_FILE).stat().st_size / 1e6
-    print(
-        f"  exported {manifest.precision} ONNX in {time.perf_counter() - started:.1f}s "
-        f"({size:.0f} MB; probe min cosine {manifest.verification['min_cosine']:.5f})"
-    )
-    return out
+def agreement_phase(args: argparse.Namespace, photos: list[Path], work: Path) -> dict:
+    """Variant key -> Quality, on the trained checkpoint over the photos."""
+    settings = checkpoint_settings(args.model, args)
+    fp32 = load_embedder(settings.replace(precision="fp32"))
+    print(f"\n1. agreement on {args.model} ({fp32.info.dim}-d) over {len(photos)} photos")
+    pixels = load_pixels(fp32, photos)
+    expected = embed_batches(fp32, pixels, args.batch_size)
+    results = {}
+    for variant, built in build_all(Source(fp32, settings, work / "trained")):
+        got = embed_batches(built.embedder, pixels, args.batch_size)
+        results[variant.key] = Quality(agreement(expected, got), built.check, built.refused)
+        del built, got
+        gc.collect()
+    return results
 
 
-def onnx_rows(
-    settings: Settings,
-    exports: dict[str, Path],
-    pixels: np.ndarray,
-    reference: np.ndarray,
-    args: Args,
-) -> list[Row]:
-    """ONNX Runtime on each export (precision -> directory)."""
-    rows = []
-    for precision, directory in exports.items():
-        session = load_onnx_embedder(settings.replace(model=str(directory), precision="auto"))
-        note = "quantize_dynamic, int8 weights" if precision == "int8" else "export"
-        rows.append(
-            measure("onnxruntime", precision, vectors_of(session), pixels, reference, args, note)
+def round_order(names: Sequence[str], round_index: int) -> list[str]:
+    """Each round starts one candidate later, so none always follows the same neighbour."""
+    k = round_index % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def alternate(embeds: dict[str, Embed], batch: np.ndarray, rounds: int) -> dict[str, list[float]]:
+    """images/s of each candidate per round, after one untimed warm-up batch each."""
+    for embed in embeds.values():
+        embed(batch)
+    rates: dict[str, list[float]] = {name: [] for name in embeds}
+    for r in range(rounds):
+        for name in round_order(list(embeds), r):
+            started = time.perf_counter()
+            embeds[name](batch)
+            rates[name].append(len(batch) / (time.perf_counter() - started))
+    return rates
+
+
+def summarise(rates: dict[str, list[float]], reference: str = REFERENCE) -> dict[str, Speed]:
+    """Best and median rates, as ratios to ``reference``'s best and round by round."""
+    ref = np.array(rates[reference])
+    return {
+        name: Speed(
+            best=max(values),
+            median=statistics.median(values),
+            ratio_best=max(values) / ref.max(),
+            ratio_median=float(np.median(np.array(values) / ref)),
         )
-    return rows
+        for name, values in rates.items()
+    }
 
 
-def openvino_rows(
-    exports: dict[str, Path], pixels: np.ndarray, reference: np.ndarray, args: Args
-) -> list[Row]:
-    """OpenVINO on the exported ONNX graphs: the fp32 one as f32, and as bf16 where the CPU
-    has it (its default there); the int8 one (ONNX Runtime's dynamic quantization) as is; and,
-    with nncf, the fp32 graph with NNCF int8 weights, as ``vitsearch export --format openvino
-    --quantize int8`` makes it (f32 activations, as vitsearch runs it; bf16 too where the CPU
-    has it)."""
-    import openvino
-
-    core = openvino.Core()
-    bf16 = has_bf16_hardware(cpu_flags())
-    runs = [("fp32", "f32"), *([("fp32", "bf16")] if bf16 else []), ("int8", None)]
-    rows = []
-    for graph, hint in runs:
-        precision = graph if hint in (None, "f32") else hint
-        note = f"INFERENCE_PRECISION_HINT={hint}" if hint else "the ONNX Runtime int8 graph"
-        model = str(exports[graph] / MODEL_FILE)
-        rows.append(_openvino_row(core, model, hint, precision, note, pixels, reference, args))
-    if importlib.util.find_spec("nncf") is None:
-        print("  nncf is not installed: no OpenVINO NNCF int8 rows (pip install nncf adds them)")
-        return rows
-    from vitsearch.model.export import compress_int8_weights
-
-    started = time.perf_counter()
-    nncf_int8, _ = compress_int8_weights(openvino.convert_model(str(exports["fp32"] / MODEL_FILE)))
-    print(f"  NNCF int8 weight compression took {time.perf_counter() - started:.1f}s")
-    for hint in ("f32", "bf16") if bf16 else ("f32",):
-        note = f"NNCF int8 weights, INFERENCE_PRECISION_HINT={hint}"
-        rows.append(_openvino_row(core, nncf_int8, hint, "int8", note, pixels, reference, args))
-    return rows
+def speed_phase(
+    args: argparse.Namespace, checkpoint: Path, photos: list[Path], work: Path
+) -> tuple[dict, float]:
+    """Variant key -> Speed on the random ViT-B/16, and the cores others used while timing."""
+    print(f"\n2. speed on a seeded random ViT-B/16 ({checkpoint})")
+    settings = checkpoint_settings(checkpoint, args)
+    fp32 = load_embedder(settings.replace(precision="fp32"))
+    batch = load_pixels(fp32, (photos * args.batch_size)[: args.batch_size])
+    made = dict(build_all(Source(fp32, settings, work / "vit-b16-variants")))
+    embeds = {v.key: built.embedder.embed for v, built in made.items()}
+    print(f"  before timing (this benchmark's exports count in it): {load_text(os.getloadavg())}")
+    busy: dict[str, float] = {}
+    with CpuMeter(busy, "speed"):
+        rates = alternate(embeds, batch, args.rounds)
+    return summarise(rates), busy["speed"]
 
 
-def _openvino_row(
-    core,
-    model,
-    hint: str | None,
-    precision: str,
-    note: str,
-    pixels: np.ndarray,
-    reference: np.ndarray,
-    args: Args,
-) -> Row:
-    config = {"INFERENCE_NUM_THREADS": args.threads}
-    if hint is not None:
-        config["INFERENCE_PRECISION_HINT"] = hint
-    compiled = core.compile_model(model, "CPU", config)
-    output = compiled.outputs[0]  # the unit embedding
+def auto_phase(args: argparse.Namespace, checkpoint: Path, home: Path) -> AutoChoice | None:
+    """``measure`` as ``load_model``'s first run on this CPU makes it, on the ViT-B."""
+    settings = checkpoint_settings(checkpoint, args, home=home)
+    runtime = choose_runtime(settings.backend, settings.precision, settings.device)
+    print(f"\n3. auto on the ViT-B/16 in a fresh home: {runtime.reason}")
+    if runtime.backend != "auto":
+        print(f"  auto runs {runtime.backend} {runtime.precision} without measuring")
+        return None
+    choice_file = measurement_file(settings, runtime.candidates)
+    busy: dict[str, float] = {}
+    with CpuMeter(busy, "auto"):
+        _, seconds = timed(lambda: measure(settings, runtime.candidates, choice_file))
+    record = read_measurement(choice_file)
+    return AutoChoice(record["chosen"], seconds, record["results"], busy["auto"])
 
-    def embed(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(compiled(batch)[output], dtype=np.float32)
 
-    return measure("openvino", precision, embed, pixels, reference, args, note)
+def load_text(load: tuple[float, float, float], limit: float = LOAD_WARNING) -> str:
+    """The load averages as ``uptime`` prints them, flagged when the last minute's is high."""
+    text = f"load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+    if load[0] > limit:
+        text += f" - ABOVE {limit}: other work shares the CPU, rates are unreliable"
+    return text
 
 
 def print_machine(args: argparse.Namespace) -> None:
@@ -275,85 +432,127 @@ def print_machine(args: argparse.Namespace) -> None:
     import torch
 
     flags = cpu_flags()
-    present = [f for f in FLAGS_OF_INTEREST if f in flags]
-    absent = [f for f in FLAGS_OF_INTEREST if f not in flags]
-    print(f"CPU:            {cpu_name()} ({os.cpu_count()} logical cores)")
-    print(f"flags present:  {' '.join(present) or '-'}")
-    print(f"flags absent:   {' '.join(absent) or '-'}")
-    print(f"bf16 hardware:  {'yes' if has_bf16_hardware(flags) else 'no'}")
+    marks = [f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS_OF_INTEREST]
+    print(f"CPU:      {cpu_name()} ({os.cpu_count()} logical cores)")
+    print(f"flags:    {', '.join(marks)}")
     print(
-        f"versions:       torch {torch.__version__} (quantized engine "
-        f"{torch.backends.quantized.engine}), onnxruntime {onnxruntime.__version__}, "
-        f"openvino {_openvino_version()}"
+        f"versions: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"openvino {_version('openvino')}, nncf {_version('nncf')}"
     )
-    print(f"threads:        {args.threads} per backend; batch size {args.batch_size}")
+    print(f"threads:  {args.threads} per backend; batch size {args.batch_size}")
+    print(f"start:    {load_text(os.getloadavg())}")
 
 
-def _openvino_version() -> str:
-    if importlib.util.find_spec("openvino") is None:
+def _version(package: str) -> str:
+    if importlib.util.find_spec(package) is None:
         return "not installed"
-    import openvino
-
-    return openvino.__version__.split("-")[0]
+    return importlib.import_module(package).__version__.split("-")[0]
 
 
-def report(rows: list[Row], args: argparse.Namespace, photos: int, cosine_photos: int) -> None:
-    fp32 = rows[0].rate
-    print()
-    print(
-        f"images/s: {photos} photos at batch {args.batch_size}, fastest of {args.repeat} "
-        f"passes after 1 warm-up batch; cosine to torch fp32 over the first "
-        f"{cosine_photos} photos"
+def check_text(quality: Quality | None) -> str:
+    """PASS or FAIL with what the shipped check saw on its probe images."""
+    if quality is None or quality.check is None:
+        return "reference"
+    c = quality.check
+    verdict = "PASS" if c.passed else "FAIL"
+    return (
+        f"{verdict} (probes: min cos {c.min_cosine:.4f}/{c.tolerance}, "
+        f"overlap {c.neighbour_overlap:.3f}/{c.min_overlap})"
     )
-    header = (
-        f"{'backend':<12} {'precision':<9} {'images/s':>9} {'vs fp32':>8} "
-        f"{'min cos':>9} {'mean cos':>9} {'target':>7}  {'verdict':<7}  note"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        verdict = "ref" if r is rows[0] else ("PASS" if r.min_cosine >= r.target else "FAIL")
-        print(
-            f"{r.backend:<12} {r.precision:<9} {r.rate:9.2f} {r.rate / fp32:7.2f}x "
-            f"{r.min_cosine:9.5f} {r.mean_cosine:9.5f} {r.target:7.3f}  {verdict:<7}  {r.note}"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(quality: dict, speed: dict) -> list[list[str]]:
+    """One row of cells per variant measured in either phase."""
+    rows = []
+    for v in VARIANTS:
+        q, s = quality.get(v.key), speed.get(v.key)
+        if q is None and s is None:
+            continue
+        a = q.agreement if q else None
+        rows.append(
+            [
+                v.name,
+                v.how,
+                f"{s.best:.2f} / {s.median:.2f}" if s else "-",
+                f"{s.ratio_best:.2f}x / {s.ratio_median:.2f}x" if s else "-",
+                _number(a and a.overlap, 3),
+                _number(a and a.min_cosine, 4),
+                _number(a and a.mean_cosine, 4),
+                _number(a and a.top1, 3),
+                check_text(q),
+            ]
         )
-    busy = max(r.busy for r in rows)
-    print(f"CPU used by other processes: up to {busy:.2f} cores during a timed phase")
+    return rows
+
+
+HEADER = [
+    "candidate",
+    "how to run it",
+    "ViT-B/16 images/s best / median",
+    "vs torch fp32 best / median",
+    f"top-{NEIGHBOURS} overlap",
+    "min cos",
+    "mean cos",
+    "top-1 same",
+    "shipped check",
+]
+
+
+def markdown_table(rows: list[list[str]], header: Sequence[str] = HEADER) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def report(
+    args: argparse.Namespace,
+    quality: dict,
+    speed: dict,
+    busy: float,
+    auto: AutoChoice | None,
+    photos: int,
+) -> None:
+    print(
+        f"\nCPU {cpu_name()}, {args.threads} threads; agreement with torch fp32 on "
+        f"{args.model.name} over {photos} photos; ViT-B/16 speed at batch {args.batch_size}, "
+        f"{args.rounds} alternating rounds (ratios: best to best, median of same-round ratios)"
+    )
+    print(markdown_table(table_rows(quality, speed)))
+    for key, q in quality.items():
+        if q.refused:
+            print(f"  {key}: {q.refused}")
+    print(f"other processes used up to {busy:.2f} cores while timing")
     if busy > BUSY_WARNING_CORES:
-        print("WARNING: the machine was not idle; the rates above are unreliable.")
+        print("WARNING: the machine was not idle while timing; ratios are more robust than rates")
+    if auto is not None:
+        print_auto(auto)
+    print(f"at the end (this benchmark's work counts in it): {load_text(os.getloadavg())}")
 
 
-def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> list[Row]:
-    started = time.perf_counter()
-    checkpoint = save_vit_b16(temp / "vit-b16")
-    settings = load_settings(
-        environ={},
-        model=str(checkpoint),
-        device="cpu",
-        batch_size=args.batch_size,
-        threads=args.threads,
+def print_auto(auto: AutoChoice) -> None:
+    results = ", ".join(
+        f"{r['candidate']} {'rejected' if r.get('rejected') else r['images_per_second']}"
+        for r in auto.results
     )
     print(
-        f"checkpoint saved in {time.perf_counter() - started:.1f}s; {len(photos)} photos "
-        f"from {args.path}"
+        f"auto picks {auto.chosen} here: its first-run measurement took {auto.seconds:.0f}s "
+        f"with exports (recorded images/s at its probe batch: {results}; other processes "
+        f"used up to {auto.busy:.2f} cores meanwhile)"
     )
+
+
+def run(args: argparse.Namespace, photos: list[Path], work: Path) -> None:
     print_machine(args)
-    fp32 = load_embedder(settings.replace(precision="fp32"))
-    pixels = load_pixels(fp32, photos)
-    count = min(args.cosine_images, len(photos))
-    reference = embed_all(vectors_of(fp32), pixels[:count], args.batch_size)
-    rows = torch_rows(fp32, settings, pixels, reference, args)
-    # Exported and verified from the same fp32 model, then freed before ORT is timed.
-    exports = {q or "fp32": export(fp32, temp / f"onnx-{q or 'fp32'}", q) for q in (None, "int8")}
-    del fp32
+    quality = agreement_phase(args, photos, work)
     gc.collect()
-    rows += onnx_rows(settings, exports, pixels, reference, args)
-    if importlib.util.find_spec("openvino") is not None:
-        rows += openvino_rows(exports, pixels, reference, args)
-    else:
-        print("  OpenVINO is not installed: no OpenVINO rows (pip install openvino adds them)")
-    print("  OpenVINO int8 rows: ONNX Runtime's dynamically quantized graph, and NNCF's")
-    return rows
+    checkpoint = save_vit_b16(work / "vit-b16")
+    speed, busy = speed_phase(args, checkpoint, photos, work)
+    gc.collect()
+    auto = auto_phase(args, checkpoint, work / "home")
+    report(args, quality, speed, busy, auto, len(photos))
 
 
 def teach_timing(n: int, temp: Path) -> None:
@@ -413,24 +612,24 @@ def teach_timing(n: int, temp: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # before ORT's block quantizer is imported: it calls basicConfig(level=INFO) on import
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     if args.teach_only:
         with tempfile.TemporaryDirectory(prefix="vitsearch-bench-teach-") as temp:
             teach_timing(args.teach_embeddings, Path(temp))
         return
-    if args.path is None:
-        raise SystemExit("PATH is needed (a folder of photos), unless --teach-only")
-    photos = pick_photos(args.path, max(args.images, args.cosine_images))
-    if not photos:
-        raise SystemExit(f"no photos in {args.path}")
-    if args.repeat < 1 or args.batch_size < 1:
-        raise SystemExit("--repeat and --batch-size must be at least 1")
-    print("NOTE: the model is a randomly initialised ViT-B/16 (torch.manual_seed(0)); real")
-    print("      weights are not available here. Speeds are representative; int8 cosines")
-    print("      on trained weights may be lower (activation outliers), check them there.")
+    if args.path is None or args.model is None:
+        raise SystemExit(
+            "PATH (a folder of photos) and --model DIR are needed, unless --teach-only"
+        )
+    photos = pick_photos(args.path, args.photos)
+    if len(photos) <= NEIGHBOURS:
+        raise SystemExit(f"{args.path} has {len(photos)} photos; neighbour overlap needs more")
+    if args.rounds < 1 or args.batch_size < 1:
+        raise SystemExit("--rounds and --batch-size must be at least 1")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitsearch-bench-backends-") as temp:
-        rows = run(args, photos, Path(temp))
-        report(rows, args, len(photos), min(args.cosine_images, len(photos)))
+        run(args, photos, Path(temp))
         if args.teach_embeddings:
             teach_timing(args.teach_embeddings, Path(temp))
     print(f"total time: {time.perf_counter() - started:.0f}s")
