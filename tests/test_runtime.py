@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,16 +113,16 @@ BACKEND_OF = {"torch-fp32": "torch", "torch-bf16": "torch"}  # torch fp32/bf16 a
 
 @pytest.mark.slow
 def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_path: Path) -> None:
-    cpu(AVX2_ONLY)
+    cpu(ZEN4)  # every candidate (bf16 runs, slowly, on any x86 CPU torch supports)
     album = draw_album(tmp_path / "album", 6)
     folder = album[0].parent
     app.index_folders(auto, [folder])
     measured = measurement(auto)
     rates = {r["candidate"]: r["images_per_second"] for r in measured["results"]}
-    assert set(rates) == {"torch-fp32", "onnx-fp32", "onnx-int8"}
-    assert measured["chosen"] == max(rates, key=rates.get) and min(rates.values()) > 0
+    assert set(rates) == set(EVERY)
+    assert measured["fastest"] == max(rates, key=rates.get) and min(rates.values()) > 0
     status = app.library_status(auto)
-    assert status["backend"] == BACKEND_OF.get(measured["chosen"], measured["chosen"])
+    assert status["backend"] == BACKEND_OF.get(measured["fastest"], measured["fastest"])
     exports = sorted(p for p in (auto.home / EXPORTS_FOLDER).iterdir() if p.is_dir())
     assert exports == sorted(export_directory(auto, p) for p in ("fp32", "int8"))
     verification = json.loads((exports[1] / "vitsearch-export.json").read_text())["verification"]
@@ -134,6 +135,12 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     draw_photo(folder / "new.png", seed=99)  # the next run reads the measurement
     app.index_folders(auto, [folder])
     assert measurement(auto) == measured
+    # a torch library in this home uses the torch timings made here, not new ones
+    torch_home = auto.replace(home=auto.home.parent / "torch-home")
+    app.index_folders(torch_home.replace(backend="torch"), [folder])
+    shutil.copytree(auto.home / EXPORTS_FOLDER, torch_home.home / EXPORTS_FOLDER)
+    app.search_image(torch_home, album[0], k=1)
+    assert measurement(torch_home) == measured
     assert {p: (p / "model.onnx").stat().st_mtime_ns for p in exports} == made, "exported again"
     assert app.library_status(auto)["images"] == 7
 

@@ -206,27 +206,33 @@ def load_model(
 
 
 def _fastest(settings: Settings, runtime: Runtime) -> Embedder | ExportedEmbedder:
-    """The fastest candidate that agrees with torch fp32, from the home's measurement for
-    this checkpoint and CPU, measured now when there is none."""
-    choice_file = measurement_file(settings, runtime.candidates)
-    measured = read_measurement(choice_file)
-    if measured is not None:
-        chosen = _candidate(measured["chosen"])
-        log.info("model runs on %s: measured fastest on this CPU", chosen.name)
-        embedder = _load_candidate(settings, chosen)
+    """The fastest of the runtime's candidates, from the home's timings for this checkpoint
+    and CPU; the candidates are timed now when any of them never was."""
+    path = measurement_file(settings)
+    results = {r["candidate"]: r for r in read_measurement(path)}
+    wanted = [c.name for c in runtime.candidates]
+    rates = {
+        n: results[n]["images_per_second"]
+        for n in wanted
+        if "images_per_second" in results.get(n, {})
+    }
+    if rates and all(name in results for name in wanted):
+        chosen = max(rates, key=rates.__getitem__)
+        log.info("model runs on %s: measured fastest on this CPU", chosen)
+        embedder = _load_candidate(settings, _candidate(chosen))
         if embedder is not None:
             return embedder
-    return measure(settings, runtime.candidates, choice_file)
+    return measure(settings, runtime.candidates, path)
 
 
 def measure(
     settings: Settings,
     candidates: tuple[Candidate, ...],
-    choice_file: Path,
+    path: Path,
     seconds: float = MEASURE_SECONDS,
 ) -> Embedder | ExportedEmbedder:
-    """Load every candidate (exporting once where needed), time them, record the results in
-    ``choice_file`` and return the fastest."""
+    """Load every candidate (exporting once where needed), time them, add the results to the
+    timings in ``path`` and return the fastest."""
     log.warning(
         "first run of %s on this CPU (%s): timing %s to keep the fastest, once%s",
         settings.model,
@@ -240,13 +246,14 @@ def measure(
     usable = {name: embedder for name, embedder in loaded.items() if embedder is not None}
     rates = images_per_second(usable, settings.batch_size, seconds)
     chosen = max(rates, key=rates.__getitem__)
-    results = [
-        {"candidate": name, "images_per_second": round(rates[name], 3)}
+    timed = {
+        name: {"candidate": name, "images_per_second": round(rates[name], 3)}
         if name in rates
         else {"candidate": name, "rejected": True}
         for name in loaded
-    ]
-    write_measurement(choice_file, chosen, results, settings.threads)
+    }
+    earlier = {r["candidate"]: r for r in read_measurement(path) if r["candidate"] not in timed}
+    write_measurement(path, [*earlier.values(), *timed.values()], settings.threads)
     log.warning(
         "model runs on %s, the fastest here (%s)",
         chosen,
@@ -293,9 +300,9 @@ def _candidate(name: str) -> Candidate:
     return Candidate(backend, precision)
 
 
-def measurement_file(settings: Settings, candidates: tuple[Candidate, ...]) -> Path:
-    """Where the home keeps the timing of these candidates for this checkpoint and this CPU:
-    another CPU (its name or instruction set) or thread count is measured again."""
+def measurement_file(settings: Settings) -> Path:
+    """Where the home keeps the backends' timings for this checkpoint on this CPU: another
+    CPU (its name or instruction set) or thread count is timed again."""
     features = Features(settings.layer, settings.pool)
     source = "|".join(
         [
@@ -303,25 +310,26 @@ def measurement_file(settings: Settings, candidates: tuple[Candidate, ...]) -> P
             cpu_name(),
             ",".join(sorted(cpu_flags())),
             str(settings.threads),
-            ",".join(c.name for c in candidates),
         ]
     )
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     return settings.home / EXPORTS_FOLDER / f"measured-{key}.json"
 
 
-def read_measurement(path: Path) -> dict | None:
+def read_measurement(path: Path) -> list[dict]:
+    """The timings recorded in ``path``: one ``{"candidate", "images_per_second"}`` (or
+    ``"rejected": True``) each; none when there is no file or it is unreadable."""
     try:
-        data = json.loads(path.read_text())
-        _candidate(data["chosen"])
-        return data
+        results = json.loads(path.read_text())["results"]
+        return [r for r in results if isinstance(r, dict) and "candidate" in r]
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # none yet, or unreadable: measure again
+        return []
 
 
-def write_measurement(path: Path, chosen: str, results: list[dict], threads: int) -> None:
+def write_measurement(path: Path, results: list[dict], threads: int) -> None:
+    rates = {r["candidate"]: r["images_per_second"] for r in results if "images_per_second" in r}
     record = {
-        "chosen": chosen,
+        "fastest": max(rates, key=rates.__getitem__),
         "cpu": cpu_name(),
         "threads": threads,
         "results": results,
