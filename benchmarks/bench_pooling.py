@@ -14,7 +14,19 @@ against those pools on the first batch). Then, per pooling:
   photo's copies); recall@1, recall@5 and mean reciprocal rank of its own original;
 - duplicate pairs: every pair of images is a positive when both show the same photo; average
   precision, the best F1 over all thresholds, precision/recall at the app's near and burst
-  thresholds, and the margin between the weakest positive and the strongest negative.
+  thresholds, and the margin between the weakest positive and the strongest negative;
+- semantic neighbours (photos named ``<wnid>_...``, as the ImageNet sample is): each original's
+  10 nearest other originals, precision@10 of those related in WordNet (the package's
+  ImageNet hierarchy). An ImageNet sample holds one photo per class, so the class itself cannot
+  be the answer: "cousins" counts a neighbour whose class meets the photo's within two steps
+  up from each (same parent or grandparent synset: a Labrador and a golden retriever under
+  "retriever", a bus and a tram under "public transport"); "kind" counts a neighbour of the same
+  broad kind (dog, bird, reptile, wheeled vehicle, clothing... see KINDS; photos of none of
+  them are left out). Beside each: the precision of 10 random neighbours.
+
+Photos are taken evenly across the folder's sorted names (ImageNet's are sorted by wnid, so the
+first 200 would all be animals). Every pool is embedded with torch fp32, whatever the machine:
+the comparison is of poolings, not backends.
 
 Without ``--model`` the checkpoint is a *randomly initialised* ViT-B/16 (seeded), like
 bench_index.py's: that shows what the architecture and the pooling do with untrained weights,
@@ -24,6 +36,7 @@ not what a trained model does. Pass ``--model DIR`` (a local checkpoint) for rea
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,10 +52,41 @@ from vitsearch.features import embed_files
 from vitsearch.model import Embedder, load_embedder
 from vitsearch.model.hardware import cpu_name
 from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
+from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 
 DEFAULT_IMAGES = 200
 SPLIT_CHECK_COSINE = 0.999  # the halves of cls+mean vs the cls and mean pools themselves
 BUSY_WARNING_CORES = 0.1
+NEIGHBOURS = 10  # precision@10 of semantic neighbours
+COUSIN_LEVELS = 2  # steps up WordNet from each class: same parent or grandparent
+WNID = re.compile(r"n\d{8}")
+
+# Broad kinds a person would call a group of photos, most specific first (a photo takes the first
+# its class descends from); wnids of WordNet 3.0. They cover 813 of the ImageNet-1k classes.
+KINDS: dict[str, str] = {
+    "n02084071": "dog",
+    "n01503061": "bird",
+    "n01661091": "reptile",
+    "n01627424": "amphibian",
+    "n02512053": "fish",
+    "n02159955": "insect",
+    "n01767661": "other arthropod",
+    "n01905661": "other invertebrate",
+    "n02469914": "primate",
+    "n02120997": "feline",
+    "n02370806": "ungulate",
+    "n01861778": "other mammal",
+    "n04530566": "watercraft",
+    "n04576211": "wheeled vehicle",
+    "n03051540": "clothing",
+    "n03800933": "musical instrument",
+    "n00021265": "food",
+    "n03405725": "furniture",
+    "n03094503": "container",
+    "n04341686": "structure",
+    "n03183080": "other device",
+    "n00019128": "natural object",
+}
 
 Transform = Callable[[Image.Image], tuple[Image.Image, int]]  # -> (image, JPEG quality)
 
@@ -98,12 +142,25 @@ class PairStats:
 
 
 @dataclass
+class Semantic:
+    """precision@NEIGHBOURS of related neighbours, and of as many random ones (chance)."""
+
+    cousins: float
+    cousins_chance: float
+    kind: float
+    kind_chance: float
+    photos: int  # originals with a known class
+    kind_photos: int  # those of one of KINDS
+
+
+@dataclass
 class PoolResult:
     pool: str
     easy: Retrieval  # copies vs originals
     hard: Retrieval  # copies vs originals + other photos' copies
     per_transform: dict[str, tuple[float, float]]  # name -> (hard recall@1, mean cos to original)
     pairs: PairStats
+    semantic: Semantic | None  # None when the photos' names carry no wnid
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -162,6 +219,13 @@ def make_groups(photos: Sequence[Path], folder: Path) -> list[list[str]]:
     folder.mkdir(parents=True)
     groups = [make_copies(photo, folder) for photo in photos]
     return [group for group in groups if group is not None]
+
+
+def spread(photos: Sequence[Path], count: int) -> list[Path]:
+    """``count`` photos evenly across the sorted list (all of them when there are fewer)."""
+    if len(photos) <= count:
+        return list(photos)
+    return [photos[i] for i in np.linspace(0, len(photos) - 1, count).round().astype(int)]
 
 
 # -- embedding ---------------------------------------------------------------------------------
@@ -303,8 +367,72 @@ def pair_stats(vectors: np.ndarray, groups: np.ndarray) -> PairStats:
     )
 
 
-def evaluate(pool: str, vectors: np.ndarray) -> PoolResult:
-    """All metrics for one pooling; ``vectors`` is (photos, 1 + transforms, dim), unit rows."""
+def class_of(path: str) -> str | None:
+    """The wnid an ImageNet file name starts with ("n02099712_Labrador_retriever.JPEG")."""
+    found = WNID.match(Path(path).name)
+    return found.group() if found else None
+
+
+def cousin_matrix(wnids: Sequence[str], hierarchy: Hierarchy) -> np.ndarray:
+    """(n, n) bool: the classes meet within COUSIN_LEVELS steps up from each."""
+    ups = [_up(wnid, hierarchy, COUSIN_LEVELS) for wnid in wnids]
+    nodes = {node: i for i, node in enumerate(sorted(set().union(*ups)))}
+    incidence = np.zeros((len(wnids), len(nodes)), np.float32)
+    for row, up in enumerate(ups):
+        incidence[row, [nodes[node] for node in up]] = 1.0
+    return (incidence @ incidence.T) > 0
+
+
+def _up(wnid: str, hierarchy: Hierarchy, levels: int) -> set[str]:
+    found, frontier = {wnid}, {wnid}
+    for _ in range(levels):
+        frontier = {p for node in frontier for p in hierarchy.parents.get(node, ())}
+        found |= frontier
+    return found
+
+
+def kind_of(wnid: str, hierarchy: Hierarchy) -> str | None:
+    ancestors = hierarchy.ancestors.get(wnid, frozenset())
+    return next((KINDS[k] for k in KINDS if k in ancestors), None)
+
+
+def precision_at(vectors: np.ndarray, relevant: np.ndarray, k: int) -> tuple[float, float]:
+    """(mean precision@k of each row's k nearest other rows, the same for k random rows).
+
+    ``relevant`` is (n, n) bool; the diagonal is ignored. Rows with no relevant other row
+    still count: they are what the measure is about (a photo alone of its kind scores 0)."""
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    nearest = np.argpartition(-scores, k, axis=1)[:, :k]
+    hits = np.take_along_axis(relevant, nearest, axis=1)
+    others = relevant.copy()
+    np.fill_diagonal(others, False)
+    return float(hits.mean()), float(np.mean(others.sum(axis=1) / (len(vectors) - 1)))
+
+
+def semantic(originals: np.ndarray, wnids: Sequence[str | None]) -> Semantic | None:
+    """Semantic neighbours among the originals (one row per photo), or None without classes."""
+    hierarchy = imagenet_hierarchy()
+    known = [i for i, w in enumerate(wnids) if w is not None and w in hierarchy.ancestors]
+    if len(known) <= NEIGHBOURS:
+        return None
+    classes = [wnids[i] for i in known]
+    cousins = precision_at(originals[known], cousin_matrix(classes, hierarchy), NEIGHBOURS)
+    kinds = [kind_of(wnid, hierarchy) for wnid in classes]
+    with_kind = [i for i, kind in enumerate(kinds) if kind is not None]
+    named = np.array([kinds[i] for i in with_kind])
+    same_kind = named[:, None] == named[None, :]
+    kind = (float("nan"), float("nan"))
+    if len(with_kind) > NEIGHBOURS:
+        kind = precision_at(originals[known][with_kind], same_kind, NEIGHBOURS)
+    return Semantic(*cousins, *kind, photos=len(known), kind_photos=len(with_kind))
+
+
+def evaluate(
+    pool: str, vectors: np.ndarray, wnids: Sequence[str | None] | None = None
+) -> PoolResult:
+    """All metrics for one pooling; ``vectors`` is (photos, 1 + transforms, dim), unit rows;
+    ``wnids`` the class of each photo, when known."""
     photos, members, dim = vectors.shape
     hard = retrieval_ranks(vectors, hard=True)
     to_original = np.sum(vectors[:, 1:] * vectors[:, :1], axis=2)  # (photos, transforms)
@@ -319,6 +447,7 @@ def evaluate(pool: str, vectors: np.ndarray) -> PoolResult:
         hard=retrieval(hard.ravel()),
         per_transform=per_transform,
         pairs=pair_stats(vectors.reshape(-1, dim), groups),
+        semantic=semantic(vectors[:, 0], wnids) if wnids is not None else None,
     )
 
 
@@ -333,7 +462,7 @@ def print_setup(args: argparse.Namespace, embedder: Embedder, random_weights: bo
     layer = "final output (after layer norm)" if final else f"hidden_states[{args.layer}]"
     print(f"CPU:        {cpu_name()}")
     print(f"torch:      {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"precision:  {embedder.precision} (auto), device {embedder.device}")
+    print(f"precision:  {embedder.precision} (pinned torch fp32), device {embedder.device}")
     print(f"weights:    {weights}")
     print(f"tokens:     {layer}; batch size {args.batch_size}")
     print("copies of each photo:")
@@ -392,6 +521,33 @@ def print_pairs(results: list[PoolResult], photos: int) -> None:
     )
 
 
+def print_semantic(results: list[PoolResult]) -> None:
+    first = results[0].semantic
+    if first is None:
+        print()
+        print("SEMANTIC NEIGHBOURS: skipped (the photos' names carry no ImageNet wnid)")
+        return
+    print()
+    print(
+        f"SEMANTIC NEIGHBOURS: each original's {NEIGHBOURS} nearest other originals, "
+        f"precision@{NEIGHBOURS} (random {NEIGHBOURS} in brackets)"
+    )
+    print(
+        f"{'pool':<9} | {f'cousins ({first.photos} photos)':>24} | "
+        f"{f'same kind ({first.kind_photos} photos)':>26}"
+    )
+    for r in results:
+        m = r.semantic
+        print(
+            f"{r.pool:<9} | {m.cousins:14.3f} ({m.cousins_chance:.3f}) | "
+            f"{m.kind:16.3f} ({m.kind_chance:.3f})"
+        )
+    print(
+        f"(cousins: classes meet within {COUSIN_LEVELS} WordNet steps up from each, i.e. share "
+        "a parent or grandparent synset; kind: the same of KINDS)"
+    )
+
+
 def winner(results: list[PoolResult], metric: Callable[[PoolResult], float]) -> str:
     values = [metric(r) for r in results]
     best = max(values)
@@ -407,10 +563,17 @@ VERDICT_METRICS: dict[str, Callable[[PoolResult], float]] = {
     "best F1": lambda r: r.pairs.best_f1,
     "margin": lambda r: r.pairs.margin,
 }
+SEMANTIC_METRICS: dict[str, Callable[[PoolResult], float]] = {
+    "cousins P@10": lambda r: r.semantic.cousins,
+    "kind P@10": lambda r: r.semantic.kind,
+}
 
 
 def print_verdict(results: list[PoolResult]) -> None:
-    wins = "; ".join(f"{name}: {winner(results, fn)}" for name, fn in VERDICT_METRICS.items())
+    metrics = dict(VERDICT_METRICS)
+    if results[0].semantic is not None:
+        metrics |= SEMANTIC_METRICS
+    wins = "; ".join(f"{name}: {winner(results, fn)}" for name, fn in metrics.items())
     print()
     print(f"VERDICT (best per metric): {wins}")
 
@@ -427,7 +590,8 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
         model=model,
         pool="cls+mean",
         layer=args.layer,
-        precision="auto",
+        backend="torch",
+        precision="fp32",
         batch_size=args.batch_size,
         threads=args.threads,
     )
@@ -442,9 +606,11 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
     del embedder
     split = split_pools(both)
     report_embedding(settings, groups, split, seconds, busy)
-    results = [evaluate(pool, split[pool]) for pool in POOLS]
+    wnids = [class_of(group[0]) for group in groups]
+    results = [evaluate(pool, split[pool], wnids) for pool in POOLS]
     print_retrieval(results, len(groups))
     print_pairs(results, len(groups))
+    print_semantic(results)
     print_verdict(results)
 
 
@@ -486,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.images < 2 or args.batch_size < 1:
         raise SystemExit("--images must be at least 2 and --batch-size at least 1")
-    photos = pick_photos(args.path, args.images)
+    photos = spread(pick_photos(args.path, 0), args.images)
     if len(photos) < 2:
         raise SystemExit(f"need at least 2 photos in {args.path}")
     if args.model is None:

@@ -84,5 +84,55 @@ def test_every_copy_is_a_jpeg_beside_its_original(bench, tmp_path: Path) -> None
     assert Image.open(group[1]).size == (20, 15)  # half_q70
 
 
+def test_precision_at_matches_brute_force(bench) -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.normal(size=(12, 5)).tolist())
+    relevant = rng.random((12, 12)) < 0.4
+    precision, chance = bench.precision_at(vectors, relevant, 3)
+    expected, expected_chance = [], []
+    for i in range(12):
+        others = [j for j in range(12) if j != i]
+        nearest = sorted(others, key=lambda j: -float(vectors[i] @ vectors[j]))[:3]
+        expected.append(np.mean([relevant[i, j] for j in nearest]))
+        expected_chance.append(np.mean([relevant[i, j] for j in others]))
+    assert precision == pytest.approx(np.mean(expected))
+    assert chance == pytest.approx(np.mean(expected_chance))
+
+
+def test_cousins_meet_within_two_wordnet_steps_and_kinds_are_broad(bench) -> None:
+    from vitsearch.search.hierarchy import imagenet_hierarchy
+
+    hierarchy = imagenet_hierarchy()
+    # Labrador, golden retriever (siblings), toy terrier (a dog, but no near kin), sports car
+    wnids = ["n02099712", "n02099601", "n02087046", "n04285008"]
+    cousins = bench.cousin_matrix(wnids, hierarchy)
+    assert cousins[0, 1] and not cousins[0, 2] and not cousins[0, 3]
+    assert [bench.kind_of(w, hierarchy) for w in wnids] == ["dog", "dog", "dog", "wheeled vehicle"]
+    assert bench.class_of("/x/n02099712_Labrador_retriever.JPEG") == "n02099712"
+    assert bench.class_of("/x/holiday.jpg") is None
+
+
+def test_semantic_counts_neighbours_of_the_same_kind(bench) -> None:
+    # twelve dog photos around one direction, twelve car photos around another
+    rng = np.random.default_rng(2)
+    dogs = ["n02099712", "n02099601", "n02087046", "n02085620", "n02086240", "n02088364"] * 2
+    cars = ["n04285008", "n02814533", "n03100240", "n03594945", "n03670208", "n03770679"] * 2
+    centres = np.repeat(np.eye(8)[:2], 12, axis=0)
+    vectors = unit((centres + 0.1 * rng.normal(size=(24, 8))).tolist())
+    found = bench.semantic(vectors, dogs + cars)
+    assert found.photos == found.kind_photos == 24
+    assert found.kind == pytest.approx(1.0)
+    assert found.kind_chance == pytest.approx(11 / 23)
+    mixed = bench.semantic(vectors[rng.permutation(24)], dogs + cars)  # kinds no longer cluster
+    assert mixed.kind < 0.8
+    assert bench.semantic(vectors[:10], dogs[:10]) is None  # too few for precision@10
+
+
+def test_spread_takes_photos_evenly(bench) -> None:
+    photos = [Path(f"{i:02d}.jpg") for i in range(10)]
+    assert bench.spread(photos, 4) == [photos[0], photos[3], photos[6], photos[9]]
+    assert bench.spread(photos[:3], 4) == photos[:3]
+
+
 def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0

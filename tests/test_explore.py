@@ -11,7 +11,13 @@ from tests.helpers import adjusted_rand_index, plant, sphere_groups
 from vitsearch.errors import ConfigError, NoSuchLabelError, VitsearchError
 from vitsearch.records import Filters, Label
 from vitsearch.search import label_counts, nearest, search_by_label
-from vitsearch.search.clusters import clusters, compute_clusters, silhouette
+from vitsearch.search.clusters import (
+    cluster_name,
+    clusters,
+    common_kind,
+    compute_clusters,
+    silhouette,
+)
 from vitsearch.search.duplicates import find_duplicates
 from vitsearch.store import open_library
 
@@ -53,6 +59,48 @@ def test_clusters_are_named_from_labels_and_stored(home: Path) -> None:
         assert library.db.cluster_state() == state and again == first  # reused, not recomputed
         clusters(library, 2, recompute=True)
         assert library.db.cluster_state()["computed_at"] > state["computed_at"]
+
+
+# five breeds of five dog groups (hunting, spitz, toy, working; the pug is just a dog)
+BREEDS = (
+    "n02099712 Labrador retriever",
+    "n02110958 pug, pug-dog",
+    "n02112018 Pomeranian",
+    "n02085620 Chihuahua",
+    "n02106662 German shepherd, German shepherd dog, German police dog, alsatian",
+)
+
+
+def test_a_cluster_of_many_breeds_is_named_by_its_kind(home: Path) -> None:
+    vectors, truth = sphere_groups([20, 20], seed=6)
+    dogs = iter([BREEDS[0]] * 6 + [b for b in BREEDS[1:] for _ in range(3)] + ["unknown_30"] * 2)
+    labels = [(Label(next(dogs), 0.6),) if g == 0 else (CAR,) for g in truth]
+    plant(home, vectors, labels=labels)
+    with open_library(home) as library:
+        names = sorted(c.name for c in clusters(library, 2))
+    # the breed is kept, its wnid and the placeholder are not; one label alone needs no kind
+    assert names == ["dog: Labrador retriever", "sports car"]
+
+
+def test_cluster_names_skip_placeholders_and_keep_capitals() -> None:
+    assert cluster_name({"unknown_170": 9, "n04507155 umbrella": 4}, 20) == "umbrella"
+    assert cluster_name({"unknown_170": 9, "LABEL_3": 2}, 20) == ""  # -> "cluster N"
+    assert cluster_name({"n02099712 Labrador retriever": 12, "CD player": 5}, 20) == (
+        "Labrador retriever · CD player"
+    )
+
+
+def test_common_kind_is_the_narrowest_that_holds_most() -> None:
+    retrievers = {"n02099712 Labrador retriever": 5, "n02099601 golden retriever": 5}
+    assert common_kind(retrievers, 10) == "retriever"
+    some_retrievers = {"n02099712 Labrador retriever": 2, "n02099601 golden retriever": 3}
+    assert common_kind({**some_retrievers, "n02088364 beagle": 5}, 10) == "hunting dog"
+    assert common_kind({label: 3 for label in BREEDS}, 15) == "dog"
+    # no narrow kind holds a dog, a car and a pizza; one label alone needs none
+    mixed = {BREEDS[0]: 4, "sports car, sport car": 4, "pizza, pizza pie": 4}
+    assert common_kind(mixed, 12) is None
+    assert common_kind({BREEDS[0]: 7, BREEDS[1]: 3}, 10) is None
+    assert common_kind({"my cat Tom": 5, "my cat Ann": 5}, 10) is None  # not ImageNet labels
 
 
 def test_clusters_recomputed_when_library_grew(home: Path) -> None:

@@ -12,15 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import plant
+from tests.helpers import plant, sphere_groups
 from vitsearch.errors import ConfigError, VitsearchError
 from vitsearch.records import Label, ModelInfo
 from vitsearch.search.clusters import clusters
 from vitsearch.search.projection import (
     AUTO_UMAP_MIN_POINTS,
+    BASE_COLOURS,
+    LABELLED_CLUSTERS,
     UMAP_FILE,
     UNCLUSTERED,
+    UNCLUSTERED_COLOUR,
     MapPoints,
+    cluster_colours,
+    map_figure,
     map_figure_html,
     map_json,
     project,
@@ -33,9 +38,14 @@ LABELS = ("tabby, tabby cat", "golden retriever", "pizza, pizza pie")
 # Three orthonormal directions: cosine 0 between groups, about 0.97 within one.
 CENTRES = np.linalg.qr(np.random.default_rng(99).standard_normal((DIM, 3)))[0].T
 
-requires_umap = pytest.mark.skipif(
+_umap_installed = pytest.mark.skipif(
     find_spec("umap") is None, reason='umap-learn is not installed (pip install "vitsearch[map]")'
 )
+
+
+def requires_umap(test):
+    """Slow tier too: UMAP's first fit in a process JIT-compiles numba kernels (30-80 s)."""
+    return pytest.mark.slow(_umap_installed(test))
 requires_plotly = pytest.mark.skipif(
     find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
 )
@@ -276,6 +286,47 @@ def test_map_figure_shows_photos_added_since_clustering(home: Path) -> None:
         out = map_figure_html(library, project(library, method="pca"), home / "second.html")
     traces = figure_traces(out.read_text(encoding="utf-8"))
     assert len(traces) == 4 and traces[-1]["name"] == f"{UNCLUSTERED} (3)"
+
+
+def rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 35, 200])
+def test_cluster_colours_never_repeat(count: int) -> None:
+    colours = cluster_colours(count)
+    assert len(colours) == len(set(colours)) == count
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours)
+    assert UNCLUSTERED_COLOUR not in colours
+    if count <= len(BASE_COLOURS):
+        assert colours == list(BASE_COLOURS[:count])  # a small library looks as it did
+
+
+def test_cluster_colours_stay_apart_up_to_three_dozen() -> None:
+    # Plotly's own ten are 43 apart (RGB distance) at their closest: no worse than that
+    for count in range(11, 37):
+        points = np.stack([rgb(c) for c in cluster_colours(count)])
+        gaps = np.linalg.norm(points[:, None] - points[None], axis=2)
+        np.fill_diagonal(gaps, np.inf)
+        assert gaps.min() > 43, count
+
+
+@requires_plotly
+def test_map_of_many_clusters_gives_each_its_colour_and_its_name(home: Path) -> None:
+    vectors, groups = sphere_groups([6] * 35, dim=64, seed=7)
+    labels = [(Label(f"n{g:08d} kind {g}", 0.9),) for g in groups]  # with a wnid, not shown
+    plant(home, vectors, labels=labels, model=ModelInfo("m", "sha256:many", 64))
+    with open_library(home) as library:
+        clusters(library, k=35)
+        figure = map_figure(library, project(library, method="pca"))
+    colours = [trace.marker.color for trace in figure.data]
+    assert len(colours) == len(set(colours)) == 35  # Plotly alone would cycle 10
+    notes = figure.layout.annotations
+    assert len(notes) == min(35, LABELLED_CLUSTERS)
+    for trace, note in zip(figure.data, notes, strict=False):
+        assert trace.name.startswith(note.text.split(" · ")[0]) and "n0000" not in note.text
+        assert note.bordercolor == trace.marker.color
+        assert (note.x, note.y) == pytest.approx((np.median(trace.x), np.median(trace.y)))
 
 
 def test_map_figure_without_plotly_is_a_config_error(

@@ -4,19 +4,28 @@
 the one with the best silhouette (cosine distance) on a seeded sample of at most 2,000
 photos. The centroids are trained on at most 256 photos per centroid (FAISS subsamples, seeded),
 then every photo is assigned in chunks, so memory stays bounded from 2 photos to millions.
+
+A cluster is named after its photos' most frequent top labels, without WordNet ids and with
+their capitals ("golden retriever · Labrador retriever"); placeholder labels of a checkpoint's
+unnamed classes ("unknown_30", "LABEL_7") never name one. When the labels are many but most are
+of one WordNet kind, the kind leads the name: a cluster of thirty dogs of twenty breeds is
+"dog: Labrador retriever", not just the one breed that happens to be the most frequent.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
+from functools import cache
 
 import faiss
 import numpy as np
 
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster
+from vitsearch.search.hierarchy import imagenet_hierarchy
 from vitsearch.search.labels import short_label
 from vitsearch.store import Library
 
@@ -30,6 +39,12 @@ RESTARTS = 5  # for small k, where one unlucky start matters; large k gains noth
 MANY_CLUSTERS = 100
 STALE_FRACTION = 0.1  # recompute once the library changed by this much
 REPRESENTATIVES = 6
+NAME_LABELS = 3
+SECOND_NAME_SHARE = 0.2  # a further label joins the name when this share of photos has it
+KIND_SHARE = 0.6  # a kind names a cluster when this share of its photos' top labels are of it
+GENERIC_KIND = 130  # kinds over this many ImageNet-1k classes say little ("animal", "artifact")
+# A checkpoint's classes without a name: real-vit-tiny's "unknown_30", transformers' "LABEL_7".
+PLACEHOLDER_LABEL = re.compile(r"(unknown|label)_\d+", re.IGNORECASE)
 
 
 def clusters(library: Library, k: int | str = "auto", recompute: bool = False) -> list[Cluster]:
@@ -144,16 +159,52 @@ def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
 
 
 def cluster_name(label_counts: dict[str, int], size: int) -> str:
-    """A name from the members' most frequent labels, e.g. "golden retriever · Labrador retriever"
-    (each label's first synonym as written: no WordNet id, capitals kept)."""
-    if not label_counts:
+    """A name from the members' most frequent top labels, e.g. "golden retriever · Labrador
+    retriever" (each label's first synonym as written: no WordNet id, capitals kept), led by
+    their common kind when no label alone covers most of them ("dog: Labrador retriever").
+    Placeholder labels are left out; "" when no label is left."""
+    named = {label: n for label, n in label_counts.items() if not is_placeholder(label)}
+    if not named:
         return ""
-    names = []
-    for label, count in Counter(label_counts).most_common(3):
-        if names and count < 0.2 * size:
+    names: list[str] = []
+    for label, count in Counter(named).most_common(NAME_LABELS):
+        if names and count < SECOND_NAME_SHARE * size:
             break
-        names.append(short_label(label))
-    return " · ".join(names)
+        if short_label(label) not in names:
+            names.append(short_label(label))
+    kind = common_kind(named, size)
+    return f"{kind}: {' · '.join(names)}" if kind else " · ".join(names)
+
+
+def is_placeholder(label: str) -> bool:
+    return PLACEHOLDER_LABEL.fullmatch(short_label(label)) is not None
+
+
+def common_kind(label_counts: dict[str, int], size: int) -> str | None:
+    """The narrowest WordNet kind (not a class) that KIND_SHARE of ``size`` photos' top labels
+    fall under, when no single label does; None for labels outside ImageNet-1k."""
+    if not label_counts or max(label_counts.values()) >= KIND_SHARE * size:
+        return None  # one label already says what most photos are
+    hierarchy = imagenet_hierarchy()
+    covered: Counter[str] = Counter()
+    for label, count in label_counts.items():
+        wnid = hierarchy.wnid_of(label)
+        for node in hierarchy.ancestors[wnid] if wnid else ():
+            covered[node] += count
+    breadth = _kind_breadth()
+    kinds = [
+        (breadth[node], node)
+        for node, count in covered.items()
+        if count >= KIND_SHARE * size and breadth[node] <= GENERIC_KIND
+    ]
+    return short_label(hierarchy.names[min(kinds)[1]]) if kinds else None
+
+
+@cache
+def _kind_breadth() -> dict[str, int]:
+    """How many ImageNet-1k classes lie under each WordNet kind."""
+    hierarchy = imagenet_hierarchy()
+    return Counter(node for wnid in hierarchy.classes for node in hierarchy.ancestors[wnid])
 
 
 def _cluster_row(library, cid, centroid, ids, assignment, scores):

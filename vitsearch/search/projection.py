@@ -12,6 +12,7 @@ at least ``AUTO_UMAP_MIN_POINTS`` photos, else PCA, which is a few lines of nump
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import html
 import logging
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib.util import find_spec
+from math import ceil, gcd
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,16 @@ WEBGL_ABOVE = 50_000  # SVG scatter plots crawl beyond this many points
 UMAP_FILE = "map-umap.pkl"
 INSTALL_HINT = 'pip install "vitsearch[map]"'
 UNCLUSTERED = "not clustered yet"
+# Plotly's own ten: the map looks as before for a library of up to ten clusters.
+BASE_COLOURS = (
+    "#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a",
+    "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52",
+)  # fmt: skip
+UNCLUSTERED_COLOUR = "#9e9e9e"
+HUES_PER_SHADE = 12  # beyond ten clusters: this many hues at each lightness, then another shade
+SHADES = (0.48, 0.32, 0.66)  # HLS lightness: mid, dark, light
+SATURATION = 0.72
+LABELLED_CLUSTERS = 40  # names written on the map, largest clusters first; more would pile up
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -160,19 +172,23 @@ def map_figure(library: Library, points: MapPoints):
     ids, xy = points.ids[keep], points.xy[keep]
     scatter = go.Scattergl if len(ids) > WEBGL_ABOVE else go.Scatter
     figure = go.Figure()
-    for name, members in _cluster_groups(library, ids):
+    groups = _cluster_groups(library, ids)
+    clustered = [(name, members) for name, members in groups if name != UNCLUSTERED]
+    colours = [*cluster_colours(len(clustered)), UNCLUSTERED_COLOUR]  # unclustered come last
+    for (name, members), colour in zip(groups, colours, strict=False):
         figure.add_trace(
             scatter(
                 x=xy[members, 0],
                 y=xy[members, 1],
                 mode="markers",
                 name=f"{name} ({int(members.sum())})",
-                text=[described[int(i)] for i in ids[members]],
+                text=[f"{described[int(i)]}<br><i>{html.escape(name)}</i>" for i in ids[members]],
                 customdata=ids[members],
                 hoverinfo="text",
-                marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8},
+                marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8, "color": colour},
             )
         )
+    _label_clusters(figure, clustered, xy, colours)
     hidden = {"showticklabels": False, "showgrid": False, "zeroline": False, "title": None}
     figure.update_layout(
         title=f"vitsearch library map: {len(ids)} photos ({points.method})",
@@ -183,6 +199,55 @@ def map_figure(library: Library, points: MapPoints):
         yaxis={**hidden, "scaleanchor": "x"},
     )
     return figure
+
+
+def cluster_colours(count: int) -> list[str]:
+    """``count`` distinct colours, one per cluster (largest first), as ``#rrggbb``.
+
+    Up to ten: Plotly's default ten. Beyond, Plotly would cycle its ten, so that clusters 1,
+    11, 21 and 31 look alike: instead hues are spread round the circle, the first
+    ``HUES_PER_SHADE`` (more past three dozen clusters) at mid lightness and a stride apart
+    (the largest clusters differ most), then the same hues darker, then lighter; no two
+    clusters share a colour.
+    """
+    if count <= len(BASE_COLOURS):
+        return list(BASE_COLOURS[:count])
+    hues = min(count, max(HUES_PER_SHADE, ceil(count / len(SHADES))))
+    stride = _coprime_stride(hues)
+    colours = []
+    for i in range(count):
+        hue = ((i * stride) % hues) / hues
+        red, green, blue = colorsys.hls_to_rgb(hue, SHADES[i // hues], SATURATION)
+        colours.append(f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}")
+    return colours
+
+
+def _coprime_stride(hues: int) -> int:
+    """A step through ``hues`` slots that visits each once and lands far from the last."""
+    stride = max(1, round(hues * 0.382))  # the golden section: neighbours in order sit apart
+    while gcd(stride, hues) != 1:
+        stride += 1
+    return stride
+
+
+def _label_clusters(
+    figure, groups: list[tuple[str, np.ndarray]], xy: np.ndarray, colours: list[str]
+) -> None:
+    """The largest clusters' names, each at its median point in a box of its colour, so two
+    clusters of similar colour can still be told apart on the map itself."""
+    for (name, members), colour in zip(groups[:LABELLED_CLUSTERS], colours, strict=False):
+        x, y = np.median(xy[members], axis=0)
+        figure.add_annotation(
+            x=float(x),
+            y=float(y),
+            text=html.escape(name.split(" · ")[0]),
+            showarrow=False,
+            font={"size": 11, "color": "#222"},
+            bgcolor="rgba(255, 255, 255, 0.75)",
+            bordercolor=colour,
+            borderwidth=1.5,
+            borderpad=2,
+        )
 
 
 def map_json(points: MapPoints, library: Library) -> list[dict]:
