@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -43,10 +44,18 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None):
     return load(settings, built_with)
 
 
-def index_folders(settings: Settings, folders: Sequence[Path], progress: bool = False) -> Summary:
-    """Bring the library at ``settings.home`` in step with ``folders``."""
+def index_folders(
+    settings: Settings,
+    folders: Sequence[Path],
+    progress: bool = False,
+    stop: threading.Event | None = None,
+) -> Summary:
+    """Bring the library at ``settings.home`` in step with ``folders``. Setting ``stop`` (from
+    a signal handler, say) ends the run after the batch in hand, committed and saved."""
     with open_library(settings.home, write=True) as library:
         indexer = make_indexer(settings, library, progress)
+        if stop is not None:
+            indexer.stop = stop
         _known_folders(library, folders)
         recorded = library.model
         if recorded is None or recorded.name != settings.model:

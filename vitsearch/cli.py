@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,7 +61,6 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
 
     @functools.wraps(command)
     def wrapper(home, model, device, precision, backend, debug, verbose, quiet, **kwargs):
-        _setup_logging(logging.DEBUG if verbose else logging.ERROR if quiet else log_level)
         settings = None
         try:
             settings = load_settings(
@@ -72,6 +72,8 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
                 debug=debug,
                 **_settings_flags(kwargs),
             )
+            level = logging.DEBUG if verbose else logging.ERROR if quiet else log_level
+            _setup_logging(level, everything=settings.debug)
             return command(settings, **kwargs)
         except BrokenPipeError:  # `vitsearch ... | head` closed the pipe: not an error
             sys.stderr.close()
@@ -146,13 +148,17 @@ def main() -> None:
 @library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
+    terminated = threading.Event()  # SIGTERM (systemd, kill): stop after the batch in hand
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     try:
-        summary = app.index_folders(settings, paths, progress=sys.stderr.isatty())
+        summary = app.index_folders(
+            settings, paths, progress=sys.stderr.isatty(), stop=terminated
+        )
     except KeyboardInterrupt:  # before the first batch, or while the library was closing
         click.echo("interrupted, run again to finish: every committed batch is kept")
         sys.exit(130)
     click.echo(summary.line())
-    if summary.interrupted:
+    if summary.interrupted and not terminated.is_set():  # Ctrl-C; a stop asked for exits 0
         sys.exit(130)
 
 
@@ -538,11 +544,14 @@ def _label_text(labels: tuple[Label, ...]) -> str:
     return ", ".join(f"{display_label(label.label)} ({label.score:.0%})" for label in labels)
 
 
-def _setup_logging(level: int) -> None:
-    verbose = level <= logging.DEBUG
+def _setup_logging(level: int, everything: bool = False) -> None:
+    """Our loggers at ``level``; other libraries' at WARNING (ERROR with -q) unless
+    ``everything`` (--debug): under -v alone PIL would log every TIFF tag it reads, and
+    onnx_ir/onnxscript/onnxruntime every pass of an export."""
+    verbose = everything or level <= logging.DEBUG
     logging.basicConfig(
-        level=logging.WARNING if not verbose else logging.DEBUG,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("vitsearch").setLevel(level)
+    logging.getLogger().setLevel(logging.DEBUG if everything else max(level, logging.WARNING))
+    logging.getLogger("vitsearch").setLevel(logging.DEBUG if everything else level)

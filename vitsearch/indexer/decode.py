@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitsearch.errors import ImageDecodeError
-from vitsearch.indexer.files import content_hash, fingerprint_data
+from vitsearch.indexer.files import content_hash, fingerprint_data, register_plugins
 
 EXIF_IFD = 0x8769
 DATETIME_ORIGINAL = 36867
@@ -64,6 +64,7 @@ def decode_bytes(
     data: bytes, draft_size: tuple[int, int] = (448, 448)
 ) -> tuple[Image.Image, int, int, float | None]:
     """(RGB image, full width, full height, capture time) from encoded bytes."""
+    register_plugins()  # a HEIC query photo may come before any folder was walked
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         if width * height > Image.MAX_IMAGE_PIXELS:

@@ -16,7 +16,10 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-PLUGIN_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
+# Formats only a plugin reads, and the package that brings it (Pillow 11.3+ reads AVIF itself).
+PLUGINS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pillow-avif-plugin"}
+PLUGIN_EXTENSIONS = frozenset(PLUGINS)
+NAMED_IN_WARNING = 3
 HEAD_BYTES = 1 << 20
 TAIL_BYTES = 1 << 10
 
@@ -30,7 +33,7 @@ class FileStat:
 
 def image_extensions() -> frozenset[str]:
     """Our formats, plus HEIC/AVIF when a Pillow plugin for them is installed."""
-    _register_optional_plugins()
+    register_plugins()
     registered = set(Image.registered_extensions())
     return BASE_EXTENSIONS | (PLUGIN_EXTENSIONS & registered)
 
@@ -51,6 +54,7 @@ def is_photo_name(name: str, extensions: frozenset[str]) -> bool:
 def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileStat]:
     """Every photo below ``root``: hidden files and folders skipped, symlink loops safe."""
     extensions = extensions or image_extensions()
+    unreadable: list[str] = []  # HEIC/AVIF files that no installed plugin reads
     seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_log_walk_error):
         here = os.stat(dirpath)
@@ -61,6 +65,8 @@ def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileS
         dirnames[:] = sorted(d for d in dirnames if not is_temporary_name(d))
         for name in sorted(filenames):
             if not is_photo_name(name, extensions):
+                if _lacks_plugin(name, extensions):
+                    unreadable.append(os.path.join(dirpath, name))
                 continue
             path = os.path.join(dirpath, name)
             try:
@@ -69,6 +75,7 @@ def scan(root: Path, extensions: frozenset[str] | None = None) -> Iterator[FileS
                 log.warning("skipping %s: %s", path, exc.strerror or exc)
                 continue
             yield FileStat(path, st.st_size, st.st_mtime_ns)
+    _warn_unreadable(unreadable)
 
 
 def fingerprint_bytes(size: int, head: bytes, tail: bytes) -> str:
@@ -107,8 +114,37 @@ def _log_walk_error(exc: OSError) -> None:
     log.warning("skipping %s: %s", exc.filename, exc.strerror or exc)
 
 
+def _lacks_plugin(name: str, extensions: frozenset[str]) -> bool:
+    extension = os.path.splitext(name)[1].lower()
+    return extension in PLUGIN_EXTENSIONS and extension not in extensions
+
+
+# Files already named in a warning: watch walks every few minutes and need not repeat it.
+_warned: set[str] = set()
+
+
+def _warn_unreadable(paths: list[str]) -> None:
+    """One line for a walk's photos in formats that no installed plugin reads, with the fix
+    (iPhones save HEIC by default: one line per file would bury everything else)."""
+    paths = [path for path in paths if path not in _warned]
+    if not paths:
+        return
+    _warned.update(paths)
+    named = ", ".join(paths[:NAMED_IN_WARNING])
+    more = f" and {len(paths) - NAMED_IN_WARNING} more" if len(paths) > NAMED_IN_WARNING else ""
+    packages = sorted({PLUGINS[os.path.splitext(path)[1].lower()] for path in paths})
+    log.warning(
+        "skipping %d photos that no installed decoder reads (%s%s): pip install %s, then run again",
+        len(paths),
+        named,
+        more,
+        " ".join(packages),
+    )
+
+
 @functools.cache
-def _register_optional_plugins() -> None:
+def register_plugins() -> None:
+    """Let Pillow open HEIC/AVIF where pillow-heif / pillow-avif-plugin is installed."""
     with contextlib.suppress(ImportError):
         from pillow_heif import register_heif_opener
 

@@ -139,6 +139,9 @@ class Indexer:
         changed = None if changed is None else [Path(p).absolute() for p in changed]
         try:
             for root in roots:
+                if self.stop.is_set():  # walking what is left could outlast a service's stop
+                    summary.interrupted = True
+                    break
                 root = Path(root).expanduser().absolute()
                 if changed is None:
                     self._reconcile_root(root, summary)
