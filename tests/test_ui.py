@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import time
 from pathlib import Path
 
 import pytest
 import streamlit as st
+from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import draw_album
+from tests.helpers import PINNED_BACKEND, draw_album, save_tiny_vit
 from vitsearch import app
+from vitsearch.cli import main as cli
 from vitsearch.config import load_settings
 
 pytestmark = pytest.mark.slow
@@ -40,6 +45,8 @@ def indexed(home: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("VITSEARCH_HOME", str(home))
     monkeypatch.setenv("VITSEARCH_MODEL", str(tiny_model))
     monkeypatch.setenv("VITSEARCH_THREADS", "1")
+    monkeypatch.setenv("VITSEARCH_BACKEND", PINNED_BACKEND["backend"])
+    monkeypatch.setenv("VITSEARCH_PRECISION", PINNED_BACKEND["precision"])
     app.index_folders(load_settings(), [tmp_path / "album"])
     return photos
 
@@ -91,11 +98,16 @@ def test_label_search_and_more_like_this(indexed: list[Path]) -> None:
     at.text_input(key="label").set_value("qwertz").run()
     assert "no label 'qwertz'" in at.error[0].value
     at.text_input(key="label").set_value(word).run()
-    more = [b for b in at.button if b.label == "More like this"]
-    assert more
-    more[0].click().run()
-    assert any("More like photo" in m.value for m in at.markdown)
+    similar = [b for b in at.button if b.label == "Similar"]  # fits half a card
+    assert similar
+    first = Path(captions(at).split("`")[1])  # the first result's path
+    similar[0].click().run()
     assert at.text_input(key="label").value == ""
+    header = [m.value for m in at.markdown if "More like" in m.value]
+    assert header == [f"**More like {first.name}**"]  # its name, not "More like photo 7"
+    assert f"`{first.parent}`" in captions(at)
+    shown = [b for b in at.button if b.label == "Similar"]
+    assert len(at.get("image")) == len(shown) + 1  # its thumbnail above the results' own
 
 
 def test_bad_upload_is_explained(indexed: list[Path]) -> None:
@@ -111,6 +123,7 @@ def test_bad_upload_is_explained(indexed: list[Path]) -> None:
 def test_empty_library_says_how_to_index(home: Path, tiny_model: Path, monkeypatch) -> None:
     monkeypatch.setenv("VITSEARCH_HOME", str(home))
     monkeypatch.setenv("VITSEARCH_MODEL", str(tiny_model))
+    monkeypatch.setenv("VITSEARCH_BACKEND", PINNED_BACKEND["backend"])
     for page in ("Search", "Clusters", "Duplicates", "Map"):
         at = open_app(page)
         assert not at.exception
@@ -122,12 +135,17 @@ def test_clusters_page_cards_and_members(indexed: list[Path]) -> None:
     assert not at.exception
     opens = [b for b in at.button if b.label == "Open"]
     assert len(opens) >= 2
+    chosen = len(app.library_clusters(load_settings()))
+    assert at.number_input[0].value == chosen  # what automatic chose, not a fixed 20
+    assert at.number_input[0].disabled
+    assert f"{chosen} clusters" in captions(at)
     at.toggle[0].set_value(False).run()
+    assert at.number_input[0].value == chosen and not at.number_input[0].disabled
     at.number_input[0].set_value(3).run()
     assert len([b for b in at.button if b.label == "Open"]) == 3
     next(b for b in at.button if b.label == "Open").click().run()
     assert any("photos" in s.value for s in at.subheader)
-    assert [b for b in at.button if b.label == "More like this"]
+    assert [b for b in at.button if b.label == "Similar"]
 
 
 def test_duplicates_page_trash_updates_library(indexed: list[Path], tmp_path: Path) -> None:
@@ -155,3 +173,103 @@ def test_map_and_library_pages(indexed: list[Path]) -> None:
     assert any("device cpu" in m.value for m in at.markdown)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Photos"] == "13" and metrics["Vectors"] == "13"
+
+
+def test_upload_with_another_model_is_refused_as_the_cli_does(
+    indexed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = save_tiny_vit(tmp_path / "other-vit", seed=1)  # same shape, other weights
+    monkeypatch.setenv("VITSEARCH_MODEL", str(other))
+    at = open_app()
+    at.file_uploader[0].set_value(("query.jpg", indexed[2].read_bytes(), "image/jpeg")).run()
+    assert not at.exception
+    assert len(at.error) == 1  # and no results from foreign vectors:
+    assert not any(s.value.endswith("results") for s in at.subheader)
+    refused = at.error[0].value
+    assert "this library was built with model" in refused and "\n" not in refused
+    result = CliRunner().invoke(cli, ["search", str(indexed[2])], env=dict(os.environ))
+    assert result.exit_code == 1
+    assert refused in result.output
+
+
+def fake_launcher(folder: Path, body: str) -> Path:
+    """A stand-in for the desktop's ``xdg-open`` (the boundary): logs its pid and arguments."""
+    folder.mkdir()
+    script = folder / "xdg-open"
+    script.write_text(f'#!/bin/sh\necho "$$ $@" >> {folder / "calls"}\n{body}\n')
+    script.chmod(0o755)
+    return folder
+
+
+def reveal_first(at: AppTest) -> AppTest:
+    at.file_uploader[0].set_value(("query.jpg", jpeg_bytes(3), "image/jpeg")).run()
+    return next(b for b in at.button if b.label == "Reveal").click().run()
+
+
+def toasts(at: AppTest) -> list[str]:
+    return [toast.value for toast in at.toast]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc to find zombies")
+def test_reveal_says_what_happened_and_leaves_no_zombie(
+    indexed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher still running at the toast is reaped when it exits (not when the server
+    stops): its /proc entry goes, rather than staying a zombie."""
+    bin_dir = fake_launcher(tmp_path / "bin", "sleep 2")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    at = reveal_first(open_app())
+    assert not at.exception
+    pid, folder = (bin_dir / "calls").read_text().split()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the launcher was left a zombie"
+    assert toasts(at) == [f"Opened `{folder}` in the file manager"]
+    assert Path(folder).parent == indexed[0].parents[1]  # an album folder
+
+
+def test_reveal_explains_a_failing_or_missing_file_manager(
+    indexed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = fake_launcher(tmp_path / "bin", "exit 3")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    at = reveal_first(open_app())
+    assert re.fullmatch(r"`xdg-open` could not open `.+` \(exit 3\)", toasts(at)[0])
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    at = reveal_first(open_app())
+    assert toasts(at)[0].startswith("no file manager here (no `xdg-open`); the file is `/")
+
+
+def test_index_now_answers_under_the_button(indexed: list[Path], tmp_path: Path) -> None:
+    at = open_app("Library")
+    at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
+    at.button[0].click().run()  # the form's "Index now"
+    assert not at.exception
+    expected = f"no such folder: {tmp_path / 'no-such-folder'}"
+    assert [e.value for e in at.error] == [expected]
+    assert toasts(at) == [expected]  # seen wherever the page is scrolled
+    at.text_input[0].set_value("   ")
+    at.button[0].click().run()
+    assert at.warning and "Type the folder to index first" in at.warning[0].value
+
+
+EMOJI = re.compile("[\u2300-\u2bff\U0001f000-\U0001faff]")
+
+
+def test_no_text_needs_an_emoji_font(indexed: list[Path]) -> None:
+    """Debian without fonts-noto-color-emoji draws emoji as empty boxes."""
+    shown = []
+    for page in ("Search", "Clusters", "Duplicates", "Library"):
+        at = open_app(page)
+        if page == "Search":
+            at.file_uploader[0].set_value(("q.jpg", indexed[0].read_bytes(), "image/jpeg")).run()
+        if page == "Duplicates":
+            at.slider[0].set_value(0.9).run()
+            assert any(":green-badge[keep]" in c.value for c in at.caption)
+        kinds = ("caption", "markdown", "info", "success", "warning")
+        shown += [element.value for kind in kinds for element in at.get(kind)]
+    assert shown
+    assert [text for text in shown if EMOJI.search(text)] == []

@@ -28,6 +28,7 @@ from vitsearch.search.clusters import clusters
 from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
 from vitsearch.search.labels import LabelCount
 from vitsearch.search.projection import map_figure_html, map_json, project
+from vitsearch.search.query import search_by_bytes
 from vitsearch.store import Library, open_library, writer_pid
 from vitsearch.teach import TeachResult, classifier_summaries, teach_folder
 
@@ -106,6 +107,16 @@ def search_image(
         embedder = load_model(settings, library.model)
         library.check_model(embedder.info)
         return search_by_image(library, embedder, image, k, filters)
+
+
+def search_upload(
+    library: Library, embedder, data: bytes, k: int, filters: Filters = NO_FILTERS
+) -> tuple[tuple[Label, ...], list[Hit]]:
+    """An uploaded image's labels and nearest photos (the UI's search). Refused, as
+    :func:`search_image` is, when ``embedder`` did not build ``library``: its vectors
+    would not compare (or not even have the library's dimension)."""
+    library.check_model(embedder.info)
+    return search_by_bytes(library, embedder, data, k, filters)
 
 
 def similar_images(

@@ -16,7 +16,7 @@ PAGES = {
 
 
 def main() -> None:
-    st.set_page_config(page_title="vitsearch", page_icon="🔎", layout="wide")
+    st.set_page_config(page_title="vitsearch", page_icon=":material/image_search:", layout="wide")
     st.sidebar.title("vitsearch")
     if st.session_state.get("page") not in PAGES:
         wanted = st.query_params.get("page", "Search")

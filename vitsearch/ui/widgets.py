@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 import streamlit as st
 
 from vitsearch.records import Hit, Label, PhotoDetails
 from vitsearch.search.labels import short_label
 from vitsearch.ui import context
+from vitsearch.ui.reveal import reveal
 
 COLUMNS = 4
 PAGE_SIZE = 24
@@ -28,7 +26,7 @@ def page_of(items: Sequence, key: str, page_size: int = PAGE_SIZE) -> Sequence:
 
 
 def photo_grid(hits: Sequence[Hit], key: str, actions: bool = True) -> None:
-    """Thumbnails with score, labels, date and path; "More like this" and "Reveal" under each."""
+    """Thumbnails with score, labels, date and path; "Similar" and "Reveal" under each."""
     details = context.library().run(lambda library: library.db.details([h.id for h in hits]))
     for start in range(0, len(hits), COLUMNS):
         for column, hit in zip(st.columns(COLUMNS), hits[start : start + COLUMNS], strict=False):
@@ -42,11 +40,19 @@ def photo_card(hit: Hit, photo: PhotoDetails | None, key: str, actions: bool) ->
     st.caption(f"**{hit.score:.3f}** · {label_text(hit.labels[:2])} · {when}")
     st.caption(f"`{hit.path}`" + ("" if hit.online else " (offline)"))
     if actions:
-        more, reveal = st.columns(2)
-        more.button(
-            "More like this", key=f"{key}-more-{hit.id}", on_click=more_like, args=(hit.id,)
+        similar_column, reveal_column = st.columns(2)
+        # Short labels: a card is a quarter of the page, each button half a card.
+        similar_column.button(
+            "Similar",
+            key=f"{key}-more-{hit.id}",
+            help="Photos that look like this one",
+            on_click=more_like,
+            args=(hit.id,),
         )
-        if reveal.button("Reveal", key=f"{key}-reveal-{hit.id}") and photo is not None:
+        reveal_button = reveal_column.button(
+            "Reveal", key=f"{key}-reveal-{hit.id}", help="Show the file in the file manager"
+        )
+        if reveal_button and photo is not None:
             reveal_file(photo.path)
 
 
@@ -61,7 +67,7 @@ def more_like(image_id: int) -> None:
 def thumbnail(photo: PhotoDetails | None) -> None:
     data = context.thumbnails().get(photo) if photo is not None else None
     if data is None:
-        st.caption("🚫 not readable now (offline, moved or deleted)")
+        st.caption("not readable now (offline, moved or deleted)")
     else:
         st.image(data, width="stretch")
 
@@ -75,18 +81,10 @@ def date_text(timestamp: float | None) -> str:
 
 
 def reveal_file(path: str) -> None:
-    """Show a library photo in the system's file manager (the app only runs on your machine)."""
-    system = platform.system()
-    if system == "Darwin":
-        command = ["open", "-R", path]
-    elif system == "Windows":
-        command = ["explorer", f"/select,{path}"]
-    else:
-        command = ["xdg-open", str(Path(path).parent)]
-    try:
-        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError as exc:
-        st.warning(f"cannot open a file manager here ({exc.strerror}); the file is at `{path}`")
+    """Show a library photo in the file manager, saying (in a toast) what happened."""
+    revealed = reveal(path)
+    icon = ":material/folder_open:" if revealed.ok else ":material/error:"
+    st.toast(revealed.message, icon=icon)
 
 
 def too_few_photos(minimum: int) -> bool:

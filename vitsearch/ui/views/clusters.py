@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import streamlit as st
 
+from vitsearch.records import Cluster
 from vitsearch.search.clusters import clusters
 from vitsearch.ui import context
 from vitsearch.ui.widgets import PAGE_SIZE, page_of, photo_grid, thumbnail, too_few_photos
 
 CARD_THUMBNAILS = 4
 CARDS_PER_PAGE = 12
+MAX_K = 5000
+K_KEY = "clusters-k"
 
 
 def render() -> None:
     st.header("Clusters")
-    shared = context.library()
     if too_few_photos(2):
         return
-    k, recompute = cluster_controls()
-    with st.spinner("Clustering the library…"):
-        found = shared.run(lambda library: clusters(library, k, recompute))
+    found = clusters_with_controls()
     opened = st.session_state.get("open_cluster")
     chosen = next((c for c in found if c.id == opened), None)
     if chosen is not None:
@@ -28,12 +28,24 @@ def render() -> None:
         show_cards(found)
 
 
-def cluster_controls() -> tuple[int | str, bool]:
+def clusters_with_controls() -> list[Cluster]:
+    """The clusters, under a "Number of clusters" box that shows what automatic chose (so
+    turning automatic off starts from it) or takes the user's number."""
     left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
-    automatic = left.toggle("Choose k automatically", value=True)
-    k = middle.number_input("Number of clusters", 2, 5000, 20, disabled=automatic)
+    automatic = left.toggle("Choose k automatically", value=True, key="clusters-auto")
     recompute = right.button("Recompute")
-    return ("auto" if automatic else int(k)), recompute
+    if automatic:
+        found = _clustered("auto", recompute)
+        st.session_state[K_KEY] = len(found)  # set before the box is drawn, so it shows
+        middle.number_input("Number of clusters", 1, MAX_K, key=K_KEY, disabled=True)
+        return found
+    k = middle.number_input("Number of clusters", 1, MAX_K, key=K_KEY)
+    return _clustered(int(k), recompute)
+
+
+def _clustered(k: int | str, recompute: bool) -> list[Cluster]:
+    with st.spinner("Clustering the library…"):
+        return context.library().run(lambda library: clusters(library, k, recompute))
 
 
 def show_cards(found) -> None:

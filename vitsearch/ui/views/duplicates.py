@@ -66,7 +66,8 @@ def show_group(group, number: int) -> None:
 def member_card(photo, keeper: bool) -> None:
     thumbnail(photo)
     st.caption(
-        ("✅ **keep** · " if keeper else "")
+        # A Streamlit badge, not an emoji: many Linux desktops have no emoji font.
+        (":green-badge[keep] · " if keeper else "")
         + f"{photo.width}x{photo.height} · {photo.size / 1e6:.2f} MB · "
         + date_text(photo.taken_at)
     )

@@ -25,9 +25,9 @@ def render() -> None:
         f"**Home:** `{status['home']}`"
     )
     watcher_line(status)
+    index_form()  # above the tables, which can be long: its answer stays in view
     folders(status)
     failures()
-    index_form(status)
 
 
 def watcher_line(status: dict) -> None:
@@ -59,18 +59,28 @@ def failures() -> None:
         st.dataframe([{"file": path, "error": error} for path, error in failed], hide_index=True)
 
 
-def index_form(status: dict) -> None:
+def index_form() -> None:
     st.subheader("Index a folder")
     with st.form("index-folder"):
         folder = st.text_input("Folder", placeholder=str(Path.home() / "Pictures"))
-        submitted = st.form_submit_button("Index now")
-    if submitted and folder.strip():
-        try:
-            pid = app.start_indexing(context.settings(), Path(folder.strip()))
-        except VitsearchError as exc:
-            st.error(str(exc))
-        else:
-            st.success(
-                f"Indexing {folder} in the background (pid {pid}); new photos appear in "
-                "searches as batches are committed."
-            )
+        if st.form_submit_button("Index now"):
+            start_indexing(folder.strip())  # its answer goes right under the button
+
+
+def start_indexing(folder: str) -> None:
+    """Start indexing ``folder``, saying how it went under the button and in a toast (which
+    shows wherever the page is scrolled)."""
+    if not folder:
+        st.warning("Type the folder to index first, e.g. " + str(Path.home() / "Pictures"))
+        return
+    try:
+        pid = app.start_indexing(context.settings(), Path(folder))
+    except VitsearchError as exc:
+        st.error(str(exc))
+        st.toast(str(exc), icon=":material/error:")
+        return
+    st.success(
+        f"Indexing {folder} in the background (pid {pid}); new photos appear in "
+        "searches as batches are committed."
+    )
+    st.toast(f"Indexing {folder} started", icon=":material/check_circle:")

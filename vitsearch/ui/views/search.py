@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time
+from pathlib import Path
 
 import streamlit as st
 
+from vitsearch import app
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Filters
 from vitsearch.search import search_by_label, similar_to_id
-from vitsearch.search.query import search_by_bytes
 from vitsearch.ui import context
-from vitsearch.ui.widgets import label_text, page_of, photo_grid, too_few_photos
+from vitsearch.ui.widgets import label_text, page_of, photo_grid, thumbnail, too_few_photos
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "avif"]
 MAX_UPLOAD_MB = 50
@@ -47,7 +48,7 @@ def run_query(upload, label: str, filters: Filters, k: int):
         st.session_state.pop("more_like", None)
         embedder = context.embedder()
         labels, hits = shared.run(
-            lambda library: search_by_bytes(library, embedder, upload.getvalue(), k, filters)
+            lambda library: app.search_upload(library, embedder, upload.getvalue(), k, filters)
         )
         query_column, labels_column = st.columns([1, 3])
         query_column.image(upload.getvalue(), caption="your photo", width="stretch")
@@ -57,9 +58,22 @@ def run_query(upload, label: str, filters: Filters, k: int):
         return shared.run(lambda library: search_by_label(library, label, k, filters))
     if "more_like" in st.session_state:
         image_id = st.session_state["more_like"]
-        st.markdown(f"**More like photo {image_id}** (clear it by dropping a photo)")
+        more_like_header(image_id)
         return shared.run(lambda library: similar_to_id(library, image_id, k, filters))
     return None
+
+
+def more_like_header(image_id: int) -> None:
+    """The photo the results are like: its thumbnail, name and folder."""
+    photo = context.library().run(lambda library: library.db.details([image_id])).get(image_id)
+    if photo is None:
+        return  # deleted meanwhile: the search says so
+    picture, words = st.columns([1, 5], vertical_alignment="center")
+    with picture:
+        thumbnail(photo)
+    path = Path(photo.path)
+    words.markdown(f"**More like {path.name}**")
+    words.caption(f"in `{path.parent}` · drop a photo or type a label to search for another")
 
 
 def show_results(hits) -> None:
