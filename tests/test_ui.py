@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from click.testing import CliRunner
-from streamlit.testing.v1 import AppTest
 
 from tests.helpers import PINNED_BACKEND, draw_album, save_tiny_vit
 from vitsearch import app
 from vitsearch.cli import main as cli
 from vitsearch.config import load_settings
+
+NEEDS_UI = 'the app needs the ui extra: pip install -e ".[ui]"'
+st = pytest.importorskip("streamlit", reason=NEEDS_UI)
+AppTest = pytest.importorskip("streamlit.testing.v1", reason=NEEDS_UI).AppTest
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parents[1] / "vitsearch" / "ui" / "app.py")
