@@ -13,15 +13,19 @@ from pathlib import Path
 
 from vitsearch.config import ADAPT_THREADS, Settings, available_cores, settings_env
 from vitsearch.errors import (
+    EmptyLibraryError,
     LibraryLockedError,
     MissingFileError,
+    NoMatchError,
     NoSuchLabelError,
+    NotIndexedError,
     VitsearchError,
 )
 from vitsearch.features import embed_files, image_files, write_features
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
+from vitsearch.model.checkpoint_check import check_checkpoint
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label, ModelInfo
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
 from vitsearch.search.clusters import clusters
@@ -40,6 +44,7 @@ UPLOAD_LIMIT_MB = 50
 def load_model(settings: Settings, built_with: ModelInfo | None = None):
     """The embedder for ``settings.model``, on the backend of the library's model
     ``built_with`` if it has one (imported late: torch takes seconds to import)."""
+    check_checkpoint(settings.model)
     from vitsearch.model.runtime import load_model as load
 
     return load(settings, built_with)
@@ -53,14 +58,13 @@ def index_folders(
 ) -> Summary:
     """Bring the library at ``settings.home`` in step with ``folders``. Setting ``stop`` (from
     a signal handler, say) ends the run after the batch in hand, committed and saved."""
+    check_checkpoint(settings.model)  # the model itself loads at the first photo to embed
     with open_library(settings.home, write=True) as library:
         indexer = make_indexer(settings, library, progress)
         if stop is not None:
             indexer.stop = stop
         _known_folders(library, folders)
-        recorded = library.model
-        if recorded is None or recorded.name != settings.model:
-            indexer.embedder  # noqa: B018  a new library or another model: load it before any work
+        _check_other_model(library, indexer, settings)
         return indexer.reconcile(folders)
 
 
@@ -70,12 +74,13 @@ def watch_folders(
     """Reconcile ``folders``, then follow them until the watcher is stopped."""
     adapt = settings.watch_threads == ADAPT_THREADS
     settings = settings.replace(threads=available_cores() if adapt else settings.watch_threads)
+    check_checkpoint(settings.model)  # the model itself loads at the first photo to embed
     with open_library(settings.home, write=True) as library:
         indexer = make_indexer(settings, library)
         if adapt:
             indexer.threads_policy = AdaptiveThreads(settings.threads)
         _known_folders(library, folders)
-        indexer.embedder  # noqa: B018  fail now, not at the first photo, if the model is wrong
+        _check_other_model(library, indexer, settings)
         watcher = Watcher(
             indexer,
             folders,
@@ -86,6 +91,14 @@ def watch_folders(
         if on_start is not None:
             on_start(watcher)
         return watcher.run()
+
+
+def _check_other_model(library: Library, indexer: Indexer, settings: Settings) -> None:
+    """A library built with another model name: load the one asked for now, before any
+    work, to refuse it if its embeddings differ (the same checkpoint moved is adopted)."""
+    recorded = library.model
+    if recorded is not None and recorded.name != settings.model:
+        indexer.embedder  # noqa: B018  loading checks it against the library's
 
 
 def make_indexer(settings: Settings, library: Library, progress: bool = False) -> Indexer:
@@ -103,10 +116,13 @@ def make_indexer(settings: Settings, library: Library, progress: bool = False) -
 def search_image(
     settings: Settings, image: Path, k: int, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
+    if not Path(image).is_file():
+        raise MissingFileError(f"no such image file: {image}")
     with open_library(settings.home) as library:
+        _check_searchable(library, filters)
         embedder = load_model(settings, library.model)
         library.check_model(embedder.info)
-        return search_by_image(library, embedder, image, k, filters)
+        return _passing(search_by_image(library, embedder, image, k, filters), filters)
 
 
 def search_upload(
@@ -123,16 +139,19 @@ def similar_images(
     settings: Settings, path: Path, k: int, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     with open_library(settings.home) as library:
-        return similar_to(library, path, k, filters)
+        _check_searchable(library, filters)
+        return _passing(similar_to(library, path, k, filters), filters)
 
 
 def search_label(settings: Settings, text: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
     with open_library(settings.home) as library:
-        return search_by_label(library, text, k, filters)
+        _check_searchable(library, filters)
+        return _passing(search_by_label(library, text, k, filters), filters)
 
 
 def list_labels(settings: Settings) -> list[LabelCount]:
     with open_library(settings.home) as library:
+        _check_searchable(library, NO_FILTERS)
         return label_counts(library)
 
 
@@ -177,9 +196,18 @@ def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tupl
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
     """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
+    check_checkpoint(settings.model)  # before torch is even imported
+    from vitsearch.model import export as exporting
     from vitsearch.model import load_embedder
     from vitsearch.model.export import export_model as export
 
+    # what the export needs, checked before the model loads (seconds, more for a ViT-B)
+    exporting._check_out(Path(out).expanduser())
+    if fmt == "openvino":
+        exporting._require_openvino(quantize)
+        exporting._require_onnx(exporting.OPENVINO_INSTALL_HINT)
+    else:
+        exporting._require_onnx()
     fp32 = load_embedder(settings.replace(device="cpu", precision="fp32"))
     return export(fp32, out, fmt=fmt, quantize=quantize)
 
@@ -214,13 +242,21 @@ def library_duplicates(
 def classify_images(
     settings: Settings, images: Sequence[Path]
 ) -> list[tuple[str, tuple[Label, ...]]]:
+    for image in images:
+        if not Path(image).is_file():
+            raise MissingFileError(f"no such image file: {image}")
     return classify(load_model(settings), list(images))
 
 
 def forget_folder(settings: Settings, folder: Path) -> int:
     """Remove a folder's photos from the library (the files stay on disk)."""
+    path = str(Path(folder).expanduser().absolute())
     with open_library(settings.home, write=True) as library:
-        removed = library.db.forget_root(str(Path(folder).expanduser().absolute()))
+        roots = [root for root, _online in library.db.roots()]
+        if path not in roots:
+            held = f"its folders are: {', '.join(roots)}" if roots else "it has no folders yet"
+            raise NotIndexedError(f"{folder} is not in the library; {held}")
+        removed = library.db.forget_root(path)
         library.mark_vectors_changed()
         library.vectors  # noqa: B018  catches the FAISS cache up with the deletions
         return removed
@@ -329,6 +365,46 @@ def _iso(timestamp: str | None) -> str | None:
     if not timestamp:
         return None
     return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
+
+
+def _check_searchable(library: Library, filters: Filters) -> None:
+    """Before any model work: a library with photos, and some photo passing the filters."""
+    if library.db.vector_count() == 0:
+        raise EmptyLibraryError(empty_library_text(library))
+    if filters.restricts_ids and len(library.allowed_ids(filters)) == 0:
+        raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
+
+
+def empty_library_text(library: Library) -> str:
+    where = f"the library at {library.home} is empty"
+    if not library.on_disk:
+        where = f"there is no library at {library.home} yet"
+    return f"{where}; index some photos with: vitsearch index FOLDER"
+
+
+def _passing(hits: list[Hit], filters: Filters) -> list[Hit]:
+    """The hits; none at all under filters is said, naming them (a score bar, say)."""
+    if not hits and filters != NO_FILTERS:
+        raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
+    return hits
+
+
+def filter_text(filters: Filters) -> str:
+    """The filters in words: "under /photos/2019, taken on or after 2019-06-01"."""
+    parts = [f"under {filters.under}"] if filters.under else []
+    if filters.after is not None:
+        parts.append(f"taken on or after {_when(filters.after)}")
+    if filters.before is not None:
+        parts.append(f"taken before {_when(filters.before)}")
+    if filters.min_score is not None:
+        parts.append(f"score at least {filters.min_score:g}")
+    return ", ".join(parts)
+
+
+def _when(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp)
+    midnight = moment.time() == datetime.min.time()
+    return f"{moment:%Y-%m-%d}" if midnight else f"{moment:%Y-%m-%dT%H:%M:%S}"
 
 
 def _known_folders(library: Library, folders: Sequence[Path]) -> None:

@@ -109,15 +109,30 @@ def _settings_flags(kwargs: dict) -> dict:
     return {name: kwargs.pop(name) for name in SETTINGS_FLAGS if name in kwargs}
 
 
-DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+class _Date(click.DateTime):
+    """click's DateTime, shown and explained as YYYY-MM-DD, not as strftime formats."""
+
+    def get_metavar(self, *args, **kwargs) -> str:
+        return "YYYY-MM-DD[THH:MM:SS]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS", param, ctx)
+
+
+DATE = _Date(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+# how many results: a usage error (exit 2) below 1, not an empty answer
+RESULTS = click.IntRange(min=1)
 
 
 def filter_options(command: Callable) -> Callable:
     """--under, --after, --before, --min-score, passed on as one ``filters`` argument."""
 
     @click.option("--under", type=click.Path(path_type=Path), help="Only photos below FOLDER.")
-    @click.option("--after", type=DATE, help="Taken on/after DATE (EXIF, else file time).")
-    @click.option("--before", type=DATE, help="Taken before DATE.")
+    @click.option("--after", type=DATE, help="Taken on/after this date (EXIF, else file time).")
+    @click.option("--before", type=DATE, help="Taken before this date.")
     @click.option("--min-score", type=float, help="Only results scoring at least this.")
     @functools.wraps(command)
     def wrapper(*args, under, after, before, min_score, **kwargs):
@@ -203,7 +218,7 @@ def _stop_on_signals(watcher) -> None:
 @main.command()
 @click.argument("image", type=EXISTING_FILE, required=False)
 @click.option("--label", help="Find photos by label instead (e.g. 'cat', 'golden retriever').")
-@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("-k", type=RESULTS, default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @filter_options
 @library_options()
@@ -226,7 +241,7 @@ def search(
 
 @main.command()
 @click.argument("path", type=EXISTING_FILE)
-@click.option("-k", default=10, show_default=True, help="How many results.")
+@click.option("-k", type=RESULTS, default=10, show_default=True, help="How many results.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @filter_options
 @library_options()
@@ -244,6 +259,8 @@ def labels(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([c.as_dict() for c in counts], indent=2))
         return
+    if not counts:
+        click.echo("no labels: the model has no classifier; teach some with: vitsearch teach DIR")
     for c in counts:
         click.echo(f"{c.top:>7} top  {c.anywhere:>7} any  {display_label(c.label)}")
 
@@ -255,8 +272,8 @@ def labels(settings: Settings, as_json: bool) -> None:
 @library_options()
 def clusters(settings: Settings, k: str, recompute: bool, as_json: bool) -> None:
     """Group the library into clusters of look-alike photos, without any labels."""
-    if k != "auto" and not k.isdigit():
-        raise click.BadParameter("--k takes a whole number or 'auto'")
+    if k != "auto" and not (k.isdigit() and int(k) >= 1):
+        raise click.BadParameter("--k takes a whole number of at least 1, or 'auto'")
     found = app.library_clusters(settings, k if k == "auto" else int(k), recompute)
     if as_json:
         click.echo(json.dumps([_cluster_dict(c) for c in found], indent=2))
@@ -330,6 +347,8 @@ def status(settings: Settings, as_json: bool) -> None:
                 ", ".join(f["path"] + ("" if f["online"] else " (offline)") for f in value) or "-"
             )
         click.echo(f"{key:>17}: {value if value is not None else '-'}")
+    if not (info["images"] or info["failed"]):
+        click.echo("the library is empty; index some photos with: vitsearch index FOLDER")
 
 
 @main.command()
@@ -337,7 +356,7 @@ def status(settings: Settings, as_json: bool) -> None:
 @library_options()
 def forget(settings: Settings, folder: Path) -> None:
     """Remove FOLDER's photos from the library (the files are not touched)."""
-    click.echo(f"removed {app.forget_folder(settings, folder)} photos under {folder}")
+    click.echo(f"removed {_count(app.forget_folder(settings, folder), 'photo')} under {folder}")
 
 
 @main.command("rebuild-index")
@@ -358,7 +377,10 @@ def teach(
 ) -> None:
     """Teach your own labels from FOLDER (one sub-folder of examples per label)."""
     if show:
-        for c in app.taught_classifiers(settings):
+        taught = app.taught_classifiers(settings)
+        if not taught:
+            click.echo("no taught labels yet; teach some with: vitsearch teach DIR")
+        for c in taught:
             accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.0%}"
             stale = "" if c["open_set"] else "; labels every photo: run `vitsearch teach` again"
             labels = ", ".join(c["classes"])
@@ -529,11 +551,15 @@ def _print_hits(hits: list[Hit], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([hit.as_dict() for hit in hits], indent=2))
         return
-    if not hits:
-        click.echo("no results (is the library empty? run `vitsearch index FOLDER`)")
+    if not hits:  # an empty library or filters that pass nothing were said before the search
+        click.echo("no results")
     for hit in hits:
         offline = " [offline]" if not hit.online else ""
         click.echo(f"{hit.score:.3f}  {hit.path}{offline}  {_label_text(hit.labels[:2])}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _labels(labels: tuple[Label, ...]) -> list[dict]:

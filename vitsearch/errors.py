@@ -31,7 +31,15 @@ class LibraryVersionError(VitsearchError):
 
 
 class NotIndexedError(VitsearchError, LookupError):
-    """The image asked about is not in the library."""
+    """The image or folder asked about is not in the library."""
+
+
+class EmptyLibraryError(VitsearchError, LookupError):
+    """The library holds no photos yet (its home may not even exist)."""
+
+
+class NoMatchError(VitsearchError, LookupError):
+    """No photo in the library passes the filters given."""
 
 
 class ImageDecodeError(VitsearchError):

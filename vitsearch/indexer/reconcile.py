@@ -318,8 +318,9 @@ class Indexer:
             self.library.mark_vectors_changed()
         self._count(entries, failures, plan, summary)
         log.info(
-            "committed %d photos (%d failed) in %.2fs",
+            "committed %d photo%s (%d failed) in %.2fs",
             len(entries),
+            "" if len(entries) == 1 else "s",
             len(failures),
             time.perf_counter() - started,
         )

@@ -14,6 +14,7 @@ from sqlalchemy import case, create_engine, delete, event, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from vitsearch.errors import LibraryVersionError
 from vitsearch.records import (
@@ -84,8 +85,10 @@ MIGRATIONS: dict[int, Callable] = {
 class Database:
     """A library database. Only the process holding the writer lock calls the write methods."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None) -> None:
+        """``path`` None: an empty library in memory, to read a home that has none on disk."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.engine = _engine(path)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -728,8 +731,13 @@ class Database:
             self.set_meta(schema_version=str(target))
 
 
-def _engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+def _engine(path: Path | None) -> Engine:
+    if path is None:  # every thread shares the one connection: it is the whole database
+        engine = create_engine(
+            "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -33,17 +34,31 @@ VECTORS_NAME = "vectors.faiss"
 
 
 class Library:
-    """Open with :func:`open_library`. Readers never write; a writer holds the lock."""
+    """Open with :func:`open_library`. Readers never write; a writer holds the lock.
+
+    A reader of a home with no library creates nothing: it reads an empty one, in memory,
+    until a writer makes the file. A writer that made the library removes it again on close
+    when it got no photo to keep (a first run that failed, an empty folder).
+    """
 
     def __init__(self, home: Path, writable: bool) -> None:
         self.home = home
         self.writable = writable
+        self._new_home = not home.exists()
         self._lock = WriterLock(home).acquire() if writable else None
-        self.db = Database(home / DATABASE_NAME)
+        path = home / DATABASE_NAME
+        self._new = not path.exists()
+        self.db = Database(path if writable or not self._new else None)
+        self._file = _file_id(path)
         self._vectors: VectorIndex | None = None
         self._vectors_stamp: float | None = None
         self._allowed: dict[tuple, tuple[tuple[int, int], np.ndarray]] = {}
         self._vectors_dirty = False
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the home holds a library file (a reader of a new home reads none)."""
+        return self.db.path is not None
 
     @property
     def vectors_path(self) -> Path:
@@ -94,6 +109,9 @@ class Library:
         A FAISS file the writer replaced is reloaded (it may be a new kind); otherwise the
         index in memory is caught up from SQLite when the embeddings changed.
         """
+        if not self.writable and _file_id(self.home / DATABASE_NAME) != self._file:
+            self._reopen()
+            return
         if self._vectors is None:
             return
         stamp = _mtime(self.vectors_path)
@@ -145,12 +163,40 @@ class Library:
             self._vectors_dirty = False
 
     def close(self) -> None:
+        unused = False
         try:
-            self.save_vectors()
+            unused = self._made_for_nothing()
+            if not unused:
+                self.save_vectors()
         finally:
             self.db.close()
+            if unused:
+                for pattern in (f"{DATABASE_NAME}*", f"{VECTORS_NAME}*"):  # -wal, sidecar...
+                    for file in self.home.glob(pattern):
+                        file.unlink(missing_ok=True)
             if self._lock is not None:
-                self._lock.release()
+                self._lock.release(remove=unused)
+            if unused and self._new_home:
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    self.home.rmdir()
+
+    def _made_for_nothing(self) -> bool:
+        """Whether this writer created the library and it holds no photo, not even a failed
+        one: nothing a next run needs, so no files to leave in the home."""
+        if not (self.writable and self._new):
+            return False
+        counts = self.db.counts()
+        return counts.images == 0 and counts.failed == 0
+
+    def _reopen(self) -> None:
+        """A reader: the library file appeared, or went (a writer's first run that stored
+        nothing), or was made anew since it was opened: read what is there now."""
+        path = self.home / DATABASE_NAME
+        self.db.close()
+        self._file = _file_id(path)
+        self.db = Database(path if self._file is not None else None)
+        self._vectors = None
+        self._allowed.clear()
 
     def __enter__(self) -> Library:
         return self
@@ -175,6 +221,14 @@ def interrupts_deferred() -> Iterator[None]:
             handler = previous if callable(previous) else signal.default_int_handler
             if previous != signal.SIG_IGN:
                 handler(signal.SIGINT, None)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _mtime(path: Path) -> float | None:

@@ -34,6 +34,11 @@ class WriterLock:
                 f"another vitsearch process (pid {pid or '?'}) is writing to this library; "
                 "wait for it to finish or stop it"
             ) from None
+        if not _same_file(handle, self.path):
+            # A writer that let go between our open and our lock removed the file (its library
+            # stayed empty): our lock is on a file nobody else can find; take the one there now.
+            handle.close()
+            return self.acquire()
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -41,8 +46,11 @@ class WriterLock:
         self._handle = handle
         return self
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Let go of the lock; with ``remove``, delete its file first, while still held."""
         if self._handle is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)
             self._handle.seek(0)
             self._handle.truncate()
             self._handle.close()
@@ -67,6 +75,13 @@ def holder_pid(path: Path) -> int | None:
             return None
     except FileNotFoundError:
         return None
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 def _lock(handle, shared: bool = False) -> None:
