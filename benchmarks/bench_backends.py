@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -61,7 +62,7 @@ from vitsearch.model.export import (
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MANIFEST_FILE, MODEL_FILE, open_export, read_manifest
 from vitsearch.model.quantize import quantize_int8
-from vitsearch.model.runtime import choose_runtime, measure, measurement_file, read_measurement
+from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, load_model
 from vitsearch.store import open_library
 from vitsearch.teach import apply_classifier, train
 
@@ -124,6 +125,10 @@ class Source:
     fp32: Embedder
     settings: Settings
     work: Path
+    check: bool = True  # run the check on variants vitsearch does not check itself
+
+    def checked(self, embedder, tolerance: float) -> Verification | None:
+        return compare_embedders(self.fp32, embedder, tolerance) if self.check else None
 
 
 @dataclass(frozen=True)
@@ -218,10 +223,10 @@ def build(variant: Variant, src: Source) -> Built:
     tolerance = TOLERANCES[variant.tolerance]
     if variant.key == "torch-bf16":  # auto runs it unchecked; judged here as fp32 exports are
         bf16 = load_embedder(src.settings.replace(precision="bf16"))
-        return Built(bf16, compare_embedders(src.fp32, bf16, tolerance))
+        return Built(bf16, src.checked(bf16, tolerance))
     if variant.key == "torch-int8":
         int8 = quantize_int8(src.fp32, check=False)  # checked here, so a miss is still measured
-        return Built(int8, compare_embedders(src.fp32, int8, tolerance))
+        return Built(int8, src.checked(int8, tolerance))
     if variant.key == "onnx-int8-dynamic":
         return dynamic_int8(src, tolerance)
     fmt, _, precision = variant.key.partition("-")
@@ -290,7 +295,7 @@ def dynamic_int8(src: Source, tolerance: float) -> Built:
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     embedder = open_export(out, src.settings.threads, require_verified=False)
-    return Built(embedder, compare_embedders(src.fp32, embedder, tolerance))
+    return Built(embedder, src.checked(embedder, tolerance))
 
 
 def checkpoint_settings(checkpoint: Path, args: argparse.Namespace, **flags) -> Settings:
@@ -348,6 +353,8 @@ def agreement_phase(args: argparse.Namespace, photos: list[Path], work: Path) ->
     for variant, built in build_all(Source(fp32, settings, work / "trained")):
         got = embed_batches(built.embedder, pixels, args.batch_size)
         results[variant.key] = Quality(agreement(expected, got), built.check, built.refused)
+        a = results[variant.key].agreement
+        print(f"    top-{NEIGHBOURS} overlap {a.overlap:.3f}, min cosine {a.min_cosine:.4f}")
         del built, got
         gc.collect()
     return results
@@ -394,29 +401,43 @@ def speed_phase(
     settings = checkpoint_settings(checkpoint, args)
     fp32 = load_embedder(settings.replace(precision="fp32"))
     batch = load_pixels(fp32, (photos * args.batch_size)[: args.batch_size])
-    made = dict(build_all(Source(fp32, settings, work / "vit-b16-variants")))
+    # random weights: only the checks vitsearch's exports make anyway (they cost minutes)
+    made = dict(build_all(Source(fp32, settings, work / "vit-b16-variants", check=False)))
     embeds = {v.key: built.embedder.embed for v, built in made.items()}
     print(f"  before timing (this benchmark's exports count in it): {load_text(os.getloadavg())}")
     busy: dict[str, float] = {}
     with CpuMeter(busy, "speed"):
         rates = alternate(embeds, batch, args.rounds)
+    for name, values in rates.items():
+        print(f"  {name}: images/s per round {' '.join(f'{v:.2f}' for v in values)}")
     return summarise(rates), busy["speed"]
 
 
-def auto_phase(args: argparse.Namespace, checkpoint: Path, home: Path) -> AutoChoice | None:
-    """``measure`` as ``load_model``'s first run on this CPU makes it, on the ViT-B."""
+def auto_phase(args: argparse.Namespace, checkpoint: Path, home: Path) -> AutoChoice:
+    """``load_model`` on the ViT-B in a fresh home: on a CPU with a choice that is the first
+    run's ``measure`` (exports included), and what it recorded."""
     settings = checkpoint_settings(checkpoint, args, home=home)
     runtime = choose_runtime(settings.backend, settings.precision, settings.device)
-    print(f"\n3. auto on the ViT-B/16 in a fresh home: {runtime.reason}")
-    if runtime.backend != "auto":
-        print(f"  auto runs {runtime.backend} {runtime.precision} without measuring")
-        return None
-    choice_file = measurement_file(settings, runtime.candidates)
+    names = ", ".join(c.name for c in runtime.candidates) or "-"
+    print(f"\n3. auto on the ViT-B/16 in a fresh home: {runtime.reason} (candidates {names})")
     busy: dict[str, float] = {}
     with CpuMeter(busy, "auto"):
-        _, seconds = timed(lambda: measure(settings, runtime.candidates, choice_file))
-    record = read_measurement(choice_file)
-    return AutoChoice(record["chosen"], seconds, record["results"], busy["auto"])
+        embedder, seconds = timed(lambda: load_model(settings))
+    return AutoChoice(candidate_name(embedder), seconds, recorded_timings(home), busy["auto"])
+
+
+def candidate_name(embedder) -> str:
+    """``torch-bf16``, ``onnx-int8``...: what runs the embedder."""
+    backend = embedder.manifest.backend if hasattr(embedder, "manifest") else "torch"
+    return f"{backend}-{embedder.precision}"
+
+
+def recorded_timings(home: Path) -> list[dict]:
+    """The timings ``measure`` kept in the home (read as JSON: only printed)."""
+    results = []
+    for path in sorted((home / EXPORTS_FOLDER).glob("measured-*.json")):
+        results += json.loads(path.read_text()).get("results", [])
+    return results
 
 
 def load_text(load: tuple[float, float, float], limit: float = LOAD_WARNING) -> str:
@@ -512,7 +533,6 @@ def report(
     quality: dict,
     speed: dict,
     busy: float,
-    auto: AutoChoice | None,
     photos: int,
 ) -> None:
     print(
@@ -527,14 +547,11 @@ def report(
     print(f"other processes used up to {busy:.2f} cores while timing")
     if busy > BUSY_WARNING_CORES:
         print("WARNING: the machine was not idle while timing; ratios are more robust than rates")
-    if auto is not None:
-        print_auto(auto)
-    print(f"at the end (this benchmark's work counts in it): {load_text(os.getloadavg())}")
 
 
 def print_auto(auto: AutoChoice) -> None:
     results = ", ".join(
-        f"{r['candidate']} {'rejected' if r.get('rejected') else r['images_per_second']}"
+        f"{r.get('candidate')} {'rejected' if r.get('rejected') else r.get('images_per_second')}"
         for r in auto.results
     )
     print(
@@ -550,9 +567,13 @@ def run(args: argparse.Namespace, photos: list[Path], work: Path) -> None:
     gc.collect()
     checkpoint = save_vit_b16(work / "vit-b16")
     speed, busy = speed_phase(args, checkpoint, photos, work)
+    report(args, quality, speed, busy, len(photos))
     gc.collect()
-    auto = auto_phase(args, checkpoint, work / "home")
-    report(args, quality, speed, busy, auto, len(photos))
+    try:
+        print_auto(auto_phase(args, checkpoint, work / "home"))
+    except Exception as exc:  # the table above stands; say why auto could not be shown
+        print(f"auto's measurement failed: {type(exc).__name__}: {exc}")
+    print(f"at the end (this benchmark's work counts in it): {load_text(os.getloadavg())}")
 
 
 def teach_timing(n: int, temp: Path) -> None:
