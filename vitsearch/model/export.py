@@ -410,8 +410,9 @@ def _quantize_int8(source: Path, target: Path) -> dict:
     """
     import onnx
     import onnxruntime
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    MatMulNBitsQuantizer = _nbits_quantizer()
 
     prepared = source.with_name("prepared.onnx")
     # ORT's recommended pre-processing (shape inference, basic fusions). Symbolic shape
@@ -436,6 +437,20 @@ def _quantize_int8(source: Path, target: Path) -> dict:
         "activations": f"int8, one scale per {INT8_BLOCK} values, computed at run time",
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def _nbits_quantizer() -> type:
+    """ORT's MatMulNBitsQuantizer; its module calls ``logging.basicConfig(level=INFO)`` on
+    import, which would turn on every library's INFO lines in our process: undone here."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    return MatMulNBitsQuantizer
 
 
 @contextlib.contextmanager
