@@ -118,3 +118,13 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path: Path) -> None:
     flags = cpu_flags(cpuinfo)
     assert flags == frozenset({"fpu", "avx2", "avx512_bf16"}) and has_bf16_hardware(flags)
     assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_damaged_weights_are_a_clear_error(tiny_model: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for part in tiny_model.iterdir():
+        (damaged / part.name).write_bytes(part.read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"cut short" * 10)  # a download cut short
+    with pytest.raises(ModelNotAvailableError, match="cannot load checkpoint"):
+        embedder_for(damaged, precision="fp32")

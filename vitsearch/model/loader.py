@@ -13,6 +13,7 @@ import transformers
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import SafetensorError
 
 from vitsearch.config import Settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
@@ -119,7 +120,8 @@ def _load_from_directory(directory: Path, name: str):
             directory, use_safetensors=True, trust_remote_code=False
         )
         processor = transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
+        # SafetensorError: a truncated or damaged weights file (a download cut short)
         raise ModelNotAvailableError(f"cannot load checkpoint {name}: {exc}") from exc
     return model, processor
 

@@ -140,7 +140,7 @@ def choose_runtime(
     found = cpu_candidates(flags, onnx=onnx_ok and recorded is None)
     if len(found) == 1:
         return Runtime(TORCH, "cpu", found[0].precision, "the only candidate on this CPU")
-    why = "the fastest agreeing with the library's" if recorded else "the fastest, measured"
+    why = "the fastest agreeing with the library's embeddings" if recorded else "the fastest here"
     return Runtime("auto", "cpu", "auto", why, found)
 
 
