@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -243,3 +247,17 @@ def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.Completed
             f"vitsearch {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator[ModuleType]:
+    """A script of benchmarks/ imported as a module; they import each other by bare name
+    (bench_index), as when run as scripts."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from tests.helpers import benchmark_module
 from vitsearch.model.embedder import EmbeddingBatch
 from vitsearch.records import Label
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    # the benchmarks import each other by bare name (bench_index), as when run as scripts
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_backends")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("bench_backends") as module:
+        yield module
 
 
 def labels(*names: str) -> list[tuple[Label, ...]]:

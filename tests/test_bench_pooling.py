@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    # the benchmarks import each other by bare name (bench_index), as when run as scripts
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_pooling")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("bench_pooling") as module:
+        yield module
 
 
 def unit(rows: list[list[float]]) -> np.ndarray:
