@@ -79,6 +79,13 @@ def test_unchanged_rerun_loads_no_model(run: Run, tmp_path: Path) -> None:
     assert summary.line().startswith("nothing changed: 5 photos up to date")
 
 
+def test_a_folder_without_photos_says_so(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    summary = run(tmp_path / "empty")
+    assert summary.line().startswith("no photos found") and run.loads == 0
+
+
 def test_rename_and_move_keep_id_without_model_call(
     run: Run, tmp_path: Path, fake_embedder
 ) -> None:

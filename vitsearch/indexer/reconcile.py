@@ -60,7 +60,11 @@ class Summary:
 
     def line(self) -> str:
         if not (self.new or self.updated or self.moved or self.removed or self.failed):
-            head = f"nothing changed: {self.unchanged} photos up to date, no model work"
+            head = (
+                f"nothing changed: {_photos(self.unchanged)} up to date, no model work"
+                if self.unchanged or self.offline
+                else "no photos found (JPEG, PNG, WebP, HEIC, …); nothing to index"
+            )
         else:
             head = (
                 f"{self.new} new, {self.updated} updated, {self.moved} moved, "
@@ -73,6 +77,10 @@ class Summary:
         if self.offline:
             head += f"; offline, kept: {', '.join(self.offline)}"
         return head + ("; interrupted, run again to finish" if self.interrupted else "")
+
+
+def _photos(count: int) -> str:
+    return f"{count} photo" if count == 1 else f"{count} photos"
 
 
 @dataclass
