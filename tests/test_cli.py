@@ -100,6 +100,7 @@ def test_other_model_refused_with_one_line(env: dict, album: list[Path], tmp_pat
         (["index", "/no/such/folder"], "no such folder"),
         (["search", "/no/such/image.jpg"], "no such image file"),
         (["similar", "/no/such/image.jpg"], "there is no library at"),
+        (["duplicates"], "there is no library at"),
         (["index", ".", "--batch-size", "0"], "batch-size must be at least 1"),
         (["index", ".", "--model", "/no/such/model"], "no model checkpoint directory"),
         (["classify", "x.jpg", "--model", "google/vit-base-patch16-224"], "not cached"),

@@ -236,6 +236,7 @@ def library_duplicates(
     settings: Settings, kinds: tuple[str, ...], threshold: float | None = None
 ) -> list[DuplicateGroup]:
     with open_library(settings.home) as library:
+        _check_searchable(library, NO_FILTERS)  # "empty library", not "no duplicates found"
         return find_duplicates(library, kinds, threshold)
 
 
