@@ -208,3 +208,25 @@ def test_two_first_runs_at_once_export_once(cli_env: dict, tmp_path: Path) -> No
     assert exporting == 1, "both processes exported"
     home = Path(cli_env["VITSEARCH_HOME"])
     assert len([p for p in (home / EXPORTS_FOLDER).iterdir() if p.is_dir()]) == 1
+
+
+@pytest.mark.slow
+def test_a_timing_made_beside_a_busy_program_is_made_again(auto, cpu, tmp_path: Path) -> None:
+    from vitsearch.model.runtime import RETIMINGS, measurement_file, write_measurement
+
+    cpu(ZEN4)
+    album = draw_album(tmp_path / "album", 3)
+    app.index_folders(auto.replace(backend="torch"), [album[0].parent])  # a torch library
+    path = measurement_file(auto)
+    slow_bf16 = [
+        {"candidate": "torch-fp32", "images_per_second": 9.0},
+        {"candidate": "torch-bf16", "images_per_second": 1.0},
+    ]
+    write_measurement(path, slow_bf16, auto.threads, busy=1.3)  # another job held a core
+    app.search_image(auto, album[0], k=1)
+    again = json.loads(path.read_text())
+    assert again["timings"] == 2 and again["results"] != slow_bf16
+
+    write_measurement(path, slow_bf16, auto.threads, busy=1.3, timings=RETIMINGS)
+    app.search_image(auto, album[0], k=1)  # retries used up: the timings stand
+    assert json.loads(path.read_text())["results"] == slow_bf16
