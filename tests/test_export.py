@@ -30,7 +30,9 @@ from vitsearch.model.quantize import quantize_int8
 pytestmark = pytest.mark.slow
 
 for extra in ("onnx", "onnxruntime", "onnxscript"):
-    pytest.importorskip(extra, reason="needs the onnx extra: pip install -e '.[onnx]'")
+    pytest.importorskip(
+        extra, reason="needs onnxruntime, onnx and onnxscript (vitsearch dependencies)"
+    )
 
 
 def photos(folder: Path, count: int = 6, start: int = 0) -> list[Image.Image]:

@@ -192,8 +192,12 @@ def test_the_check_refuses_an_export_that_loses_neighbours() -> None:
 
 @pytest.mark.slow
 def test_two_first_runs_at_once_export_once(cli_env: dict, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    pytest.importorskip("onnxscript", reason="needs the onnx extra")
+    pytest.importorskip(
+        "onnxruntime", reason="needs onnxruntime and onnxscript (vitsearch dependencies)"
+    )
+    pytest.importorskip(
+        "onnxscript", reason="needs onnxruntime and onnxscript (vitsearch dependencies)"
+    )
     photo = draw_photo(tmp_path / "query.jpg", seed=3)
     # --backend onnx with a checkpoint takes the same first-run export as auto on a CPU
     # without AMX (which a subprocess cannot be made to believe it is)

@@ -40,7 +40,8 @@ INPUT_NAME = "pixel_values"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 EXPORT_HINT = "create it with: vitsearch export --format onnx (or openvino) --out DIR"
-INSTALL_HINT = "install it with: python3 -m pip install 'vitsearch[onnx]'"
+# vitsearch depends on these: missing, the install is incomplete
+INSTALL_HINT = "install it with: python3 -m pip install onnxruntime onnx onnxscript"
 
 
 @dataclass(frozen=True)
