@@ -97,9 +97,18 @@ def cpu(monkeypatch: pytest.MonkeyPatch):
     return use
 
 
+class QuietMachine:
+    """/proc/stat as an idle machine shows it: a timing here is never redone for load (the
+    machine is the boundary; a real neighbour's load would make these tests flaky)."""
+
+    def busy_cores(self) -> float:
+        return 0.0
+
+
 @pytest.fixture
-def auto(settings):
+def auto(settings, monkeypatch: pytest.MonkeyPatch):
     """The test library's settings with the backend left to `auto` (fast to time: tiny ViT)."""
+    monkeypatch.setattr(runtime, "OtherProcesses", QuietMachine)
     return settings.replace(backend="auto", precision="auto")
 
 
