@@ -253,7 +253,8 @@ def measure(
         if any(c.backend == ONNX for c in candidates)
         else "",
     )
-    loaded = {c.name: _load_candidate(settings, c) for c in candidates}
+    reference = _Reference(settings)  # one fp32 model: a candidate and every export's check
+    loaded = {c.name: _load_candidate(settings, c, reference) for c in candidates}
     usable = {name: embedder for name, embedder in loaded.items() if embedder is not None}
     others = OtherProcesses()
     rates = images_per_second(usable, settings.batch_size, seconds)
@@ -306,13 +307,32 @@ def images_per_second(embedders: dict[str, object], batch_size: int, seconds: fl
     return best
 
 
-def _load_candidate(settings: Settings, candidate: Candidate) -> Embedder | ExportedEmbedder | None:
+class _Reference:
+    """Torch fp32 of the checkpoint, loaded on first use and then shared: exports are checked
+    against it, so its probe forward is computed once (see ``export._reference_batch``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings.replace(backend=TORCH, device="cpu", precision="fp32")
+        self._embedder: Embedder | None = None
+
+    def __call__(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self._settings)
+        return self._embedder
+
+
+def _load_candidate(
+    settings: Settings, candidate: Candidate, reference: _Reference | None = None
+) -> Embedder | ExportedEmbedder | None:
     """The candidate's embedder; None for an ONNX export that failed its check here."""
+    reference = reference or _Reference(settings)
+    if candidate == Candidate(TORCH, "fp32"):
+        return reference()
     if candidate.backend == TORCH:
         return load_embedder(
             settings.replace(backend=TORCH, device="cpu", precision=candidate.precision)
         )
-    return _exported(settings, candidate.precision)
+    return _exported(settings, candidate.precision, reference)
 
 
 def _candidate(name: str) -> Candidate:
@@ -383,7 +403,9 @@ def export_backend(model: str) -> str | None:
     return read_manifest(directory, require_verified=False).backend  # loading checks the rest
 
 
-def _exported(settings: Settings, precision: str) -> ExportedEmbedder | None:
+def _exported(
+    settings: Settings, precision: str, reference: _Reference | None = None
+) -> ExportedEmbedder | None:
     """The checkpoint on ONNX Runtime, from an export made once and kept in the home; None when
     that export cannot stay within tolerance on this machine (remembered, not retried)."""
     from vitsearch.model.export import BackendMismatchError, export_onnx
@@ -396,11 +418,9 @@ def _exported(settings: Settings, precision: str) -> ExportedEmbedder | None:
         if not (directory / MANIFEST_FILE).is_file():
             log.warning("exporting %s to ONNX %s, once", settings.model, precision)
             fp32 = export_directory(settings, "fp32") / MODEL_FILE
-            fp32_settings = settings.replace(backend=TORCH, device="cpu", precision="fp32")
-            reference = load_embedder(fp32_settings)
             try:
                 export_onnx(
-                    reference,
+                    (reference or _Reference(settings))(),
                     directory,
                     quantize=None if precision == "fp32" else precision,
                     graph=fp32 if fp32.is_file() and precision != "fp32" else None,
