@@ -163,18 +163,33 @@ def main() -> None:
 @library_options()
 def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
-    terminated = threading.Event()  # SIGTERM (systemd, kill): stop after the batch in hand
-    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    stop, signals = _stop_asked()
     try:
-        summary = app.index_folders(
-            settings, paths, progress=sys.stderr.isatty(), stop=terminated
-        )
-    except KeyboardInterrupt:  # before the first batch, or while the library was closing
+        summary = app.index_folders(settings, paths, progress=sys.stderr.isatty(), stop=stop)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one while the library was closing
         click.echo("interrupted, run again to finish: every committed batch is kept")
         sys.exit(130)
     click.echo(summary.line())
-    if summary.interrupted and not terminated.is_set():  # Ctrl-C; a stop asked for exits 0
+    if summary.interrupted and signal.SIGINT in signals:  # Ctrl-C; a stop asked for exits 0
         sys.exit(130)
+
+
+def _stop_asked() -> tuple[threading.Event, list[int]]:
+    """An event set by SIGTERM (systemd, kill) or a first Ctrl-C: the run stops after the
+    batch in hand. A flag rather than KeyboardInterrupt, which Python drops when it lands
+    in a finalizer; a second Ctrl-C still interrupts at once."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def handle(signum: int, _frame) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+    return stop, received
 
 
 @main.command()
