@@ -48,6 +48,7 @@ from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16, 
 from PIL import Image
 
 from vitsearch.config import Settings, load_settings
+from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.model import Embedder, load_embedder
 from vitsearch.model.embedder import EmbeddingBatch
 from vitsearch.model.export import (
@@ -64,7 +65,6 @@ from vitsearch.model.onnx_backend import MANIFEST_FILE, MODEL_FILE, open_export,
 from vitsearch.model.quantize import quantize_int8
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, load_model
 from vitsearch.store import open_library
-from vitsearch.teach import apply_classifier, train
 
 DEFAULT_PHOTOS = 300
 DEFAULT_ROUNDS = 6

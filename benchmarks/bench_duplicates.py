@@ -38,8 +38,8 @@ from PIL import Image, ImageOps
 
 from vitsearch import app
 from vitsearch.config import load_settings
-from vitsearch.indexer import phash
 from vitsearch.model.hardware import cpu_name
+from vitsearch.photos import phash
 from vitsearch.search import duplicates as dup
 from vitsearch.store import open_library
 

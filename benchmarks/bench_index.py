@@ -23,8 +23,6 @@ import numpy as np
 
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
-from vitsearch.indexer.decode import read_photo
-from vitsearch.indexer.files import image_extensions, is_photo_name
 from vitsearch.model.hardware import (
     choose_device,
     cpu_flags,
@@ -32,6 +30,8 @@ from vitsearch.model.hardware import (
     has_bf16_hardware,
 )
 from vitsearch.model.runtime import choose_runtime
+from vitsearch.photos.decode import read_photo
+from vitsearch.photos.files import image_extensions, is_photo_name
 from vitsearch.store import open_library
 
 DEFAULT_LIMIT = 400

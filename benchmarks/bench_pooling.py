@@ -48,8 +48,8 @@ from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitsearch.config import POOLS, Settings, load_settings
-from vitsearch.features import embed_files
 from vitsearch.model import Embedder, load_embedder
+from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
 from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy

@@ -34,10 +34,11 @@ import numpy as np
 
 import vitsearch.indexer  # noqa: F401  teach imports the indexer's file helpers: load it first
 from vitsearch.config import load_settings
-from vitsearch.features import embed_files
+from vitsearch.labels.classifier import NONE
+from vitsearch.labels.teach import calibration_error, split_library, train
 from vitsearch.model import load_embedder
+from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
-from vitsearch.teach import NONE, calibration_error, split_library, train
 
 CONCEPTS = {
     "cars": ("n02958343", "n03977966", "n03930630"),  # car; police van, pickup

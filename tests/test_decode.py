@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from vitsearch.errors import ImageDecodeError, VitsearchError
-from vitsearch.indexer.decode import (
+from vitsearch.photos.decode import (
     DATETIME,
     DATETIME_ORIGINAL,
     EXIF_IFD,
@@ -26,7 +26,7 @@ from vitsearch.indexer.decode import (
     read_photo,
     to_rgb,
 )
-from vitsearch.indexer.files import content_hash, content_hash_file, fingerprint_file
+from vitsearch.photos.files import content_hash, content_hash_file, fingerprint_file
 
 WHITE = (255, 255, 255)
 RED = (255, 0, 0)

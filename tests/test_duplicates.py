@@ -14,9 +14,9 @@ from PIL import Image, ImageOps
 
 from tests.helpers import draw_photo, image_entries
 from vitsearch.config import load_settings
-from vitsearch.indexer import phash
-from vitsearch.indexer.decode import read_photo
 from vitsearch.indexer.reconcile import Indexer
+from vitsearch.photos import phash
+from vitsearch.photos.decode import read_photo
 from vitsearch.records import ModelInfo
 from vitsearch.search.duplicates import COPY_BITS, find_duplicates
 from vitsearch.store import open_library

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vitsearch.indexer.files import (
+from vitsearch.photos.files import (
     BASE_EXTENSIONS,
     HEAD_BYTES,
     PLUGIN_EXTENSIONS,
@@ -166,7 +166,7 @@ def test_scan_of_an_empty_folder(tmp_path: Path) -> None:
 def test_scan_of_a_missing_folder_logs_and_yields_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="vitsearch.indexer.files")
+    caplog.set_level(logging.WARNING, logger="vitsearch.photos.files")
     assert list(scan(tmp_path / "gone")) == []
     assert f"skipping {tmp_path / 'gone'}: No such file or directory" in caplog.messages
 
@@ -174,7 +174,7 @@ def test_scan_of_a_missing_folder_logs_and_yields_nothing(
 def test_scan_skips_a_dangling_symlink_with_a_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="vitsearch.indexer.files")
+    caplog.set_level(logging.WARNING, logger="vitsearch.photos.files")
     make_files(tmp_path, ["real.jpg"])
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "deleted.jpg")
     assert listing(tmp_path) == ["real.jpg"]
@@ -183,7 +183,7 @@ def test_scan_skips_a_dangling_symlink_with_a_reason(
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root lists folders whatever their mode")
 def test_scan_skips_an_unreadable_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="vitsearch.indexer.files")
+    caplog.set_level(logging.WARNING, logger="vitsearch.photos.files")
     make_files(tmp_path, ["a.jpg", "locked/b.jpg"])
     os.chmod(tmp_path / "locked", 0)
     try:

@@ -10,9 +10,9 @@ from PIL import Image
 from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
 from tests.helpers import draw_photo
-from vitsearch.indexer.decode import read_photo
 from vitsearch.model import load_embedder
 from vitsearch.model.pixels import plain_pixels
+from vitsearch.photos.decode import read_photo
 
 PROCESSORS = {
     "vit defaults (imagenet mean/std)": ViTImageProcessorPil(),

@@ -20,7 +20,7 @@ from tests.helpers import FakeEmbedder, draw_album, draw_photo, vitsearch
 from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.indexer import Indexer
-from vitsearch.indexer.files import PLUGIN_EXTENSIONS
+from vitsearch.photos.files import PLUGIN_EXTENSIONS
 from vitsearch.search.query import search_by_image
 from vitsearch.store import open_library
 

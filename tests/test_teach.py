@@ -18,18 +18,16 @@ from tests.helpers import FakeEmbedder, draw_photo, sphere_groups
 from vitsearch.config import load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
-from vitsearch.search import search_by_label
-from vitsearch.store import open_library
-from vitsearch.teach import (
-    NONE,
-    LinearClassifier,
+from vitsearch.labels.classifier import NONE, LinearClassifier, load_classifiers
+from vitsearch.labels.teach import (
     calibration_error,
     classifier_summaries,
-    load_classifiers,
     split_library,
     teach_folder,
     train,
 )
+from vitsearch.search import search_by_label
+from vitsearch.store import open_library
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -281,8 +279,8 @@ def concept_of(photos: list[Path]) -> np.ndarray:
 def test_open_set_quality_on_trained_weights() -> None:
     """cars/cats/dogs from 6 examples each: <= 10% false labels on unrelated photos, >= 60%
     of unseen members labelled right (benchmarks/bench_teach.py runs the full sample)."""
-    from vitsearch.features import embed_files
     from vitsearch.model import load_embedder
+    from vitsearch.model.feature_files import embed_files
 
     every = sorted(SAMPLE.glob("*.JPEG"))
     concept = concept_of(every)

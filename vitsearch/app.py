@@ -21,11 +21,13 @@ from vitsearch.errors import (
     NotIndexedError,
     VitsearchError,
 )
-from vitsearch.features import embed_files, image_files, write_features
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
+from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.model.checkpoint_check import check_checkpoint
+from vitsearch.model.feature_files import embed_files, write_features
+from vitsearch.photos.files import image_files
 from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label, ModelInfo
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
 from vitsearch.search.clusters import clusters
@@ -34,7 +36,6 @@ from vitsearch.search.labels import LabelCount
 from vitsearch.search.projection import map_figure_html, map_json, project
 from vitsearch.search.query import search_by_bytes
 from vitsearch.store import Library, open_library, writer_pid
-from vitsearch.teach import TeachResult, classifier_summaries, teach_folder
 
 log = logging.getLogger(__name__)
 

@@ -115,7 +115,7 @@ class ImageEntry:
     taken_at: float | None
     vector: object  # np.ndarray (dim,) float32
     labels: tuple[Label, ...]
-    phash: int | None = None  # perceptual hash (vitsearch.indexer.phash), unsigned 64-bit
+    phash: int | None = None  # perceptual hash (vitsearch.photos.phash), unsigned 64-bit
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from vitsearch.indexer.files import FileStat, content_hash_file, fingerprint_file
+from vitsearch.photos.files import FileStat, content_hash_file, fingerprint_file
 from vitsearch.records import StoredFile
 
 log = logging.getLogger(__name__)

@@ -23,19 +23,19 @@ from tqdm import tqdm
 
 from vitsearch.config import available_cores
 from vitsearch.errors import ImageDecodeError
-from vitsearch.indexer.decode import Photo, read_photo
-from vitsearch.indexer.files import (
+from vitsearch.indexer.plan import Plan, make_plan
+from vitsearch.labels.classifier import custom_labels_for, load_classifiers
+from vitsearch.photos.decode import Photo, read_photo
+from vitsearch.photos.files import (
     FileStat,
     image_extensions,
     is_photo_name,
     is_temporary_name,
     scan,
 )
-from vitsearch.indexer.phash import photo_hash
-from vitsearch.indexer.plan import Plan, make_plan
+from vitsearch.photos.phash import photo_hash
 from vitsearch.records import FailedEntry, ImageEntry, StoredFile
 from vitsearch.store import Library
-from vitsearch.teach import custom_labels_for, load_classifiers
 
 log = logging.getLogger(__name__)
 

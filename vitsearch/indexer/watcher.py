@@ -20,8 +20,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from vitsearch.indexer.files import FileStat, is_temporary_name
 from vitsearch.indexer.reconcile import Indexer, Summary
+from vitsearch.photos.files import FileStat, is_temporary_name
 
 log = logging.getLogger(__name__)
 

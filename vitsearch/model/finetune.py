@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +29,9 @@ from tqdm import tqdm
 from vitsearch.config import PRECISIONS, Settings
 from vitsearch.errors import (
     ConfigError,
-    ImageDecodeError,
-    MissingFileError,
     ModelNotAvailableError,
     VitsearchError,
 )
-from vitsearch.indexer.decode import read_photo
-from vitsearch.indexer.files import is_temporary_name, scan
 from vitsearch.model.hardware import DTYPES, choose_device, choose_precision
 from vitsearch.model.loader import (
     checked_config,
@@ -44,6 +39,9 @@ from vitsearch.model.loader import (
     resolve_checkpoint,
 )
 from vitsearch.model.pixels import input_size
+from vitsearch.photos.decode import read_or_skip
+from vitsearch.photos.fileio import replacing
+from vitsearch.photos.labelled import labelled_photos
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +253,14 @@ def collect_dataset(
     data_dir: Path, options: FinetuneOptions, draft_size: tuple[int, int], pool: ThreadPoolExecutor
 ) -> Dataset:
     """The readable photos of each class folder, split per class into train and validation."""
-    folders = _class_folders(data_dir)
-    photos = {folder.name: _readable_photos(folder, draft_size, pool) for folder in folders}
+    folders = labelled_photos(data_dir)
+    if len(folders) < 2:
+        found = ", ".join(folders) or "none"
+        raise FinetuneDataError(
+            f"fine-tuning needs at least 2 classes, one sub-folder of {data_dir} per label "
+            f"with its example photos; found {len(folders)} ({found})"
+        )
+    photos = {name: _readable(paths, draft_size, pool) for name, paths in folders.items()}
     for name, paths in photos.items():
         if len(paths) < 2:
             raise FinetuneDataError(
@@ -281,28 +285,7 @@ def split_dataset(photos: dict[str, list[str]], val_fraction: float, seed: int) 
     return Dataset(classes, tuple(train), tuple(val))
 
 
-def _class_folders(data_dir: Path) -> list[Path]:
-    if not data_dir.is_dir():
-        raise MissingFileError(f"no folder {data_dir}: give a folder with one sub-folder per label")
-    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not is_temporary_name(p.name))
-    loose = [p for p in data_dir.iterdir() if p.is_file() and not is_temporary_name(p.name)]
-    if loose:
-        log.warning(
-            "ignoring %d file(s) directly in %s: only sub-folders are labels", len(loose), data_dir
-        )
-    if len(folders) < 2:
-        found = ", ".join(p.name for p in folders) or "none"
-        raise FinetuneDataError(
-            f"fine-tuning needs at least 2 classes, one sub-folder of {data_dir} per label "
-            f"with its example photos; found {len(folders)} ({found})"
-        )
-    return folders
-
-
-def _readable_photos(
-    folder: Path, draft_size: tuple[int, int], pool: ThreadPoolExecutor
-) -> list[str]:
-    paths = [stat.path for stat in scan(folder)]
+def _readable(paths: list[str], draft_size: tuple[int, int], pool: ThreadPoolExecutor) -> list[str]:
     # Decoded once to drop unreadable photos before the split; the pixels are not kept,
     # so a large folder never sits in memory (each epoch decodes again).
     readable = pool.map(lambda path: _decode(path, draft_size) is not None, paths)
@@ -311,11 +294,8 @@ def _readable_photos(
 
 def _decode(path: str, draft_size: tuple[int, int]) -> Image.Image | None:
     """The photo exactly as the indexer sees it, or None (logged) when it cannot be read."""
-    try:
-        return read_photo(path, draft_size).image
-    except ImageDecodeError as exc:
-        log.warning("skipping %s: %s", path, exc)
-        return None
+    photo = read_or_skip(path, draft_size)
+    return None if photo is None else photo.image
 
 
 @dataclass(frozen=True)
@@ -638,10 +618,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(state, partial)
-        os.replace(partial, path)
+        with replacing(path) as partial:
+            torch.save(state, partial)
 
     def resume(self, path: Path, key: str) -> tuple[list[EpochStats], int]:
         """(history, best epoch) from a saved state of this same run; empty without one."""

@@ -27,8 +27,6 @@ import importlib.util
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,12 +53,8 @@ from vitsearch.model.onnx_backend import (
     open_export,
     read_manifest,
 )
+from vitsearch.photos.fileio import held, write_atomically
 from vitsearch.records import OTHER_BACKENDS, ModelInfo
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -383,10 +377,7 @@ def write_measurement(
         "busy_cores": None if busy is None else round(busy, 2),
         "timings": timings,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
 def _disturbed(record: dict) -> bool:
@@ -412,7 +403,7 @@ def _exported(
 
     directory = export_directory(settings, precision)
     rejected = _rejected_file(settings, precision)
-    with _held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
+    with held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
         if rejected.is_file():
             return None
         if not (directory / MANIFEST_FILE).is_file():
@@ -435,16 +426,6 @@ def _exported(
 def _rejected_file(settings: Settings, precision: str) -> Path:
     directory = export_directory(settings, precision)
     return directory.with_name(directory.name + ".rejected.json")
-
-
-@contextmanager
-def _held(lock: Path) -> Iterator[None]:
-    """An exclusive lock on ``lock`` for the block, waiting for another process's."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        if fcntl is not None:  # elsewhere (Windows) two first runs may both export: harmless
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def export_directory(settings: Settings, precision: str) -> Path:

@@ -5,7 +5,7 @@
   cropped, turned by 90 degrees with the EXIF lost, mirrored. The CLS embedding alone cannot
   tell those from another photo of the same kind of thing (on a trained ViT-Ti a greyscale copy
   scores ~0.65 to its original and two terriers of one breed as much), so a pair is a copy only
-  when the photos' perceptual hashes (:mod:`vitsearch.indexer.phash`, stored at indexing) agree
+  when the photos' perceptual hashes (:mod:`vitsearch.photos.phash`, stored at indexing) agree
   too: within COPY_BITS bits in any orientation (with the embeddings at least COPY_COSINE alike),
   or within CROP_BITS with a cosine of NEAR_THRESHOLD (crops move the hash more).
 - burst: different shots of one moment: cosine >= BURST_THRESHOLD and taken within 30 s.
@@ -33,8 +33,8 @@ import faiss
 import numpy as np
 
 from vitsearch.errors import ConfigError, ImageDecodeError
-from vitsearch.indexer import phash
-from vitsearch.indexer.decode import read_photo
+from vitsearch.photos import phash
+from vitsearch.photos.decode import read_photo
 from vitsearch.records import PhotoDetails
 from vitsearch.store import Library
 

@@ -16,9 +16,7 @@ import colorsys
 import hashlib
 import html
 import logging
-import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.photos.fileio import write_atomically
 from vitsearch.records import display_label
 from vitsearch.search.clusters import clusters
 from vitsearch.store import Library
@@ -456,16 +455,7 @@ def _fit_umap(sample: np.ndarray):
 def _save_umap(home: Path, model) -> str:
     """Pickle the fitted model atomically; returns its sha256 for the map state."""
     data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-    handle, temp = tempfile.mkstemp(dir=home, prefix=f".{UMAP_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, home / UMAP_FILE)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(home / UMAP_FILE, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ImageDecodeError, MissingFileError, NotIndexedError
-from vitsearch.indexer.decode import decode_untrusted, read_photo
+from vitsearch.photos.decode import decode_untrusted, read_photo
 from vitsearch.records import NO_FILTERS, Filters, Hit, Label
 from vitsearch.store import Library
 

@@ -10,11 +10,7 @@ import os
 from pathlib import Path
 
 from vitsearch.errors import LibraryLockedError
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+from vitsearch.photos.fileio import lock
 
 
 class WriterLock:
@@ -26,7 +22,7 @@ class WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115  held open for the lock's lifetime
         try:
-            _lock(handle)
+            lock(handle)
         except OSError:
             handle.close()
             pid = holder_pid(self.path)
@@ -68,7 +64,7 @@ def holder_pid(path: Path) -> int | None:
     try:
         with open(path) as handle:
             try:
-                _lock(handle, shared=True)
+                lock(handle, shared=True)
             except OSError:
                 text = path.read_text().strip()
                 return int(text) if text.isdigit() else None
@@ -82,12 +78,3 @@ def _same_file(handle, path: Path) -> bool:
         return os.path.samestat(os.fstat(handle.fileno()), path.stat())
     except FileNotFoundError:
         return False
-
-
-def _lock(handle, shared: bool = False) -> None:
-    if fcntl is None:
-        import msvcrt
-
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(handle.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from vitsearch.photos.fileio import replacing, write_atomically
 from vitsearch.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,8 @@ class VectorIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + rename), then the sidecar: it may lag, never lead."""
-        temp = path.with_name(path.name + f".tmp{os.getpid()}")
-        faiss.write_index(self.index, str(temp))
-        os.replace(temp, path)
+        with replacing(path) as temp:
+            faiss.write_index(self.index, str(temp))
         meta = {
             "seq": self.seq,
             "dim": self.dim,
@@ -277,6 +276,4 @@ def _sidecar(path: Path) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    temp = path.with_name(path.name + f".tmp{os.getpid()}")
-    temp.write_text(json.dumps(data))
-    os.replace(temp, path)
+    write_atomically(path, json.dumps(data))

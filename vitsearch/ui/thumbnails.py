@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 from PIL import Image
 
 from vitsearch.errors import ImageDecodeError
-from vitsearch.indexer.decode import decode_untrusted
+from vitsearch.photos.decode import decode_untrusted
+from vitsearch.photos.fileio import write_atomically
 from vitsearch.records import PhotoDetails
 
 THUMBNAIL_SIZE = 320
@@ -40,10 +40,7 @@ class Thumbnails:
         return data
 
     def _store(self, path: Path, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(path.name + f".tmp{os.getpid()}")
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        write_atomically(path, data)
 
 
 def _jpeg(image: Image.Image, size: int) -> bytes:

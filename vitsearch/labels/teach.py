@@ -15,7 +15,6 @@ get their label at index time. A photo unlike every taught label gets none.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from collections import Counter
@@ -26,7 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import VitsearchError
-from vitsearch.indexer.files import content_hash_file, image_extensions, scan
+from vitsearch.labels.classifier import (
+    NONE,
+    SOURCE_PREFIX,
+    LinearClassifier,
+    open_probabilities,
+    softmax,
+)
+from vitsearch.model.feature_files import embed_files
+from vitsearch.photos.files import content_hash_file
+from vitsearch.photos.labelled import labelled_photos
 from vitsearch.records import Label
 from vitsearch.store import Library
 
@@ -37,9 +45,7 @@ FOLDS = 5  # k-fold over examples and background: 5-7 examples a label leave too
 STEPS = 400
 LEARNING_RATE = 0.05
 L2 = 1e-2  # bench_teach.py: 1e-4 overfits 6 examples in 192-d (recall -0.05 at equal false labels)
-SOURCE_PREFIX = "custom:"
 APPLY_CHUNK = 20_000
-NONE = -1  # top()'s class index for "none of these"
 BACKGROUND_MAX = 1000  # library photos sampled: 3/4 "none of these", 1/4 held out
 MIN_BACKGROUND = 20  # fewer usable library photos: the distance gate alone keeps the set open
 NEAR_COPY = 0.95  # cosine above which a library photo is a copy of an example, not background
@@ -49,80 +55,6 @@ MEMBER_QUANTILE = 0.1
 OTHERS_SHARE = 0.25  # of the sampled library photos: held out to measure the false-label rate
 GATE_MARGIN = 0.05  # cosine below the least typical example before the gate says "none"
 CALIBRATION_BINS = 10
-
-
-@dataclass(frozen=True)
-class LinearClassifier:
-    """Softmax regression over unit embeddings, with a calibration temperature.
-
-    Open-set when trained with a background column (the last of ``weights``: "none of these")
-    and/or a distance gate (``centroids``, ``min_cosine``). Classifiers stored before either
-    existed load as closed-set: they give every photo a label until taught again.
-    """
-
-    classes: tuple[str, ...]
-    weights: np.ndarray  # (dim, classes), or (dim, classes + 1) with the background last
-    bias: np.ndarray
-    temperature: float = 1.0
-    centroids: np.ndarray | None = None  # (classes, dim) unit example centroids
-    min_cosine: np.ndarray | None = None  # (classes,) below it: not that label
-
-    @property
-    def has_background(self) -> bool:
-        return self.weights.shape[1] == len(self.classes) + 1
-
-    @property
-    def open_set(self) -> bool:
-        return self.has_background or self.centroids is not None
-
-    def logits(self, vectors: np.ndarray) -> np.ndarray:
-        return np.asarray(vectors, np.float32) @ self.weights + self.bias
-
-    def far(self, vectors: np.ndarray) -> np.ndarray:
-        """(vectors, classes) True where the gate rules a label out."""
-        if self.centroids is None:
-            return np.zeros((len(vectors), len(self.classes)), bool)
-        return np.asarray(vectors, np.float32) @ self.centroids.T < self.min_cosine
-
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """(vectors, classes + 1): calibrated probability of each label, then of none."""
-        return _open_probabilities(
-            self.logits(vectors), self.far(vectors), self.temperature, self.has_background
-        )
-
-    def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class index or NONE, its calibrated probability) per vector."""
-        probs = self.probabilities(vectors)
-        best = probs.argmax(axis=1)
-        scores = probs[np.arange(len(best)), best]
-        return np.where(best == len(self.classes), NONE, best), scores
-
-    def to_bytes(self) -> bytes:
-        arrays = {"centroids": self.centroids, "min_cosine": self.min_cosine}
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            weights=self.weights,
-            bias=self.bias,
-            temperature=np.array(self.temperature),
-            classes=np.array(self.classes),
-            **{key: value for key, value in arrays.items() if value is not None},
-        )
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LinearClassifier:
-        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
-            gate = ("centroids", "min_cosine")
-            centroids, min_cosine = (saved[k] if k in saved.files else None for k in gate)
-            return cls(
-                tuple(str(c) for c in saved["classes"]),
-                saved["weights"],
-                saved["bias"],
-                float(saved["temperature"]),
-                centroids,
-                min_cosine,
-            )
 
 
 @dataclass(frozen=True)
@@ -206,7 +138,7 @@ def train(
     else:
         logits, far = fit.out_of_fold(x, y, folds)
         temperature = _calibrate(logits, far, y, with_background)
-        probs = _open_probabilities(logits, far, temperature, with_background)
+        probs = open_probabilities(logits, far, temperature, with_background)
         classifier, validation = fit(x, y, temperature), _validate(probs, y, count, folds)
     if others is None or len(others) == 0:
         return classifier, validation
@@ -307,7 +239,7 @@ def fit_softmax(
     moments = [np.zeros_like(weights), np.zeros_like(bias)]
     squares = [np.zeros_like(weights), np.zeros_like(bias)]
     for step in range(1, steps + 1):
-        grad_logits = (_softmax(x @ weights + bias) - onehot) * sample_weight[:, None] / len(y)
+        grad_logits = (softmax(x @ weights + bias) - onehot) * sample_weight[:, None] / len(y)
         grads = [x.T @ grad_logits + L2 * weights, grad_logits.sum(axis=0)]
         for i, (param, grad) in enumerate(zip((weights, bias), grads, strict=True)):
             moments[i] = 0.9 * moments[i] + 0.1 * grad
@@ -375,32 +307,6 @@ def apply_classifier(
     return done, counts
 
 
-def custom_labels_for(
-    classifiers: list[tuple[int, str, LinearClassifier]], vectors: np.ndarray
-) -> list[tuple[Label, ...]]:
-    """Each vector's label from every classifier that recognises it (the indexer adds these
-    to new photos); a photo unlike all of a classifier's labels gets none from it."""
-    per_vector: list[list[Label]] = [[] for _ in range(len(vectors))]
-    for _cid, name, classifier in classifiers:
-        best, scores = classifier.top(vectors)
-        for row, (b, s) in enumerate(zip(best, scores, strict=True)):
-            if b != NONE:
-                label = Label(classifier.classes[b], float(s), SOURCE_PREFIX + name)
-                per_vector[row].append(label)
-    return [tuple(labels) for labels in per_vector]
-
-
-def load_classifiers(library: Library) -> list[tuple[int, str, LinearClassifier]]:
-    loaded = [
-        (cid, name, LinearClassifier.from_bytes(blob))
-        for cid, name, blob in library.db.classifiers()
-    ]
-    for _cid, name, classifier in loaded:
-        if not classifier.open_set:
-            log.warning("taught labels %r label every photo: run `vitsearch teach` again", name)
-    return loaded
-
-
 def classifier_summaries(library: Library) -> list[dict]:
     """What ``teach --list`` shows: each classifier's labels, accuracy and whether it is
     open-set (stored before open-set labels existed: needs ``teach`` again)."""
@@ -451,17 +357,6 @@ def _gate(loo: np.ndarray, y: np.ndarray, count: int, margin: float) -> np.ndarr
     return bars
 
 
-def _open_probabilities(
-    logits: np.ndarray, far: np.ndarray, temperature: float, with_background: bool
-) -> np.ndarray:
-    """Softmax over the labels (and the background); a gated label's mass goes to none."""
-    probs = _softmax(logits / temperature)
-    if not with_background:
-        probs = np.hstack([probs, np.zeros((len(probs), 1))])
-    kept = np.where(far, 0.0, probs[:, :-1])
-    return np.hstack([kept, np.clip(1 - kept.sum(axis=1, keepdims=True), 0, 1)])
-
-
 def _calibrate(logits: np.ndarray, far: np.ndarray, y: np.ndarray, with_background: bool) -> float:
     """Temperature scaling: the temperature with the least class-balanced negative
     log-likelihood of the out-of-fold predictions."""
@@ -469,7 +364,7 @@ def _calibrate(logits: np.ndarray, far: np.ndarray, y: np.ndarray, with_backgrou
     rows = np.arange(len(y))
 
     def loss(temperature: float) -> float:
-        probs = _open_probabilities(logits, far, temperature, with_background)
+        probs = open_probabilities(logits, far, temperature, with_background)
         return float(-(weight * np.log(probs[rows, y] + 1e-12)).sum())
 
     candidates = np.exp(np.linspace(np.log(0.05), np.log(20.0), 60))
@@ -506,13 +401,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _examples(folder: Path) -> dict[str, list[str]]:
     if not folder.is_dir():
         raise VitsearchError(f"no such folder: {folder}")
-    extensions = image_extensions()
-    examples = {
-        sub.name: [stat.path for stat in scan(sub, extensions)]
-        for sub in sorted(folder.iterdir())
-        if sub.is_dir() and not sub.name.startswith(".")
-    }
-    examples = {label: paths for label, paths in examples.items() if paths}
+    examples = {label: paths for label, paths in labelled_photos(folder).items() if paths}
     if len(examples) < 2:
         raise VitsearchError(
             f"{folder} needs at least 2 sub-folders of example photos, one per label "
@@ -536,9 +425,6 @@ def _embed_examples(library, embedder_factory, examples):
                 pending.append((path, index))
     embedded = 0
     if pending:  # only examples the library does not hold go through the model
-        # imported here: features -> indexer -> reconcile -> teach would be a cycle
-        from vitsearch.features import embed_files
-
         target_of = dict(pending)
         kept, new_vectors = embed_files(embedder_factory(), [path for path, _ in pending])
         vectors.extend(new_vectors)
@@ -566,11 +452,6 @@ def _stored_vectors(library: Library, paths: list[str]) -> dict[str, np.ndarray]
         if stored is not None:
             found[path] = stored[0]
     return found
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _fingerprint(library: Library) -> str:

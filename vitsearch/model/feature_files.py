@@ -1,34 +1,19 @@
-"""Features from any layer: embeddings of image files written to .npy or .parquet."""
+"""Features from any layer: embeddings of image files, written to .npy or .parquet."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from vitsearch.errors import ConfigError, ImageDecodeError, MissingFileError
-from vitsearch.indexer.decode import read_photo
-from vitsearch.indexer.files import image_extensions, scan
+from vitsearch.errors import ConfigError
+from vitsearch.photos.decode import read_or_skip
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".npy", ".parquet")
-
-
-def image_files(inputs: Iterable[Path]) -> list[str]:
-    """Image files named directly, and every photo below named folders, in a stable order."""
-    found: list[str] = []
-    for item in inputs:
-        item = Path(item).expanduser().absolute()
-        if item.is_dir():
-            found += [stat.path for stat in scan(item, image_extensions())]
-        elif item.is_file():
-            found.append(str(item))
-        else:
-            raise MissingFileError(f"no such file or folder: {item}")
-    return found
 
 
 def embed_files(
@@ -40,11 +25,10 @@ def embed_files(
     for start in range(0, len(paths), batch_size):
         images = []
         for path in paths[start : start + batch_size]:
-            try:
-                images.append(read_photo(path, embedder.decode_size).image)
+            photo = read_or_skip(path, embedder.decode_size)
+            if photo is not None:
+                images.append(photo.image)
                 kept.append(path)
-            except ImageDecodeError as exc:
-                log.warning("skipping %s: %s", path, exc)
         if images:
             parts.append(embedder.embed_images(images).vectors)
     dim = embedder.info.dim

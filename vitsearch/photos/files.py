@@ -7,11 +7,13 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from vitsearch.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +153,17 @@ def register_plugins() -> None:
         register_heif_opener()
     with contextlib.suppress(ImportError):
         import pillow_avif  # noqa: F401  (registers itself on import)
+
+
+def image_files(inputs: Iterable[Path]) -> list[str]:
+    """Image files named directly, and every photo below named folders, in a stable order."""
+    found: list[str] = []
+    for item in inputs:
+        item = Path(item).expanduser().absolute()
+        if item.is_dir():
+            found += [stat.path for stat in scan(item, image_extensions())]
+        elif item.is_file():
+            found.append(str(item))
+        else:
+            raise MissingFileError(f"no such file or folder: {item}")
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +12,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitsearch.errors import ImageDecodeError
-from vitsearch.indexer.files import content_hash, fingerprint_data, register_plugins
+from vitsearch.photos.files import content_hash, fingerprint_data, register_plugins
+
+log = logging.getLogger(__name__)
 
 EXIF_IFD = 0x8769
 DATETIME_ORIGINAL = 36867
@@ -58,6 +61,16 @@ def decode_untrusted(
         raise ImageDecodeError(f"refused, too many pixels: {exc}") from exc
     except Exception as exc:  # decoders raise many kinds (OSError, SyntaxError, ValueError...)
         raise ImageDecodeError(f"cannot decode: {exc or type(exc).__name__}") from exc
+
+
+def read_or_skip(path: str, draft_size: tuple[int, int]) -> Photo | None:
+    """The photo at ``path``, or None once "skipping <path>: <reason>" is logged: one bad
+    file never stops a run."""
+    try:
+        return read_photo(path, draft_size)
+    except ImageDecodeError as exc:
+        log.warning("skipping %s: %s", path, exc)
+        return None
 
 
 def decode_bytes(
