@@ -607,7 +607,7 @@ def teach_timing(n: int, temp: Path) -> None:
             lambda: train(data.vectors[examples], classes_of[examples], names)
         )
         with open_library(temp / "teach-home", write=True) as library:
-            cid = library.db.save_classifier(
+            cid = library.save_classifier(
                 "bench", classifier.to_bytes(), list(names), validation.accuracy, "x"
             )
             (labelled, _), apply_s = timed(

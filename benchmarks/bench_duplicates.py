@@ -161,11 +161,11 @@ def _save(image: Image.Image, path: Path, when: float, options: dict) -> None:
 def read_library(home: Path):
     """(ids, paths, unit vectors, unsigned hashes) of every indexed photo."""
     with open_library(home) as library:
-        parts = list(library.db.iter_embeddings())
+        parts = list(library.iter_embeddings())
         ids = np.concatenate([p[0] for p in parts])
         vectors = np.concatenate([p[1] for p in parts])
-        details = library.db.details(ids.tolist())
-        hashes = library.db.phashes(ids.tolist())
+        details = library.details(ids.tolist())
+        hashes = library.phashes(ids.tolist())
     paths = [details[int(i)].path for i in ids]
     return ids, paths, vectors, np.array([hashes[int(i)] for i in ids], dtype=np.uint64)
 

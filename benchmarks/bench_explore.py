@@ -40,8 +40,8 @@ from vitsearch.records import Filters, ImageEntry, LibraryCounts, ModelInfo
 from vitsearch.search.clusters import compute_clusters
 from vitsearch.search.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.search.query import nearest
-from vitsearch.store import Library, VectorIndex, open_library
-from vitsearch.store.vectors import NPROBE, build_index, faiss_threads
+from vitsearch.store import Library, open_library
+from vitsearch.store.vectors import NPROBE, VectorIndex, build_index, faiss_threads
 
 K = 10
 SEED = 20240601
@@ -245,12 +245,11 @@ def write_library(home: Path, data: Synthetic, budget: float) -> tuple[np.ndarra
     library = open_library(home, write=True)
     try:
         library.adopt_model(ModelInfo("synthetic", f"synthetic:{dim}", dim), "fp32")
-        roots = {True: library.db.root_id(FOLDER_A), False: library.db.root_id(FOLDER_B)}
+        roots = {True: library.root_id(FOLDER_A), False: library.root_id(FOLDER_B)}
         started = time.perf_counter()
         for start in range(0, n, WRITE_CHUNK):
-            ids += library.db.write_batch(
-                entries(data, start, min(n, start + WRITE_CHUNK), roots), []
-            )
+            rows = entries(data, start, min(n, start + WRITE_CHUNK), roots)
+            ids += library.write_batch(rows, [], update_vectors=False)
             elapsed = time.perf_counter() - started
             if budget and len(ids) < n and elapsed * (len(ids) + WRITE_CHUNK) / len(ids) > budget:
                 print(
@@ -303,13 +302,13 @@ def sql_breakdown(library: Library, queries: np.ndarray, under: Filters) -> dict
     samples, short = [], 0
     for q in queries[:BREAKDOWN_QUERIES]:
         t0 = time.perf_counter()
-        allowed = library.db.filtered_ids(under)
+        allowed = library.filtered_ids(under)
         t1 = time.perf_counter()
         ids, scores = library.vectors.search(q, K)
         t2 = time.perf_counter()
         kept, _ = library.vectors.search(q, K, allowed)
         t3 = time.perf_counter()
-        library.db.hits(ids.tolist(), scores.tolist())
+        library.hits(ids.tolist(), scores.tolist())
         t4 = time.perf_counter()
         with faiss_threads(1):
             library.vectors.search(q, K)
@@ -533,7 +532,7 @@ def measure_library(
         )
         if index.kind == "ivf":
             print_sweep("nprobe sweep (FAISS only):", nprobe_sweep(index, queries, truth))
-            allowed = library.db.filtered_ids(under)
+            allowed = library.filtered_ids(under)
             print_sweep(
                 "nprobe sweep, filtered (FAISS only):",
                 nprobe_sweep(index, queries, truth_a, allowed),

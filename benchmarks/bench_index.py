@@ -252,9 +252,9 @@ def alternate(
 def stored_vectors(home: Path, folder: Path, names: Sequence[str]) -> np.ndarray:
     """The pipeline's embeddings from the library, in the order of ``names``."""
     with open_library(home) as library:
-        files = library.db.files_under(os.path.join(str(folder.absolute()), ""))
+        files = library.files_under(os.path.join(str(folder.absolute()), ""))
         by_id = {}
-        for ids, vectors in library.db.iter_embeddings():
+        for ids, vectors in library.iter_embeddings():
             by_id.update(zip(ids.tolist(), vectors, strict=True))
     return np.stack([by_id[files[str(folder.absolute() / n)].id] for n in names])
 

@@ -103,8 +103,8 @@ def sample(path: Path, count: int | None, into: Path) -> Path:
 
 
 def evaluate(library: Library, query: str, k: int, hierarchy: Hierarchy) -> Row:
-    ids = [int(i) for i in library.db.filtered_ids(NO_FILTERS)]
-    everything = library.db.hits(ids, [0.0] * len(ids))
+    ids = [int(i) for i in library.filtered_ids(NO_FILTERS)]
+    everything = library.hits(ids, [0.0] * len(ids))
     relevant = sum(is_kind(hit, query, hierarchy) for hit in everything)
     top1 = [h for h in everything if top_is_kind(h, query, hierarchy)]
     ceiling = sum(is_kind(h, query, hierarchy) for h in top1) / len(top1) if top1 else None
@@ -123,11 +123,11 @@ def evaluate(library: Library, query: str, k: int, hierarchy: Hierarchy) -> Row:
 
 def before(library: Library, query: str, k: int, hierarchy: Hierarchy) -> float | None:
     """The old search: labels containing the word, ranked by the best such label."""
-    known = [label for label, _, _ in library.db.label_vocabulary()]
+    known = [label for label, _, _ in library.label_vocabulary()]
     wanted = matching_labels(query, known)
     if not wanted:
         return None
-    return precision(library.db.best_with_labels(wanted, NO_FILTERS, k), query, hierarchy, k)
+    return precision(library.best_with_labels(wanted, NO_FILTERS, k), query, hierarchy, k)
 
 
 def found(search) -> list[Hit]:

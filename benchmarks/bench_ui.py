@@ -230,11 +230,11 @@ def write_library(home: Path, root: Path, data: Synthetic, files: list[Path]) ->
     library = open_library(home, write=True)
     try:
         library.adopt_model(MODEL, "fp32")
-        root_id = library.db.root_id(str(root))
+        root_id = library.root_id(str(root))
         started = time.perf_counter()
         for start in range(0, n, WRITE_CHUNK):
             rows = range(start, min(n, start + WRITE_CHUNK))
-            library.db.write_batch(entries(data, rows, root_id, files), [])
+            library.write_batch(entries(data, rows, root_id, files), [], update_vectors=False)
             if (rows.stop // WRITE_CHUNK) % 5 == 0 or rows.stop == n:
                 took = time.perf_counter() - started
                 print(f"  wrote {rows.stop:,}/{n:,} rows ({rows.stop / took:,.0f} rows/s)")
@@ -292,7 +292,7 @@ def prepare(base: Path, n: int, file_count: int) -> Setup:
 def reset_library(home: Path, photos: Path) -> None:
     """Undo a previous run: its writer's rows, a FAISS file it replaced, the thumbnails."""
     with open_library(home, write=True) as library:
-        library.db.forget_root(str(photos / UPLOADS))
+        library.forget_root(str(photos / UPLOADS))
     for name in (VECTORS_NAME, VECTORS_NAME + ".json"):
         (home / name).unlink(missing_ok=True)
     with open_library(home, write=True) as library:
@@ -331,7 +331,7 @@ class SqlCounter:
 
     def __init__(self, library: Library) -> None:
         self.count = 0
-        event.listen(library.db.engine, "before_cursor_execute", self._seen)
+        event.listen(library.engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_args) -> None:
         self.count += 1
@@ -384,14 +384,14 @@ def search_render(ui: Ui, query: np.ndarray) -> Sections:
     """search.render -> filter_controls -> run_query -> show_results -> photo_grid."""
     t = Sections(ui.sql)
     with t("count"):  # render(): the empty-library check
-        ui.shared.run(lambda library: library.db.counts().vectors)
+        ui.shared.run(lambda library: library.counts().vectors)
     with t("roots"):  # filter_controls(): the folder choices
-        ui.shared.run(lambda library: [p for p, _ in library.db.roots()])
+        ui.shared.run(lambda library: [p for p, _ in library.roots()])
     with t("nearest"):  # run_query(): search_by_bytes after the model forward
         hits = ui.shared.run(lambda library: nearest(library, query, K, NO_FILTERS))
     page = hits[:PAGE_SIZE]  # page_of(): page 1
     with t("details"):
-        details = ui.shared.run(lambda library: library.db.details([h.id for h in page]))
+        details = ui.shared.run(lambda library: library.details([h.id for h in page]))
     with t("thumbnails"):
         for hit in page:
             photo = details.get(hit.id)
@@ -404,13 +404,13 @@ def clusters_render(ui: Ui, k: int | str, cards: int | None, recompute: bool = F
     """clusters.render -> show_cards (every card, or the first ``cards``)."""
     t = Sections(ui.sql)
     with t("count"):
-        ui.shared.run(lambda library: library.db.counts().vectors)
+        ui.shared.run(lambda library: library.counts().vectors)
     with t("clusters"):
         found = ui.shared.run(lambda library: clusters(library, k, recompute))
     for cluster in found if cards is None else found[:cards]:
         shown = cluster.representatives[:CARD_THUMBNAILS]
         with t("details"):
-            details = ui.shared.run(lambda library, s=shown: library.db.details([h.id for h in s]))
+            details = ui.shared.run(lambda library, s=shown: library.details([h.id for h in s]))
         with t("thumbnails"):
             for hit in shown:
                 photo = details.get(hit.id)
@@ -468,9 +468,9 @@ def bench_search(ui: Ui, data: Synthetic, repeats: int, rows: list[Row]) -> None
 
 def bench_clusters(ui: Ui, k: int | str, repeats: int, rows: list[Row]) -> None:
     with ui.shared.fresh() as library:
-        recompute = library.db.cluster_state() is not None  # a kept library: as "Recompute"
+        recompute = library.cluster_state() is not None  # a kept library: as "Recompute"
     cold, found = clusters_render(ui, k, None, recompute)
-    state = ui.shared.run(lambda library: library.db.cluster_state())
+    state = ui.shared.run(lambda library: library.cluster_state())
     print(
         f"  clusters, cold: {cold.total / 1000:.1f} s ({breakdown(cold)}); "
         f"k={state['k']} (requested {k}), {len(found)} cards"
@@ -539,11 +539,10 @@ def write_rows(setup: Setup, round_: int, save: bool) -> float:
     link_files(batch.paths, setup.files)
     started = time.perf_counter()
     with open_library(setup.home, write=True) as writer:
-        root_id = writer.db.root_id(str(setup.photos / UPLOADS))
-        ids = writer.db.write_batch(entries(batch, range(NEW_ROWS), root_id, setup.files), [])
-        if save:  # as the watcher does every so often: FAISS updated, saved on close
-            writer.vectors.upsert(np.array(ids), batch.vectors)
-            writer.mark_vectors_changed()
+        root_id = writer.root_id(str(setup.photos / UPLOADS))
+        # with save, as the watcher does every so often: FAISS updated, saved on close
+        rows = entries(batch, range(NEW_ROWS), root_id, setup.files)
+        writer.write_batch(rows, [], update_vectors=save)
     return time.perf_counter() - started
 
 

@@ -237,7 +237,7 @@ def wait_until(
 
 def committed(library, path: Path):
     """The photo's row if the watcher committed it (embedded or failed), else None."""
-    return library.db.file_at(str(path))
+    return library.file_at(str(path))
 
 
 def found_by_fresh_reader(home: Path, image_ids: Sequence[int]) -> int:
@@ -247,7 +247,7 @@ def found_by_fresh_reader(home: Path, image_ids: Sequence[int]) -> int:
     found = 0
     with open_library(home) as library:
         for image_id in image_ids:
-            stored = library.db.embedding(image_id)
+            stored = library.embedding(image_id)
             hits = nearest(library, stored[0], TIE_K) if stored else []
             best = hits[0].score if hits else math.inf
             found += any(h.id == image_id and h.score >= best - TIE_TOLERANCE for h in hits)
@@ -360,13 +360,13 @@ def measure_burst(watcher: WatchProcess, home: Path, folder: Path, photos: Seque
     with open_library(home) as library:
         prefix = os.path.join(str(folder), "")
         t_done = wait_until(
-            lambda: len(library.db.files_under(prefix)) >= len(copies),
+            lambda: len(library.files_under(prefix)) >= len(copies),
             120 + PER_IMAGE_DEADLINE * len(copies),
             "the burst",
             watcher.check_alive,
             BURST_POLL_SECONDS,
         )
-        rows = library.db.files_under(prefix)
+        rows = library.files_under(prefix)
     cpu = meter.stop()
     ok_ids = [row.id for row in rows.values() if row.ok]
     lines = watcher.lines(since=t_start, until=t_done)
@@ -631,7 +631,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
     try:
         startup = wait_ready(watcher, home, [folder / p.name for p in seeds])
         with open_library(home) as library:
-            precision = library.db.get_meta("precision")
+            precision = library.get_meta("precision")
         print(f"precision:      {precision} (recorded by the watcher)")
         print(f"watcher ready:  {startup:.1f}s after start (pid {watcher.pid})", flush=True)
         single = measure_singles(watcher, home, folder, singles, settings.watch_quiet_seconds)

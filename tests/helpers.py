@@ -193,15 +193,11 @@ def plant(
             library.adopt_model(
                 model or ModelInfo("planted", "planted:1", vectors.shape[1]), "fp32"
             )
-        root = library.db.root_id(folder)
+        root = library.root_id(folder)
         new = image_entries(
             vectors, root, paths, labels=labels, taken_at=taken_at, hashes=hashes, sizes=sizes
         )
-        ids = library.db.write_batch(new, [])
-        if new:
-            library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
-            library.mark_vectors_changed()
-        return ids
+        return library.write_batch(new, [])
 
 
 def sphere_groups(sizes: list[int], dim: int = 24, spread: float = 0.15, seed: int = 0):

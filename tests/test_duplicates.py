@@ -48,13 +48,10 @@ def plant_hashed(home: Path, vectors, hashes, taken_at=None, sizes=None) -> list
     paths = [f"/photos/p{i:05d}.jpg" for i in range(len(vectors))]
     with open_library(home, write=True) as library:
         library.adopt_model(ModelInfo("planted", "planted:1", vectors.shape[1]), "fp32")
-        root = library.db.root_id("/photos")
+        root = library.root_id("/photos")
         entries = image_entries(vectors, root, paths, taken_at=taken_at, sizes=sizes)
         entries = [replace(e, phash=h) for e, h in zip(entries, hashes, strict=True)]
-        ids = library.db.write_batch(entries, [])
-        library.vectors.upsert(np.array(ids), np.stack([e.vector for e in entries]))
-        library.mark_vectors_changed()
-    return ids
+        return library.write_batch(entries, [])
 
 
 def member_sets(groups) -> dict[str, list[frozenset[int]]]:
@@ -214,8 +211,8 @@ def test_the_hash_is_stored_at_index_time(home: Path, tmp_path: Path, fake_embed
     paths = [draw_photo(tmp_path / "album" / f"{i}.jpg", seed=i) for i in range(6)]
     _index(home, tmp_path / "album", fake_embedder)
     with open_library(home) as library:
-        stored = library.db.phashes()
-        by_path = {p.path: stored[i] for i, p in library.db.details(list(stored)).items()}
+        stored = library.phashes()
+        by_path = {p.path: stored[i] for i, p in library.details(list(stored)).items()}
     for path in paths:
         image = read_photo(str(path), fake_embedder.decode_size).image
         assert by_path[str(path)] == phash.photo_hash(image)
@@ -281,7 +278,7 @@ def test_an_old_library_without_hashes_still_works(
         db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     with open_library(home) as library:
         groups = find_duplicates(library, ("near",))
-        assert set(library.db.phashes().values()) == {None}
+        assert set(library.phashes().values()) == {None}
     assert len(groups) == 1 and groups[0].hash_bits is not None  # computed from the files
     assert {_photo_of(m.path) for m in groups[0].members} == {"a"}
     (tmp_path / "album" / "a.small.jpg").unlink()  # a file gone: its pairs rest on the cosine

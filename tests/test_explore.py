@@ -40,7 +40,7 @@ def test_separated_groups_come_back_as_clusters(home: Path, k) -> None:
     with open_library(home) as library:
         found = clusters(library, k)
         assert len(found) == 4 and sum(c.size for c in found) == 110
-        assignment = library.db.cluster_of(ids)
+        assignment = library.cluster_of(ids)
     predicted = np.array([assignment[i] for i in ids])
     assert adjusted_rand_index(truth, predicted) >= 0.9
 
@@ -54,11 +54,11 @@ def test_clusters_are_named_from_labels_and_stored(home: Path) -> None:
         assert sorted(c.name for c in first) == ["golden retriever", "sports car"]
         assert all(0.9 < c.cohesion <= 1.0 for c in first)
         assert all(len(c.representatives) == 6 for c in first)
-        state = library.db.cluster_state()
+        state = library.cluster_state()
         again = clusters(library, 2)
-        assert library.db.cluster_state() == state and again == first  # reused, not recomputed
+        assert library.cluster_state() == state and again == first  # reused, not recomputed
         clusters(library, 2, recompute=True)
-        assert library.db.cluster_state()["computed_at"] > state["computed_at"]
+        assert library.cluster_state()["computed_at"] > state["computed_at"]
 
 
 # five breeds of five dog groups (hunting, spitz, toy, working; the pug is just a dog)
@@ -108,11 +108,11 @@ def test_clusters_recomputed_when_library_grew(home: Path) -> None:
     plant(home, vectors)
     with open_library(home) as library:
         clusters(library, 2)
-        before = library.db.cluster_state()
+        before = library.cluster_state()
     plant(home, sphere_groups([10], seed=5)[0], folder="/more")
     with open_library(home) as library:
         clusters(library, 2)
-        assert library.db.cluster_state()["count"] == 50 != before["count"]
+        assert library.cluster_state()["count"] == 50 != before["count"]
 
 
 def test_two_photos_cluster_and_one_refuses(home: Path) -> None:

@@ -33,7 +33,8 @@ from vitsearch.errors import (
 from vitsearch.indexer import Indexer
 from vitsearch.model.checkpoint_check import check_checkpoint
 from vitsearch.records import Filters
-from vitsearch.store import WriterLock, open_library, writer_pid
+from vitsearch.store import open_library, writer_pid
+from vitsearch.store.lock import WriterLock
 
 DIM = 8
 # what loading the garbage weights says (safetensors' own error, or the loader's)
@@ -253,7 +254,7 @@ def test_a_failed_first_run_leaves_no_files(cheap, home: Path, tmp_path: Path) -
 def test_a_home_kept_for_other_files_loses_only_the_library(home: Path) -> None:
     (home / "exports").mkdir(parents=True)
     with open_library(home, write=True) as library:
-        library.db.root_id("/photos")  # a folder, but no photo
+        library.root_id("/photos")  # a folder, but no photo
     assert sorted(p.name for p in home.iterdir()) == ["exports"]
     assert writer_pid(home) is None
 
@@ -274,8 +275,8 @@ def test_a_library_with_a_photo_or_a_failure_stays(home: Path, tmp_path: Path) -
 
 def test_a_reader_of_a_new_home_creates_nothing_and_sees_a_writer_arrive(home: Path) -> None:
     with open_library(home) as reader:
-        assert not reader.on_disk and reader.db.counts().images == 0
-        assert len(reader.vectors) == 0 and reader.db.roots() == []
+        assert not reader.on_disk and reader.counts().images == 0
+        assert len(reader.vectors) == 0 and reader.roots() == []
         assert not home.exists()
         with open_library(home, write=True):
             reader.refresh()  # the file exists while a writer runs...
@@ -284,7 +285,7 @@ def test_a_reader_of_a_new_home_creates_nothing_and_sees_a_writer_arrive(home: P
         assert not reader.on_disk and not home.exists()
         plant(home, unit_vectors(3), folder="/photos")
         reader.refresh()  # the app's long-lived reader
-        assert reader.on_disk and reader.db.counts().images == 3
+        assert reader.on_disk and reader.counts().images == 3
         assert len(reader.vectors) == 3
 
 

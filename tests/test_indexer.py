@@ -44,7 +44,7 @@ def run(home: Path, fake_embedder: FakeEmbedder) -> Run:
 
 def library_ids(home: Path) -> dict[str, int]:
     with open_library(home) as library:
-        return {path: row.id for path, row in library.db.files_under("/").items() if row.ok}
+        return {path: row.id for path, row in library.files_under("/").items() if row.ok}
 
 
 def test_index_then_search_finds_each_photo_first(run: Run, tmp_path: Path, fake_embedder) -> None:
@@ -63,7 +63,7 @@ def test_faiss_results_equal_brute_force(run: Run, tmp_path: Path) -> None:
     draw_album(tmp_path / "album", 30)
     run(tmp_path / "album")
     with open_library(run.home) as library:
-        ids, vectors = next(library.db.iter_embeddings())
+        ids, vectors = next(library.iter_embeddings())
         query = vectors[3] + 0.1 * vectors[7]
         query /= np.linalg.norm(query)
         expected = ids[np.argsort(-(vectors @ query))[:5]]
@@ -166,15 +166,15 @@ def test_corrupt_file_recorded_skipped_and_retried_only_when_changed(
     assert (summary.new, summary.failed) == (6, 1)
     assert f"skipping {bad}: not an image" in caplog.text
     with open_library(run.home) as library:
-        counts = library.db.counts()
+        counts = library.counts()
         assert (counts.images, counts.failed, counts.vectors) == (6, 1, 6)
-        assert library.db.failures()[0][0] == str(bad)
+        assert library.failures()[0][0] == str(bad)
     assert run(tmp_path / "album").failed == 0
     draw_photo(bad, seed=5, fmt="JPEG")
     fixed = run(tmp_path / "album")
     assert fixed.updated == 1
     with open_library(run.home) as library:
-        assert library.db.counts().failed == 0
+        assert library.counts().failed == 0
 
 
 def test_missing_root_goes_offline_and_comes_back(run: Run, tmp_path: Path, fake_embedder) -> None:

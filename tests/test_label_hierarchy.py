@@ -246,14 +246,14 @@ def test_other_checkpoints_keep_plain_matching(home: Path) -> None:
 def test_sums_stay_within_one_source(home: Path) -> None:
     plant_photos(home, PHOTOS)
     with open_library(home, write=True) as library:
-        ids = [library.db.file_at("/photos/a/three-breeds.jpg").id]
-        cid = library.db.save_classifier("pets", b"", ["dog"], None, "planted:1")
-        library.db.write_custom_labels(cid, ids, [Label("dog", 0.55, "custom:pets")])
+        ids = [library.file_at("/photos/a/three-breeds.jpg").id]
+        cid = library.save_classifier("pets", b"", ["dog"], None, "planted:1")
+        library.write_custom_labels(cid, ids, [Label("dog", 0.55, "custom:pets")])
     with open_library(home) as library:
         hits = search_by_label(library, "dog", 10)
         assert paths(hits) == ["three-breeds", "one-breed"]
         assert hits[0].score == pytest.approx(0.6)  # the model's 0.6, not 0.6 + 0.55
-        best = library.db.best_with_labels([LAB, GOLDEN, BEAGLE], Filters(), 10)
+        best = library.best_with_labels([LAB, GOLDEN, BEAGLE], Filters(), 10)
         assert [h.score for h in best] == pytest.approx([0.5, 0.3])  # the default: best label
 
 
@@ -337,8 +337,8 @@ def test_dog_search_on_real_photos_reaches_the_models_own_precision(tmp_path: Pa
         return DOG in table.ancestors.get(Path(hit.path).name[:9], ())
 
     with open_library(settings.home) as library:
-        ids = [int(i) for i in library.db.filtered_ids(Filters())]
-        everything = library.db.hits(ids, [0.0] * len(ids))
+        ids = [int(i) for i in library.filtered_ids(Filters())]
+        everything = library.hits(ids, [0.0] * len(ids))
         top1 = [h for h in everything if h.labels and DOG in table.ancestors_of(h.labels[0].label)]
         ceiling = sum(map(is_dog, top1)) / len(top1)
         hits = search_by_label(library, "dog", k=len(top1))

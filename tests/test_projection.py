@@ -20,7 +20,7 @@ from vitsearch.search.projection import (
     AUTO_UMAP_MIN_POINTS,
     BASE_COLOURS,
     LABELLED_CLUSTERS,
-    UMAP_FILE,
+    UMAP_BLOB,
     UNCLUSTERED,
     UNCLUSTERED_COLOUR,
     MapPoints,
@@ -103,7 +103,7 @@ def test_pca_keeps_groups_apart(home: Path) -> None:
         assert points.ids.dtype == np.int64 and points.ids.tolist() == sorted(group_of)
         assert points.xy.dtype == np.float32 and points.xy.shape == (len(group_of), 2)
         assert_groups_apart(points, group_of)
-        state = library.db.map_state()
+        state = library.map_state()
         assert (state["method"], state["count"], state["seed"]) == ("pca", 36, 1234)
         assert len(state["mean"]) == DIM and np.array(state["components"]).shape == (2, DIM)
 
@@ -120,7 +120,7 @@ def test_pca_fits_on_a_bounded_sample(home: Path) -> None:
     group_of = planted(home, per_group=20)
     with open_library(home) as library:
         points = project(library, method="pca", sample_size=15)
-        assert library.db.map_state()["fitted_on"] == 15
+        assert library.map_state()["fitted_on"] == 15
     assert len(points) == 60
     assert_groups_apart(points, group_of)
 
@@ -129,15 +129,15 @@ def test_new_photos_are_transformed_and_old_ones_stay(home: Path) -> None:
     group_of = planted(home)
     with open_library(home) as library:
         before = point_of(project(library, method="pca"))
-        fitted = library.db.map_state()
+        fitted = library.map_state()
     vectors, groups = grouped(2, seed=5)
     new = add_photos(home, vectors, groups, tag="late")
     group_of.update(zip(new, groups.tolist(), strict=True))
     with open_library(home) as library:
-        assert sorted(library.db.unmapped_ids().tolist()) == sorted(new)
+        assert sorted(library.unmapped_ids().tolist()) == sorted(new)
         points = project(library)  # "auto" on 42 photos is PCA, as stored: no refit
-        assert library.db.map_state() == fitted
-        assert library.db.unmapped_ids().size == 0
+        assert library.map_state() == fitted
+        assert library.unmapped_ids().size == 0
     after = point_of(points)
     assert {i: after[i] for i in before} == before
     expected = (vectors - np.array(fitted["mean"])) @ np.array(fitted["components"]).T
@@ -150,8 +150,8 @@ def test_deleted_photos_leave_the_map(home: Path) -> None:
     gone = sorted(group_of)[:5]
     with open_library(home, write=True) as library:
         project(library, method="pca")
-        library.db.delete_images(gone)
-        stored_ids, _xy = library.db.map_points()  # the rows went with the images
+        library.delete(gone)
+        stored_ids, _xy = library.map_points()  # the rows went with the images
         assert set(stored_ids.tolist()) == set(group_of) - set(gone)
         points = project(library, method="pca")
     assert points.ids.tolist() == sorted(set(group_of) - set(gone))
@@ -206,7 +206,7 @@ def test_umap_map_keeps_groups_apart_and_places_new_photos(home: Path) -> None:
     with open_library(home) as library:
         points = project(library, method="umap")
         assert points.method == "umap" and len(points) == 30
-        assert (home / UMAP_FILE).is_file()
+        assert library.derived.load_blob(UMAP_BLOB) is not None
         assert_groups_apart(points, group_of)
         before = point_of(points)
         again = project(library, method="umap", refit=True)  # seeded: the same layout
@@ -215,9 +215,9 @@ def test_umap_map_keeps_groups_apart_and_places_new_photos(home: Path) -> None:
     new = add_photos(home, vectors, groups, tag="late")
     group_of.update(zip(new, groups.tolist(), strict=True))
     with open_library(home) as library:
-        fitted_at = library.db.map_state()["computed_at"]
+        fitted_at = library.map_state()["computed_at"]
         points = project(library, method="umap")
-        assert library.db.map_state()["computed_at"] == fitted_at  # transformed, not refitted
+        assert library.map_state()["computed_at"] == fitted_at  # transformed, not refitted
     after = point_of(points)
     assert {i: after[i] for i in before} == before and set(new) <= set(after)
     assert_groups_apart(points, group_of)
@@ -228,7 +228,7 @@ def test_umap_fits_on_a_bounded_sample(home: Path) -> None:
     group_of = planted(home, per_group=10)
     with open_library(home) as library:
         points = project(library, method="umap", sample_size=20)
-        assert library.db.map_state()["fitted_on"] == 20
+        assert library.map_state()["fitted_on"] == 20
     assert len(points) == 30
     assert_groups_apart(points, group_of)
 
@@ -239,16 +239,16 @@ def test_auto_uses_umap_and_switching_method_refits(home: Path) -> None:
     with open_library(home) as library:
         assert project(library).method == "umap"
         points = project(library, method="pca")
-        assert points.method == "pca" and not (home / UMAP_FILE).exists()
+        assert points.method == "pca" and library.derived.load_blob(UMAP_BLOB) is None
     assert_groups_apart(points, group_of)
 
 
 @requires_umap
-def test_damaged_umap_file_is_refitted(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_umap_model_is_refitted(home: Path, caplog: pytest.LogCaptureFixture) -> None:
     planted(home, per_group=4)
     with open_library(home) as library:
         first = project(library, method="umap")
-        (home / UMAP_FILE).write_bytes(b"not a pickle")
+        library.derived.save_blob(UMAP_BLOB, b"not a pickle")
         caplog.set_level(logging.WARNING, logger="vitsearch.search.projection")
         second = project(library, method="umap")
     assert "does not match the stored map; refitting" in caplog.text
@@ -263,7 +263,7 @@ def test_map_figure_has_one_trace_per_cluster(home: Path) -> None:
     planted(home, per_group=10)
     with open_library(home) as library:
         out = map_figure_html(library, project(library, method="pca"), home / "map" / "map.html")
-        stored = library.db.clusters()  # none were stored: the figure clustered the library
+        stored = library.clusters()  # none were stored: the figure clustered the library
     page = out.read_text(encoding="utf-8")
     assert "plotly.js v" in page and '<script src="https://cdn.plot.ly' not in page
     traces = figure_traces(page)
@@ -349,7 +349,7 @@ def test_map_json(home: Path) -> None:
         assert {row["cluster"] for row in map_json(points, library)} == {None}  # not clustered
         clusters(library, k=3)
         rows = map_json(points, library)
-        membership = library.db.cluster_of(list(group_of))
+        membership = library.cluster_of(list(group_of))
     assert [set(row) for row in rows] == [{"id", "path", "x", "y", "cluster"}] * 12
     assert [row["id"] for row in rows] == points.ids.tolist()
     assert all(row["cluster"] == membership[row["id"]] for row in rows)

@@ -53,7 +53,7 @@ def test_stop_commits_the_batch_in_hand_then_next_run_finishes(home: Path, tmp_p
         first = indexer.reconcile([tmp_path / "album"])
     assert first.interrupted and first.new == 2 and "run again to finish" in first.line()
     with open_library(home) as library:
-        committed = set(library.db.embedding_ids().tolist())
+        committed = set(library.embedding_ids().tolist())
     assert len(committed) == 2 and faiss_ids(home) == committed  # FAISS written as it stopped
 
     second = reconcile(home, FakeEmbedder(), tmp_path / "album")
@@ -92,7 +92,7 @@ def test_sigterm_during_index_commits_and_exits_zero(
     folder = tmp_path / "photos"
     total = len(draw_album(folder, 400))
     env = {**cli_env, **PINNED, "VITSEARCH_BATCH_SIZE": "2"}
-    database = load_settings({}, home=home).database_path
+    database = home / "library.sqlite3"
     process = subprocess.Popen(
         [sys.executable, "-m", "vitsearch", "index", str(folder)],
         env=env,
@@ -120,8 +120,8 @@ def test_sigterm_during_index_commits_and_exits_zero(
     assert 0 < first < total, "the run finished before SIGTERM; the test proved nothing"
     assert info["vectors"] == first and info["writer_pid"] is None
     with open_library(home) as library:
-        ids_before = {path: row.id for path, row in library.db.files_under("/").items()}
-        assert faiss_ids(home) == set(library.db.embedding_ids().tolist())
+        ids_before = {path: row.id for path, row in library.files_under("/").items()}
+        assert faiss_ids(home) == set(library.embedding_ids().tolist())
     assert f"{first} new" in summary
 
     second = vitsearch("index", str(folder), env=env)
@@ -129,8 +129,8 @@ def test_sigterm_during_index_commits_and_exits_zero(
     info = app.library_status(load_settings({}, home=home))  # what `status --json` prints
     assert info["images"] == info["vectors"] == total
     with open_library(home) as library:
-        ids_after = {path: row.id for path, row in library.db.files_under("/").items()}
-        assert faiss_ids(home) == set(library.db.embedding_ids().tolist())
+        ids_after = {path: row.id for path, row in library.files_under("/").items()}
+        assert faiss_ids(home) == set(library.embedding_ids().tolist())
     assert {path: ids_after[path] for path in ids_before} == ids_before  # none indexed twice
 
 
@@ -153,7 +153,7 @@ def test_heic_photo_is_indexed_and_found(home: Path, tmp_path: Path) -> None:
     summary = reconcile(home, embedder, tmp_path / "album")
     assert (summary.new, summary.failed) == (4, 0)
     with open_library(home) as library:
-        row = library.db.file_at(str(photo))
+        row = library.file_at(str(photo))
         assert row is not None and row.ok
         hits = search_by_image(library, embedder, photo, k=1)
     assert hits[0].path == str(photo) and hits[0].score == pytest.approx(1.0, abs=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from tests.helpers import image_entries
 from vitsearch.errors import LibraryLockedError, LibraryVersionError, ModelMismatchError
 from vitsearch.records import FailedEntry, ImageEntry, Label, ModelInfo
-from vitsearch.store import Database, open_library, writer_pid
+from vitsearch.store import open_library, writer_pid
 from vitsearch.store.library import interrupts_deferred
 
 DIM = 8
@@ -37,12 +38,9 @@ def fill(home: Path, count: int = 10, seed: int = 0) -> list[int]:
     """Write ``count`` embedded images through a writer, as the indexer does."""
     with open_library(home, write=True) as library:
         library.adopt_model(INFO, "fp32")
-        root = library.db.root_id("/photos")
+        root = library.root_id("/photos")
         new = entries(root, unit_vectors(count, seed), prefix=f"/photos/s{seed}_")
-        ids = library.db.write_batch(new, [])
-        library.vectors.upsert(np.array(ids), np.stack([e.vector for e in new]))
-        library.mark_vectors_changed()
-        return ids
+        return library.write_batch(new, [])
 
 
 def faiss_ids(home: Path) -> set[int]:
@@ -52,33 +50,33 @@ def faiss_ids(home: Path) -> set[int]:
 
 def db_ids(home: Path) -> set[int]:
     with open_library(home) as library:
-        return set(library.db.embedding_ids().tolist())
+        return set(library.embedding_ids().tolist())
 
 
 def test_write_and_read_back(home: Path) -> None:
     ids = fill(home, 5)
     with open_library(home) as library:
-        hits = library.db.hits(ids[::-1], [0.5] * 5)
+        hits = library.hits(ids[::-1], [0.5] * 5)
         assert [hit.id for hit in hits] == ids[::-1]
         assert hits[0].labels == (Label("cat", 0.9), Label("dog", 0.1))
-        vector, _labels = library.db.embedding(ids[0])
+        vector, _labels = library.embedding(ids[0])
         assert vector.dtype == np.float32 and vector.shape == (DIM,)
-        assert library.db.counts().vectors == 5
+        assert library.counts().vectors == 5
 
 
 def test_failure_replaces_embedding_and_keeps_other_rows(home: Path) -> None:
     ids = fill(home, 3)
     with open_library(home, write=True) as library:
-        library.db.write_batch([], [FailedEntry("/photos/s0_1.jpg", 1, 5, 5, "truncated")])
-        counts = library.db.counts()
+        library.write_batch([], [FailedEntry("/photos/s0_1.jpg", 1, 5, 5, "truncated")])
+        counts = library.counts()
         assert (counts.images, counts.failed, counts.vectors) == (2, 1, 2)
-        assert library.db.file_at("/photos/s0_1.jpg").id == ids[1]
+        assert library.file_at("/photos/s0_1.jpg").id == ids[1]
 
 
 def test_search_matches_brute_force(home: Path) -> None:
     fill(home, 50, seed=1)
     with open_library(home) as library:
-        ids, vectors = next(library.db.iter_embeddings())
+        ids, vectors = next(library.iter_embeddings())
         query = unit_vectors(1, 9)[0]
         found, scores = library.vectors.search(query, 7)
         order = np.argsort(-(vectors @ query))[:7]
@@ -105,11 +103,13 @@ def test_lagging_faiss_file_is_caught_up(home: Path) -> None:
     fill(home, 3, seed=2)
     with open_library(home, write=True) as library:
         first = min(db_ids(home))
-        library.db.delete_images([first])
+        library.delete([first])
         # a changed photo keeps its id but gets a new vector
-        row = library.db.files_under("/photos/")["/photos/s1_1.jpg"]
+        row = library.files_under("/photos/")["/photos/s1_1.jpg"]
         changed = entries(1, unit_vectors(1, 77), prefix="/photos/s1_")[0]
-        library.db.write_batch([changed.__class__(**{**changed.__dict__, "path": row.path})], [])
+        library.write_batch(
+            [changed.__class__(**{**changed.__dict__, "path": row.path})], [], update_vectors=False
+        )
     (home / "vectors.faiss").write_bytes(stale[0])
     (home / "vectors.faiss.json").write_bytes(stale[1])
     with open_library(home) as library:
@@ -128,9 +128,8 @@ def test_reader_does_not_write_faiss(home: Path) -> None:
 
 def test_newer_schema_refused(home: Path) -> None:
     fill(home, 1)
-    db = Database(home / "library.sqlite3")
-    db.set_meta(schema_version="999")
-    db.close()
+    with sqlite3.connect(home / "library.sqlite3") as db:
+        db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(LibraryVersionError, match="newer vitsearch"):
         open_library(home)
 
@@ -146,7 +145,7 @@ def test_second_writer_refused_and_readers_allowed(home: Path) -> None:
         with pytest.raises(LibraryLockedError, match="is writing to this library"):
             open_library(home, write=True)
         with open_library(home) as reader:
-            assert reader.db.counts().images == 0
+            assert reader.counts().images == 0
 
 
 def test_lock_of_a_killed_writer_is_taken_over(home: Path) -> None:
@@ -178,8 +177,8 @@ def test_save_includes_rows_committed_but_not_yet_added(home: Path) -> None:
     fill(home, 2, seed=1)
     with open_library(home, write=True) as library:
         library.vectors  # noqa: B018
-        library.db.write_batch(entries(1, unit_vectors(3, 5), prefix="/photos/late_"), [])
-        library.mark_vectors_changed()
+        late = entries(1, unit_vectors(3, 5), prefix="/photos/late_")
+        library.write_batch(late, [], update_vectors=False)
     import faiss
 
     on_disk = faiss.read_index(str(home / "vectors.faiss"))

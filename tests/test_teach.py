@@ -138,7 +138,7 @@ def test_old_closed_set_classifier_still_loads_and_asks_for_teach(
         classes=np.array(["x", "y"]),
     )
     with open_library(home, write=True) as library:
-        library.db.save_classifier("old", buffer.getvalue(), ["x", "y"], 0.9, "")
+        library.save_classifier("old", buffer.getvalue(), ["x", "y"], 0.9, "")
         [(_cid, name, old)] = load_classifiers(library)
         assert name == "old" and not old.open_set and old.temperature == 1.5
         assert np.all(old.top(rng.normal(size=(5, 24)))[0] != NONE)  # as it always did
@@ -172,7 +172,7 @@ def test_teach_labels_library_without_model_forward(
     assert "0.0% got a taught label" in report
     with open_library(home) as library:
         for path in unrelated:  # drawn scenes, unlike every colour: no taught label
-            labels = library.db.embedding(library.db.file_at(str(path)).id)[1]
+            labels = library.embedding(library.file_at(str(path)).id)[1]
             assert labels and not any(lab.custom for lab in labels)
         hits = search_by_label(library, "red", k=50)  # also matches the model's "red wine"
         assert {h.path for h in hits[:8]} == {str(p) for p in library_photos["red"]}
@@ -196,14 +196,14 @@ def test_new_photos_get_taught_labels_and_remove_clears(
     solid(tmp_path / "photos" / "late" / "late-green.png", COLOURS["green"], 999)
     draw_photo(tmp_path / "photos" / "late" / "late-scene.png", 4242)
     index(home, tmp_path / "photos", fake_embedder)
-    with open_library(home) as library:
-        late = library.db.file_at(str(tmp_path / "photos" / "late" / "late-green.png"))
-        labels = library.db.embedding(late.id)[1]
+    with open_library(home, write=True) as library:  # it removes the classifier at the end
+        late = library.file_at(str(tmp_path / "photos" / "late" / "late-green.png"))
+        labels = library.embedding(late.id)[1]
         assert labels[0].label == "green" and labels[0].custom and len(labels) == 6
-        scene = library.db.file_at(str(tmp_path / "photos" / "late" / "late-scene.png"))
-        labels = library.db.embedding(scene.id)[1]
+        scene = library.file_at(str(tmp_path / "photos" / "late" / "late-scene.png"))
+        labels = library.embedding(scene.id)[1]
         assert len(labels) == 5 and not any(lab.custom for lab in labels)
-        assert library.db.remove_classifier("colours")
+        assert library.remove_classifier("colours")
         assert not search_by_label_or_none(library, "green")
 
 

@@ -30,7 +30,7 @@ def photo_like(count: int, seed: int = 0) -> np.ndarray:
 
 def exact_top(home: Path, query: np.ndarray, k: int) -> list[int]:
     with open_library(home) as library:
-        ids, vectors = next(library.db.iter_embeddings(chunk=10**6))
+        ids, vectors = next(library.iter_embeddings(chunk=10**6))
     return ids[np.argsort(-(vectors @ query))[:k]].tolist()
 
 
@@ -39,7 +39,7 @@ def test_library_past_the_limit_gets_an_inverted_file(home: Path, small_limit) -
     with open_library(home) as library:
         index = library.vectors
         assert index.kind == "ivf" and len(index) == 2000
-        assert sorted(index.ids().tolist()) == sorted(library.db.embedding_ids().tolist())
+        assert sorted(index.ids().tolist()) == sorted(library.embedding_ids().tolist())
 
 
 def test_inverted_file_recall(home: Path, small_limit) -> None:
@@ -74,9 +74,8 @@ def test_growth_past_the_limit_rebuilds_on_save_and_catch_up_works(home: Path, s
     with open_library(home) as library:
         assert library.vectors.kind == "ivf" and len(library.vectors) == 1000
     with open_library(home, write=True) as library:  # delete some, the saved file follows
-        gone = library.db.embedding_ids()[:10].tolist()
-        library.db.delete_images(gone)
-        library.mark_vectors_changed()
+        gone = library.embedding_ids()[:10].tolist()
+        library.delete(gone)
     with open_library(home) as library:
         assert library.vectors.kind == "ivf"
         assert not set(gone) & set(library.vectors.ids().tolist()) and len(library.vectors) == 990

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import draw_album, draw_photo, vitsearch
-from vitsearch.config import load_settings
-from vitsearch.store import Database, open_library
+from vitsearch.store import open_library
 
 pytestmark = pytest.mark.slow
 DEADLINE = 60.0
@@ -83,7 +82,7 @@ def eventually(
 def library_rows(home: Path) -> dict[str, tuple[int, bool]]:
     """path -> (id, indexed ok) as a reader sees it."""
     with open_library(home) as library:
-        return {path: (row.id, row.ok) for path, row in library.db.files_under("/").items()}
+        return {path: (row.id, row.ok) for path, row in library.files_under("/").items()}
 
 
 def photos_on_disk(folder: Path) -> set[str]:
@@ -93,11 +92,8 @@ def photos_on_disk(folder: Path) -> set[str]:
 
 def committed_images(home: Path) -> int:
     """Photos a reader sees, without opening the FAISS cache."""
-    database = Database(load_settings({}, home=home).database_path)
-    try:
-        return database.counts().images
-    finally:
-        database.close()
+    with open_library(home) as library:
+        return library.counts().images
 
 
 def converged(home: Path, folder: Path, broken: set[str] = frozenset()) -> bool:
@@ -206,5 +202,5 @@ def assert_faiss_file_matches(home: Path) -> None:
     index = faiss.read_index(str(home / "vectors.faiss"))
     with open_library(home) as library:
         assert set(faiss.vector_to_array(index.id_map).tolist()) == set(
-            library.db.embedding_ids().tolist()
+            library.embedding_ids().tolist()
         )

@@ -184,7 +184,7 @@ def taught_classifiers(settings: Settings) -> list[dict]:
 
 def forget_classifier(settings: Settings, name: str) -> None:
     with open_library(settings.home, write=True) as library:
-        if not library.db.remove_classifier(name):
+        if not library.remove_classifier(name):
             raise NoSuchLabelError(f"no taught classifier named {name!r}")
 
 
@@ -254,27 +254,22 @@ def forget_folder(settings: Settings, folder: Path) -> int:
     """Remove a folder's photos from the library (the files stay on disk)."""
     path = str(Path(folder).expanduser().absolute())
     with open_library(settings.home, write=True) as library:
-        roots = [root for root, _online in library.db.roots()]
+        roots = [root for root, _online in library.roots()]
         if path not in roots:
             held = f"its folders are: {', '.join(roots)}" if roots else "it has no folders yet"
             raise NotIndexedError(f"{folder} is not in the library; {held}")
-        removed = library.db.forget_root(path)
-        library.mark_vectors_changed()
-        library.vectors  # noqa: B018  catches the FAISS cache up with the deletions
-        return removed
+        return library.forget_root(path)
 
 
 def rebuild_vectors(settings: Settings) -> int:
     """Rebuild the FAISS file from SQLite; no model work."""
     with open_library(settings.home, write=True) as library:
-        library.vectors_path.unlink(missing_ok=True)
-        library.mark_vectors_changed()
-        return len(library.vectors)
+        return library.rebuild_vectors()
 
 
 def library_status(settings: Settings) -> dict:
     with open_library(settings.home) as library:
-        counts = library.db.counts()
+        counts = library.counts()
         model = library.model
         return {
             "images": counts.images,
@@ -285,12 +280,12 @@ def library_status(settings: Settings) -> dict:
             "model_fingerprint": model.fingerprint if model else None,
             "dim": model.dim if model else None,
             "backend": model.backend if model else None,
-            "precision": library.db.get_meta("precision"),
-            "device": library.db.get_meta("device"),
+            "precision": library.get_meta("precision"),
+            "device": library.get_meta("device"),
             "home": str(settings.home),
-            "folders": [{"path": p, "online": online} for p, online in library.db.roots()],
+            "folders": [{"path": p, "online": online} for p, online in library.roots()],
             "writer_pid": writer_pid(settings.home),
-            "last_commit_at": _iso(library.db.get_meta("last_commit_at")),
+            "last_commit_at": _iso(library.get_meta("last_commit_at")),
         }
 
 
@@ -299,7 +294,7 @@ def trash_photos(settings: Settings, ids: Sequence[int]) -> tuple[int, list[str]
     from send2trash import send2trash
 
     with open_library(settings.home) as library:
-        photos = library.db.details(list(ids))
+        photos = library.details(list(ids))
     moved, problems = [], []
     for photo in photos.values():
         try:
@@ -318,7 +313,7 @@ def _forget_paths(settings: Settings, paths: Sequence[Path]) -> None:
     except LibraryLockedError:
         return
     with library:
-        roots = [Path(path) for path, _online in library.db.roots()]
+        roots = [Path(path) for path, _online in library.roots()]
         make_indexer(settings, library).reconcile(roots, changed=list(paths))
 
 
@@ -371,7 +366,7 @@ def _iso(timestamp: str | None) -> str | None:
 
 def _check_searchable(library: Library, filters: Filters) -> None:
     """Before any model work: a library with photos, and some photo passing the filters."""
-    if library.db.vector_count() == 0:
+    if library.embedding_count() == 0:
         raise EmptyLibraryError(empty_library_text(library))
     if filters.restricts_ids and len(library.allowed_ids(filters)) == 0:
         raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
@@ -411,7 +406,7 @@ def _when(timestamp: float) -> str:
 
 def _known_folders(library: Library, folders: Sequence[Path]) -> None:
     """A folder never indexed must exist; a known one that vanished goes offline instead."""
-    known = {path for path, _online in library.db.roots()}
+    known = {path for path, _online in library.roots()}
     for folder in folders:
         path = Path(folder).expanduser().absolute()
         if not path.is_dir() and str(path) not in known:

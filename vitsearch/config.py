@@ -92,14 +92,6 @@ class Settings:
         given = {k: v for k, v in overrides.items() if v is not None}
         return _validated(dataclasses.replace(self, **given))
 
-    @property
-    def database_path(self) -> Path:
-        return self.home / "library.sqlite3"
-
-    @property
-    def faiss_path(self) -> Path:
-        return self.home / "vectors.faiss"
-
 
 def env_var(name: str) -> str:
     return f"VITSEARCH_{name.upper()}"

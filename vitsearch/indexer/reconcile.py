@@ -129,7 +129,7 @@ class Indexer:
         if self._embedder is None:
             embedder = self._embedder_factory()
             self.library.adopt_model(embedder.info, embedder.precision)
-            self.library.db.set_meta(device=str(getattr(embedder, "device", "cpu")))
+            self.library.set_meta(device=str(getattr(embedder, "device", "cpu")))
             self._embedder = embedder
         return self._embedder
 
@@ -169,23 +169,23 @@ class Indexer:
         return summary
 
     def _reconcile_root(self, root: Path, summary: Summary) -> None:
-        root_id = self.library.db.root_id(str(root))
+        root_id = self.library.root_id(str(root))
         prefix = os.path.join(str(root), "")
-        stored = self.library.db.files_under(prefix)
+        stored = self.library.files_under(prefix)
         if not root.is_dir() or (stored and not any(root.iterdir())):
             # A missing or empty mount point: keep its photos, searchable as offline.
-            self.library.db.set_root_online(root_id, False)
+            self.library.set_root_online(root_id, False)
             summary.offline += (str(root),)
             log.warning(
                 "%s is missing or empty; keeping its %d photos as offline", root, len(stored)
             )
             return
-        self.library.db.set_root_online(root_id, True)
+        self.library.set_root_online(root_id, True)
         on_disk = {stat.path: stat for stat in scan(root, self._extensions)}
         self._apply(self._plan(on_disk, stored), root_id, summary)
 
     def _reconcile_paths(self, root: Path, paths: list[Path], summary: Summary) -> None:
-        db = self.library.db
+        db = self.library
         root_id = db.root_id(str(root))
         on_disk: dict[str, FileStat] = {}
         stored: dict[str, StoredFile] = {}
@@ -219,15 +219,13 @@ class Indexer:
             self._embed_all(plan, root_id, summary)
 
     def _apply_moves_and_removals(self, plan: Plan, root_id: int, summary: Summary) -> None:
-        db = self.library.db
+        db = self.library
         for row, stat in plan.moves:
             db.move(row.id, stat.path, root_id, stat.mtime_ns)
             log.debug("moved %s -> %s", row.path, stat.path)
         if plan.remove:
             ids = [row.id for row in plan.remove]
-            db.delete_images(ids)
-            self.library.vectors.remove(np.array(ids))
-            self.library.mark_vectors_changed()
+            self.library.delete(ids)
         summary.moved += len(plan.moves)
         summary.removed += len(plan.remove)
 
@@ -294,7 +292,7 @@ class Indexer:
         started = time.perf_counter()
         entries, failures, to_model = [], [], []
         decoded = [item.photo.content_hash for item in batch if item.error is None]
-        known = self.library.db.indexed_with_hashes(decoded) if decoded else {}
+        known = self.library.indexed_with_hashes(decoded) if decoded else {}
         for item in batch:
             if item.error is not None:
                 log.warning("skipping %s: %s", item.stat.path, item.error)
@@ -320,10 +318,7 @@ class Indexer:
                 )
             ]
             summary.embedded += len(to_model)
-        ids = self.library.db.write_batch(entries, failures)
-        if entries:
-            self.library.vectors.upsert(np.array(ids), np.stack([e.vector for e in entries]))
-            self.library.mark_vectors_changed()
+        self.library.write_batch(entries, failures)
         self._count(entries, failures, plan, summary)
         log.info(
             "committed %d photo%s (%d failed) in %.2fs",
@@ -339,7 +334,7 @@ class Indexer:
         source = known.get(item.photo.content_hash)
         if source is None:
             return None
-        found = self.library.db.embedding(source)
+        found = self.library.embedding(source)
         if found is None:
             return None
         vector, labels = found

@@ -157,7 +157,7 @@ class Watcher:
         root = self._root_of(dest)
         if root is None or self._root_of(source) is None or _ignored(dest):
             return  # the reconcile of ``source`` then sees it gone
-        db = self.indexer.library.db
+        db = self.indexer.library
         moved = db.move_tree(source, dest, db.root_id(str(root)))
         if moved:
             log.info("moved %s -> %s (%d photos)", source, dest, moved)

@@ -261,7 +261,7 @@ def teach_folder(
     candidates = library_sample(library, vectors.shape[1])
     background, others = split_library(candidates, vectors, targets, len(classes))
     classifier, validation = train(vectors, targets, classes, background, others)
-    classifier_id = library.db.save_classifier(
+    classifier_id = library.save_classifier(
         name, classifier.to_bytes(), list(classes), validation.accuracy, _fingerprint(library)
     )
     photos, counts = apply_classifier(library, classifier_id, name, classifier)
@@ -279,10 +279,10 @@ def teach_folder(
 
 def library_sample(library: Library, dim: int, seed: int = SEED) -> np.ndarray:
     """Up to BACKGROUND_MAX random library embeddings (all of a small library)."""
-    ids = library.db.embedding_ids()
+    ids = library.embedding_ids()
     if len(ids) > BACKGROUND_MAX:
         ids = np.random.default_rng(seed).choice(ids, BACKGROUND_MAX, replace=False)
-    parts = [vectors for _ids, vectors in library.db.iter_embeddings(ids=ids.tolist())]
+    parts = [vectors for _ids, vectors in library.iter_embeddings(ids=ids.tolist())]
     return np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
 
 
@@ -292,16 +292,16 @@ def apply_classifier(
     """Label every stored embedding its classifier recognises, with no model forward:
     (photos checked, photos per label)."""
     source = SOURCE_PREFIX + name
-    library.db.clear_custom_labels(classifier_id)
+    library.clear_custom_labels(classifier_id)
     done, counts = 0, Counter()
-    for ids, vectors in library.db.iter_embeddings(chunk=APPLY_CHUNK):
+    for ids, vectors in library.iter_embeddings(chunk=APPLY_CHUNK):
         best, scores = classifier.top(vectors)
         known = best != NONE
         labels = [
             Label(classifier.classes[b], float(s), source)
             for b, s in zip(best[known], scores[known], strict=True)
         ]
-        library.db.write_custom_labels(classifier_id, ids[known].tolist(), labels)
+        library.write_custom_labels(classifier_id, ids[known].tolist(), labels)
         counts.update(label.label for label in labels)
         done += len(ids)
     return done, counts
@@ -312,11 +312,11 @@ def classifier_summaries(library: Library) -> list[dict]:
     open-set (stored before open-set labels existed: needs ``teach`` again)."""
     open_set = {
         name: LinearClassifier.from_bytes(blob).open_set
-        for _cid, name, blob in library.db.classifiers()
+        for _cid, name, blob in library.classifiers()
     }
     return [
         {**summary, "open_set": open_set.get(summary["name"], False)}
-        for summary in library.db.classifier_summaries()
+        for summary in library.classifier_summaries()
     ]
 
 
@@ -444,11 +444,11 @@ def _stored_vectors(library: Library, paths: list[str]) -> dict[str, np.ndarray]
             hashes[path] = content_hash_file(path)
         except OSError:
             continue
-    known = library.db.indexed_with_hashes(list(hashes.values()))
+    known = library.indexed_with_hashes(list(hashes.values()))
     found = {}
     for path, digest in hashes.items():
         image_id = known.get(digest)
-        stored = library.db.embedding(image_id) if image_id is not None else None
+        stored = library.embedding(image_id) if image_id is not None else None
         if stored is not None:
             found[path] = stored[0]
     return found

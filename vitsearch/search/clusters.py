@@ -49,17 +49,17 @@ PLACEHOLDER_LABEL = re.compile(r"(unknown|label)_\d+", re.IGNORECASE)
 
 def clusters(library: Library, k: int | str = "auto", recompute: bool = False) -> list[Cluster]:
     """The library's clusters, largest first: stored ones when still fresh, else recomputed."""
-    state = library.db.cluster_state()
-    if recompute or _stale(state, library.db.vector_count(), k):
+    state = library.cluster_state()
+    if recompute or _stale(state, library.embedding_count(), k):
         compute_clusters(library, k)
     return stored_clusters(library)
 
 
 def stored_clusters(library: Library, representatives: int = REPRESENTATIVES) -> list[Cluster]:
-    chosen = library.db.cluster_representatives(representatives)
+    chosen = library.cluster_representatives(representatives)
     return [
         Cluster(cid, name, size, cohesion, tuple(chosen.get(cid, ())))
-        for cid, name, size, cohesion in library.db.clusters()
+        for cid, name, size, cohesion in library.clusters()
     ]
 
 
@@ -82,7 +82,7 @@ def compute_clusters(library: Library, k: int | str = "auto") -> dict:
         "computed_at": time.time(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    library.db.replace_clusters([r for r in rows if r[2] > 0], ids, assignment, scores, state)
+    library.replace_clusters([r for r in rows if r[2] > 0], ids, assignment, scores, state)
     log.info("clustered %d photos into %d clusters in %.1fs", len(ids), chosen, state["seconds"])
     return state
 
@@ -213,7 +213,7 @@ def _cluster_row(library, cid, centroid, ids, assignment, scores):
     size = int(members.sum())
     cohesion = float(scores[members].mean()) if size else 0.0
     name = (
-        cluster_name(library.db.top_label_counts(member_ids.tolist()), size) or f"cluster {cid + 1}"
+        cluster_name(library.top_label_counts(member_ids.tolist()), size) or f"cluster {cid + 1}"
     )
     return (cid, name, size, cohesion, centroid)
 
@@ -229,7 +229,7 @@ def _stale(state: dict | None, count: int, k: int | str) -> bool:
 
 
 def _all_embeddings(library: Library) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(library.db.iter_embeddings())
+    parts = list(library.iter_embeddings())
     if not parts:
         return np.empty(0, np.int64), np.empty((0, 1), np.float32)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -111,7 +111,7 @@ def find_duplicates(
     # without a hash the cosine is all there is: the strict cut, unless one was asked for
     alone_cut = threshold if threshold is not None and "near" in kinds else COSINE_ONLY
     burst_cut = threshold if threshold is not None and "burst" in kinds else BURST_THRESHOLD
-    exact = library.db.exact_duplicate_groups()
+    exact = library.exact_duplicate_groups()
     taken = {i for group in exact for i in group}
     found: list[DuplicateGroup] = []
     if "exact" in kinds:
@@ -165,7 +165,7 @@ def _candidate_pairs(library: Library, cosine_cut: float) -> tuple[_Pairs, dict[
     """Pairs close in embedding (>= ``cosine_cut``) or in hash (<= COPY_BITS), scored on both;
     and the hashes known (stored, or computed now for a candidate indexed without one)."""
     found = [_cosine_pairs(library, cosine_cut)]
-    hashes = library.db.phashes()
+    hashes = library.phashes()
     known = {i: h for i, h in hashes.items() if h is not None}
     a, b = _hash_pairs(known)
     if len(a):
@@ -180,7 +180,7 @@ def _candidate_pairs(library: Library, cosine_cut: float) -> tuple[_Pairs, dict[
 
 def _cosine_pairs(library: Library, cut: float) -> tuple[np.ndarray, ...]:
     parts = []
-    for ids, chunk in library.db.iter_embeddings(chunk=QUERY_CHUNK):
+    for ids, chunk in library.iter_embeddings(chunk=QUERY_CHUNK):
         parts.append(library.vectors.pairs_above(ids, chunk, cut))
     if not parts:
         empty = np.empty(0, np.int64)
@@ -214,7 +214,7 @@ def _codes(values: np.ndarray) -> np.ndarray:
 
 def _cosines(library: Library, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vectors: dict[int, np.ndarray] = {}
-    for ids, chunk in library.db.iter_embeddings(ids=np.union1d(a, b).tolist()):
+    for ids, chunk in library.iter_embeddings(ids=np.union1d(a, b).tolist()):
         vectors.update(zip(ids.tolist(), chunk, strict=True))
     if not vectors:
         return np.zeros(len(a), np.float32)
@@ -243,7 +243,7 @@ def _lazy_hashes(library: Library, ids: set[int]) -> dict[int, int]:
     """Hashes of photos indexed before they existed, from their files (read-only: kept for
     this run). A file that cannot be read leaves its pairs to the cosine alone."""
     found, unreadable = {}, 0
-    for image_id, photo in library.db.details(sorted(ids)).items():
+    for image_id, photo in library.details(sorted(ids)).items():
         try:
             found[image_id] = phash.photo_hash(read_photo(photo.path, LAZY_DRAFT).image)
         except ImageDecodeError:
@@ -260,7 +260,7 @@ def _lazy_hashes(library: Library, ids: set[int]) -> dict[int, int]:
 
 
 def _within_seconds(library: Library, a: np.ndarray, b: np.ndarray, seconds: float) -> np.ndarray:
-    when = library.db.taken_at(np.unique(np.concatenate([a, b])).tolist())
+    when = library.taken_at(np.unique(np.concatenate([a, b])).tolist())
     t_a = np.array([when.get(int(i)) if when.get(int(i)) is not None else np.nan for i in a])
     t_b = np.array([when.get(int(i)) if when.get(int(i)) is not None else np.nan for i in b])
     with np.errstate(invalid="ignore"):
@@ -294,7 +294,7 @@ def _grow(
         if x not in taken and y not in taken:
             neighbours.setdefault(x, {})[y] = s
             neighbours.setdefault(y, {})[x] = s
-    details = library.db.details(list(neighbours))
+    details = library.details(list(neighbours))
     order = sorted((details[i] for i in neighbours if i in details), key=keeper_order)
     used: set[int] = set()
     groups = []
@@ -331,7 +331,7 @@ def _similar_groups(
         (x, y): s
         for x, y, s in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.cosine.tolist(), strict=True)
     }
-    details = library.db.details([i for group in id_groups for i in group])
+    details = library.details([i for group in id_groups for i in group])
     result = []
     for group in id_groups:
         links = [(min(x, y), max(x, y)) for n, x in enumerate(group) for y in group[n + 1 :]]
@@ -348,7 +348,7 @@ def _most_bits(links: list[tuple[int, int]], hashes: dict[int, int] | None) -> i
 
 
 def _exact_groups(library: Library, id_groups: list[list[int]]) -> list[DuplicateGroup]:
-    details = library.db.details([i for group in id_groups for i in group])
+    details = library.details([i for group in id_groups for i in group])
     result = []
     for group in id_groups:
         members = sorted((details[i] for i in group if i in details), key=keeper_order)

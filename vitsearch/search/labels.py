@@ -127,7 +127,7 @@ def suggest(
 
 
 def label_counts(library: Library) -> list[LabelCount]:
-    return [LabelCount(*row) for row in library.db.label_vocabulary()]
+    return [LabelCount(*row) for row in library.label_vocabulary()]
 
 
 def search_by_label(
@@ -143,7 +143,7 @@ def search_by_label(
         if not known:
             hint = "; the library has no labels yet (index some photos first)"
         raise NoSuchLabelError(f"no label {text!r} in the library{hint}")
-    return library.db.best_with_labels(wanted, filters, k, combine="sum")
+    return library.best_with_labels(wanted, filters, k, combine="sum")
 
 
 def _kinds(

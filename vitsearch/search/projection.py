@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.photos.fileio import write_atomically
 from vitsearch.records import display_label
 from vitsearch.search.clusters import clusters
 from vitsearch.store import Library
@@ -44,7 +43,7 @@ AUTO_UMAP_MIN_POINTS = 50
 TRANSFORM_CHUNK = 2048  # bounds UMAP's (chunk x sample) distance matrix for small samples
 WRITE_CHUNK = 50_000
 WEBGL_ABOVE = 50_000  # SVG scatter plots crawl beyond this many points
-UMAP_FILE = "map-umap.pkl"
+UMAP_BLOB = "map-umap"
 INSTALL_HINT = 'pip install "vitsearch[map]"'
 UNCLUSTERED = "not clustered yet"
 # Plotly's own ten: the map looks as before for a library of up to ten clusters.
@@ -115,7 +114,7 @@ def project(
         raise ConfigError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}")
     if sample_size < 2:
         raise ConfigError(f"the map sample size must be at least 2, not {sample_size}")
-    count = library.db.vector_count()
+    count = library.embedding_count()
     if count < 2:
         raise VitsearchError(
             f"the library map needs at least 2 indexed photos, this library has {count}; "
@@ -255,7 +254,7 @@ def map_json(points: MapPoints, library: Library) -> list[dict]:
     ``cluster`` is None for a photo added after the last clustering (or when the library has
     none stored); this never computes clusters. Photos deleted meanwhile are left out.
     """
-    membership = library.db.cluster_of(points.ids.tolist())
+    membership = library.cluster_of(points.ids.tolist())
     paths = _paths(library, points.ids)
     return [
         {
@@ -296,14 +295,14 @@ def _fit(library: Library, method: str, sample_size: int) -> None:
         pca = fit_pca(sample)
         transform: Transform = pca.transform
         extra = {"mean": pca.mean.tolist(), "components": pca.components.tolist()}
-        (library.home / UMAP_FILE).unlink(missing_ok=True)  # a former UMAP fit is now stale
+        library.derived.drop_blob(UMAP_BLOB)  # a former UMAP fit is now stale
     else:
         model = _fit_umap(sample)
         transform = model.transform
         known = (sample_ids, np.asarray(model.embedding_, np.float32))  # the fit's own layout
-        extra = {"model_file": UMAP_FILE, "model_sha256": _save_umap(library.home, model)}
+        extra = {"model_sha256": _save_umap(library, model)}
     parts = (
-        [(sample_ids, sample)] if everything else library.db.iter_embeddings(chunk=TRANSFORM_CHUNK)
+        [(sample_ids, sample)] if everything else library.iter_embeddings(chunk=TRANSFORM_CHUNK)
     )
     ids, xy = _transform_all(parts, transform, known)
     state = {
@@ -322,10 +321,10 @@ def _fit(library: Library, method: str, sample_size: int) -> None:
 
 
 def _place_unmapped(library: Library, transform: Transform) -> None:
-    missing = library.db.unmapped_ids()
+    missing = library.unmapped_ids()
     if len(missing) == 0:
         return
-    parts = library.db.iter_embeddings(ids=missing.tolist(), chunk=TRANSFORM_CHUNK)
+    parts = library.iter_embeddings(ids=missing.tolist(), chunk=TRANSFORM_CHUNK)
     ids, xy = _transform_all(parts, transform)
     _write(library, ids, xy, None)
     log.info("placed %d new photos on the map", len(ids))
@@ -333,11 +332,11 @@ def _place_unmapped(library: Library, transform: Transform) -> None:
 
 def _sample(library: Library, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """(ids ascending, their vectors, whether that is every photo) for a seeded sample."""
-    ids = np.sort(library.db.embedding_ids())
+    ids = np.sort(library.embedding_ids())
     everything = len(ids) <= size
     if not everything:
         ids = np.sort(np.random.default_rng(SEED).choice(ids, size, replace=False))
-    parts = list(library.db.iter_embeddings(ids=None if everything else ids.tolist()))
+    parts = list(library.iter_embeddings(ids=None if everything else ids.tolist()))
     found = np.concatenate([p[0] for p in parts])
     vectors = np.concatenate([p[1] for p in parts])
     order = np.argsort(found, kind="stable")
@@ -383,28 +382,23 @@ def _rebatch(
 
 
 def _write(library: Library, ids: np.ndarray, xy: np.ndarray, state: dict | None) -> None:
-    """Store points in chunks; with a state, the first chunk replaces the whole map."""
-    # A photo deleted while we computed can no longer be inserted (foreign key).
-    keep = np.isin(ids, library.db.embedding_ids())
-    ids, xy = ids[keep], xy[keep]
+    """Store points in chunks; with a state, the first chunk replaces the whole map (a photo
+    deleted while we computed is left out by the store)."""
     for start in range(0, max(len(ids), 1), WRITE_CHUNK):
         chunk = slice(start, start + WRITE_CHUNK)
-        library.db.upsert_map_points(ids[chunk], xy[chunk], state if start == 0 else None)
+        library.upsert_map_points(ids[chunk], xy[chunk], state if start == 0 else None)
 
 
 def _stored_points(library: Library) -> MapPoints:
-    ids, xy = library.db.map_points()
-    # A photo that became unreadable keeps its image row, and so its point: leave it out.
-    keep = np.isin(ids, library.db.embedding_ids())
-    ids, xy = ids[keep], xy[keep]
+    ids, xy = library.map_points()  # only photos placed from the vector they have now
     order = np.argsort(ids, kind="stable")
-    state = library.db.map_state() or {}
+    state = library.map_state() or {}
     return MapPoints(ids[order], xy[order], state.get("method", ""))
 
 
 def _stored_transform(library: Library, method: str) -> Transform | None:
     """The stored projection, if it is a ``method`` one that can still be used."""
-    state = library.db.map_state()
+    state = library.map_state()
     if state is None or state.get("method") != method:
         return None
     model = library.model
@@ -415,7 +409,7 @@ def _stored_transform(library: Library, method: str) -> Transform | None:
             return Pca(np.array(state["mean"]), np.array(state["components"])).transform
         except (KeyError, ValueError):
             return None
-    return _load_umap(library.home, state)
+    return _load_umap(library, state)
 
 
 # -- UMAP and plotly, both optional -------------------------------------------------------
@@ -452,30 +446,28 @@ def _fit_umap(sample: np.ndarray):
     return model
 
 
-def _save_umap(home: Path, model) -> str:
-    """Pickle the fitted model atomically; returns its sha256 for the map state."""
+def _save_umap(library: Library, model) -> str:
+    """Pickle the fitted model into the derived cache; returns its sha256 for the map state."""
     data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-    write_atomically(home / UMAP_FILE, data)
+    library.derived.save_blob(UMAP_BLOB, data)
     return hashlib.sha256(data).hexdigest()
 
 
-def _load_umap(home: Path, state: dict) -> Transform | None:
-    path = home / UMAP_FILE
-    try:
-        data = path.read_bytes()
-    except OSError:
-        log.warning("the map's UMAP model %s is missing; refitting", path)
+def _load_umap(library: Library, state: dict) -> Transform | None:
+    data = library.derived.load_blob(UMAP_BLOB)
+    if data is None:
+        log.warning("the map's UMAP model is missing from the derived cache; refitting")
         return None
     if hashlib.sha256(data).hexdigest() != state.get("model_sha256"):
-        log.warning("the map's UMAP model %s does not match the stored map; refitting", path)
+        log.warning("the map's UMAP model does not match the stored map; refitting")
         return None
     _import_umap()
     try:
-        # Unpickling runs code from the file: this is our own file in the user's data dir,
+        # Unpickling runs code from the data: this is our own cache in the user's data dir,
         # written by _save_umap and checked against the hash stored with the map.
         return pickle.loads(data).transform
     except Exception as error:  # an unpicklable model (e.g. another umap version) is refitted
-        log.warning("cannot load the map's UMAP model %s (%s); refitting", path, error)
+        log.warning("cannot load the map's UMAP model (%s); refitting", error)
         return None
 
 
@@ -484,10 +476,10 @@ def _load_umap(home: Path, state: dict) -> Transform | None:
 
 def _cluster_groups(library: Library, ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """(cluster name, member mask) per cluster, largest first, then the unclustered photos."""
-    names = {cid: name for cid, name, _size, _cohesion in library.db.clusters()}
+    names = {cid: name for cid, name, _size, _cohesion in library.clusters()}
     if not names and len(ids) >= 2:  # never clustered: cluster now (stored for next time)
         names = {cluster.id: cluster.name for cluster in clusters(library)}
-    membership = library.db.cluster_of(ids.tolist())
+    membership = library.cluster_of(ids.tolist())
     assigned = np.array([membership.get(int(i), -1) for i in ids], dtype=np.int64)
     assigned[~np.isin(assigned, list(names))] = -1
     groups = [(names.get(cid, UNCLUSTERED), assigned == cid) for cid in [*names, -1]]
@@ -499,7 +491,7 @@ def _describe(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int,
     described = {}
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk].tolist()
-        for hit in library.db.hits(part, [0.0] * len(part)):
+        for hit in library.hits(part, [0.0] * len(part)):
             text = html.escape(hit.path)
             if hit.labels:
                 top = hit.labels[0]
@@ -512,5 +504,5 @@ def _paths(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int, st
     paths = {}
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk].tolist()
-        paths.update((hit.id, hit.path) for hit in library.db.hits(part, [0.0] * len(part)))
+        paths.update((hit.id, hit.path) for hit in library.hits(part, [0.0] * len(part)))
     return paths

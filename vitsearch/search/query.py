@@ -33,7 +33,7 @@ def similar_to(
     library: Library, path: Path, k: int = 10, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     """The k photos most like an indexed one, excluding itself."""
-    stored = library.db.file_at(str(Path(path).expanduser().absolute()))
+    stored = library.file_at(str(Path(path).expanduser().absolute()))
     if stored is None or not stored.ok:
         raise NotIndexedError(f"{path} is not in the library; index its folder first")
     return similar_to_id(library, stored.id, k, filters)
@@ -43,7 +43,7 @@ def similar_to_id(
     library: Library, image_id: int, k: int = 10, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     """The k photos most like the indexed photo ``image_id``, excluding itself."""
-    found = library.db.embedding(image_id)
+    found = library.embedding(image_id)
     if found is None:
         raise NotIndexedError(f"photo {image_id} is not in the library any more")
     hits = nearest(library, found[0], k + 1, filters)
@@ -67,14 +67,14 @@ def nearest(
     if filters.min_score is not None:
         keep = scores >= filters.min_score
         ids, scores = ids[keep], scores[keep]
-    return library.db.hits(ids.tolist(), scores.tolist())
+    return library.hits(ids.tolist(), scores.tolist())
 
 
 def _exact_among(
     library: Library, vector: np.ndarray, k: int, allowed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     best_ids, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
-    for ids, vectors in library.db.iter_embeddings(ids=allowed.tolist()):
+    for ids, vectors in library.iter_embeddings(ids=allowed.tolist()):
         ids = np.concatenate([best_ids, ids])
         scores = np.concatenate([best_scores, vectors @ vector.astype(np.float32)])
         order = np.argsort(-scores, kind="stable")[:k]

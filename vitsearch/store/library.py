@@ -1,21 +1,32 @@
-"""A library home: the database, its FAISS cache, the model it was built with, the writer lock."""
+"""A library home: the database, its FAISS cache, derived results, the model, the writer lock.
+
+:class:`Library` is the one door to a library's storage: its queries come from one mixin per
+noun (photos, embeddings, labels, derived results), and its writes keep every copy of the data
+in step (SQLite, then the FAISS cache, then the mark that the cache must be saved)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from vitsearch.errors import ModelMismatchError
-from vitsearch.records import Filters, ModelInfo
-from vitsearch.store.database import Database
+from vitsearch.errors import LibraryLockedError, ModelMismatchError
+from vitsearch.records import FailedEntry, Filters, ImageEntry, ModelInfo
+from vitsearch.store.derived import DERIVED_NAME, DerivedCache, DerivedResults
+from vitsearch.store.embeddings import EmbeddingRows
+from vitsearch.store.labels import LabelRows
 from vitsearch.store.lock import WriterLock, holder_pid
+from vitsearch.store.migrations import check_not_newer, ensure_schema, schema_version
+from vitsearch.store.photos import PhotoRows
+from vitsearch.store.schema import SCHEMA_VERSION
+from vitsearch.store.sql import Sql
 from vitsearch.store.vectors import (
     VectorIndex,
     build_index,
@@ -31,14 +42,17 @@ log = logging.getLogger(__name__)
 DATABASE_NAME = "library.sqlite3"
 ALLOWED_CACHE = 8  # filters remembered per reader
 VECTORS_NAME = "vectors.faiss"
+FORMER_UMAP_FILE = "map-umap.pkl"  # the map's model before it moved into the derived cache
 
 
-class Library:
-    """Open with :func:`open_library`. Readers never write; a writer holds the lock.
+class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
+    """Open with :func:`open_library`. A writer holds the lock; readers never write the
+    library file (their connections are read-only) but may write the derived cache beside it.
 
     A reader of a home with no library creates nothing: it reads an empty one, in memory,
     until a writer makes the file. A writer that made the library removes it again on close
-    when it got no photo to keep (a first run that failed, an empty folder).
+    when it got no photo to keep (a first run that failed, an empty folder). A reader of a
+    library from an older vitsearch, with no writer at work, upgrades its schema once.
     """
 
     def __init__(self, home: Path, writable: bool) -> None:
@@ -48,25 +62,125 @@ class Library:
         self._lock = WriterLock(home).acquire() if writable else None
         path = home / DATABASE_NAME
         self._new = not path.exists()
-        self.db = Database(path if writable or not self._new else None)
+        self._sql = self._connect()
         self._file = _file_id(path)
+        self.derived = self._derived_cache()
         self._vectors: VectorIndex | None = None
         self._vectors_stamp: float | None = None
         self._allowed: dict[tuple, tuple[tuple[int, int], np.ndarray]] = {}
         self._vectors_dirty = False
+        if writable:
+            (home / FORMER_UMAP_FILE).unlink(missing_ok=True)
+
+    # -- what the noun mixins share -----------------------------------------------------
+
+    @property
+    def engine(self):
+        return self._sql.engine
+
+    def session(self):
+        return self._sql.session()
 
     @property
     def on_disk(self) -> bool:
         """Whether the home holds a library file (a reader of a new home reads none)."""
-        return self.db.path is not None
+        return self._sql.path is not None
 
     @property
     def vectors_path(self) -> Path:
         return self.home / VECTORS_NAME
 
+    def get_meta(self, key: str) -> str | None:
+        return self._sql.get_meta(key)
+
+    def set_meta(self, **values: str) -> None:
+        self._sql.set_meta(**values)
+
+    # -- the model ----------------------------------------------------------------------
+
     @property
     def model(self) -> ModelInfo | None:
-        return self.db.model_info()
+        raw = self.get_meta("model")
+        return ModelInfo(**json.loads(raw)) if raw else None
+
+    def check_model(self, info: ModelInfo) -> None:
+        """Refuse a model whose embeddings differ from the library's."""
+        current = self.model
+        if current is not None and (
+            current.fingerprint != info.fingerprint or current.dim != info.dim
+        ):
+            raise ModelMismatchError(
+                f"this library was built with model {current.name} ({current.fingerprint}), "
+                f"not {info.name} ({info.fingerprint}); "
+                f"use --model {current.name} or another --home"
+            )
+
+    def adopt_model(self, info: ModelInfo, precision: str) -> None:
+        """Record the model of a new library (or its new name), after :meth:`check_model`."""
+        self.check_model(info)
+        current = self.model
+        if current is None or current.name != info.name:
+            model = {
+                "name": info.name,
+                "fingerprint": info.fingerprint,
+                "dim": info.dim,
+                "preprocessing": info.preprocessing,
+            }
+            self.set_meta(model=json.dumps(model), precision=precision)
+        if current is None:
+            self._vectors = None  # it was opened before the library knew its dimension
+
+    # -- writes: SQLite and the FAISS cache in step ------------------------------------
+
+    def write_batch(
+        self,
+        entries: Sequence[ImageEntry],
+        failures: Sequence[FailedEntry] = (),
+        update_vectors: bool = True,
+    ) -> list[int]:
+        """Store embedded photos and failed files in one transaction; returns the photos' ids.
+        ``update_vectors=False`` (bulk loads) leaves the FAISS cache to catch up from SQLite
+        when it is next opened, instead of adding to it batch by batch."""
+        ids = self._write_rows(entries, failures)
+        if entries:
+            if update_vectors:
+                self.vectors.upsert(np.array(ids), np.stack([e.vector for e in entries]))
+            self._vectors_dirty = True  # a loaded index catches up before it is saved
+        return ids
+
+    def delete(self, ids: Sequence[int]) -> None:
+        """Photos gone from disk: their rows, labels and vectors."""
+        ids = list(ids)
+        if ids:
+            self._delete_rows(ids)
+            self.vectors.remove(np.array(ids))
+            self._vectors_dirty = True
+
+    def move(self, image_id: int, path: str, root_id: int, mtime_ns: int) -> None:
+        """A renamed or moved file keeps its id and embedding."""
+        self._move_row(image_id, path, root_id, mtime_ns)
+
+    def move_tree(self, source: str, dest: str, root_id: int) -> int:
+        """A file or folder renamed on disk: its rows follow, ids and embeddings kept."""
+        return self._move_rows(source, dest, root_id)
+
+    def forget_root(self, path: str) -> int:
+        """Remove a folder given to ``index`` and every photo below it; how many went."""
+        ids = self._root_image_ids(path)
+        if ids is None:
+            return 0
+        self.delete(ids)
+        self._delete_root(path)
+        return len(ids)
+
+    def rebuild_vectors(self) -> int:
+        """Build the FAISS cache anew from SQLite (no model work); the vectors it holds."""
+        self.vectors_path.unlink(missing_ok=True)
+        self._vectors = None
+        self._vectors_dirty = True
+        return len(self.vectors)
+
+    # -- the FAISS cache ----------------------------------------------------------------
 
     @property
     def vectors(self) -> VectorIndex:
@@ -75,7 +189,7 @@ class Library:
             info = self.model
             self._vectors_stamp = _mtime(self.vectors_path)
             self._vectors, changed = open_vector_index(
-                self.db, self.vectors_path, info.dim if info else 1
+                self, self.vectors_path, info.dim if info else 1
             )
             self._vectors_dirty = changed
         return self._vectors
@@ -85,7 +199,7 @@ class Library:
         file's sidecar shows it in step with SQLite; else the index is loaded and caught up."""
         if self._vectors is None:
             saved = saved_state(self.vectors_path)
-            if saved is not None and saved == self.db.vector_state():
+            if saved is not None and saved == self.vector_state():
                 return saved[1]
         return len(self.vectors)
 
@@ -93,11 +207,11 @@ class Library:
         """Ids passing the folder/date filters, remembered until the embeddings change:
         a long-lived reader (the app) repeats the same filter on every query."""
         key = (filters.under, filters.after, filters.before)
-        state = self.db.vector_state()
+        state = self.vector_state()
         cached = self._allowed.get(key)
         if cached is not None and cached[0] == state:
             return cached[1]
-        ids = self.db.filtered_ids(filters)
+        ids = self.filtered_ids(filters)
         if len(self._allowed) >= ALLOWED_CACHE:
             self._allowed.pop(next(iter(self._allowed)))
         self._allowed[key] = (state, ids)
@@ -120,32 +234,8 @@ class Library:
             if saved_kind(self.vectors_path) != (self._vectors.kind, self._vectors.trained_on):
                 self._vectors = None  # a rebuilt index: reloaded, and caught up, on next use
                 return
-        if self.db.vector_state() != (self._vectors.seq, len(self._vectors)):
-            catch_up(self._vectors, self.db)
-
-    def check_model(self, info: ModelInfo) -> None:
-        """Refuse a model whose embeddings differ from the library's."""
-        current = self.model
-        if current is not None and (
-            current.fingerprint != info.fingerprint or current.dim != info.dim
-        ):
-            raise ModelMismatchError(
-                f"this library was built with model {current.name} ({current.fingerprint}), "
-                f"not {info.name} ({info.fingerprint}); "
-                f"use --model {current.name} or another --home"
-            )
-
-    def adopt_model(self, info: ModelInfo, precision: str) -> None:
-        """Record the model of a new library (or its new name), after :meth:`check_model`."""
-        self.check_model(info)
-        current = self.model
-        if current is None or current.name != info.name:
-            self.db.record_model(info, precision)
-        if current is None:
-            self._vectors = None  # it was opened before the library knew its dimension
-
-    def mark_vectors_changed(self) -> None:
-        self._vectors_dirty = True
+        if self.vector_state() != (self._vectors.seq, len(self._vectors)):
+            catch_up(self._vectors, self)
 
     def save_vectors(self) -> None:
         """Write the FAISS file if it changed; only the writer does. A Ctrl-C meanwhile
@@ -156,11 +246,46 @@ class Library:
     def _save_vectors(self) -> None:
         if self.writable and self._vectors is not None and self._vectors_dirty:
             # An interrupt can fall between a commit and the in-memory add: check before saving.
-            catch_up(self._vectors, self.db)
+            catch_up(self._vectors, self)
             if wants_rebuild(self._vectors):
-                self._vectors = build_index(self.db, self._vectors.dim)
+                self._vectors = build_index(self, self._vectors.dim)
             self._vectors.save(self.vectors_path)
             self._vectors_dirty = False
+
+    # -- opening and closing ------------------------------------------------------------
+
+    def _connect(self) -> Sql:
+        path = self.home / DATABASE_NAME
+        if self.writable or not path.exists():
+            sql = Sql(path if self.writable else None)
+            ensure_schema(sql)
+            return sql
+        sql = Sql(path, read_only=True)
+        version = schema_version(sql)
+        check_not_newer(sql, version)
+        if version != SCHEMA_VERSION:
+            sql.close()
+            self._upgrade(path)
+            sql = Sql(path, read_only=True)
+        return sql
+
+    def _upgrade(self, path: Path) -> None:
+        """A library from an older vitsearch, read before any writer opened it: upgraded
+        once, under the writer lock, as its writer would (a writer holding the lock has
+        upgraded it already: it does so when it opens)."""
+        try:
+            with WriterLock(self.home):
+                sql = Sql(path)
+                try:
+                    ensure_schema(sql)
+                finally:
+                    sql.close()
+        except LibraryLockedError:
+            pass
+
+    def _derived_cache(self) -> DerivedCache:
+        library_id = self.get_meta("library_id") or ""
+        return DerivedCache(self.home if self.on_disk else None, library_id)
 
     def close(self) -> None:
         unused = False
@@ -169,10 +294,11 @@ class Library:
             if not unused:
                 self.save_vectors()
         finally:
-            self.db.close()
+            self._sql.close()
+            self.derived.close()
             if unused:
-                for pattern in (f"{DATABASE_NAME}*", f"{VECTORS_NAME}*"):  # -wal, sidecar...
-                    for file in self.home.glob(pattern):
+                for pattern in (f"{DATABASE_NAME}*", f"{VECTORS_NAME}*", f"{DERIVED_NAME}*"):
+                    for file in self.home.glob(pattern):  # -wal, sidecar...
                         file.unlink(missing_ok=True)
             if self._lock is not None:
                 self._lock.release(remove=unused)
@@ -185,16 +311,17 @@ class Library:
         one: nothing a next run needs, so no files to leave in the home."""
         if not (self.writable and self._new):
             return False
-        counts = self.db.counts()
+        counts = self.counts()
         return counts.images == 0 and counts.failed == 0
 
     def _reopen(self) -> None:
         """A reader: the library file appeared, or went (a writer's first run that stored
         nothing), or was made anew since it was opened: read what is there now."""
-        path = self.home / DATABASE_NAME
-        self.db.close()
-        self._file = _file_id(path)
-        self.db = Database(path if self._file is not None else None)
+        self._sql.close()
+        self.derived.close()
+        self._file = _file_id(self.home / DATABASE_NAME)
+        self._sql = self._connect()
+        self.derived = self._derived_cache()
         self._vectors = None
         self._allowed.clear()
 

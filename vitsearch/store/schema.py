@@ -14,7 +14,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 5  # 2: clusters, map; 3: cluster page index; 4: taught classifiers; 5: phash
+# 2: clusters, map; 3: cluster page index; 4: taught classifiers; 5: phash;
+# 6: clusters and map moved to the derived cache (store/derived.py)
+SCHEMA_VERSION = 6
 CUSTOM_RANK = 1000  # labels.rank of a taught classifier's label: CUSTOM_RANK + classifier id
 
 STATUS_OK = "ok"
@@ -83,39 +85,6 @@ class LabelRow(Base):
     score: Mapped[float] = mapped_column(Float)
     source: Mapped[str | None] = mapped_column(String)  # "custom:NAME" for taught labels
     __table_args__ = (Index("ix_labels_label", "label"),)
-
-
-class ClusterRow(Base):
-    """A stored clustering of the library (derived data: recomputed, never edited)."""
-
-    __tablename__ = "clusters"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String)
-    size: Mapped[int] = mapped_column(Integer)
-    cohesion: Mapped[float] = mapped_column(Float)
-    centroid: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class ClusterMemberRow(Base):
-    __tablename__ = "cluster_members"
-    image_id: Mapped[int] = mapped_column(
-        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-    )
-    cluster_id: Mapped[int] = mapped_column(Integer)
-    score: Mapped[float] = mapped_column(Float)  # cosine to the centroid
-    # Pages of a cluster, closest first, straight from the index.
-    __table_args__ = (Index("ix_cluster_members_order", "cluster_id", "score", "image_id"),)
-
-
-class MapPointRow(Base):
-    """2-D coordinates of a photo on the library map."""
-
-    __tablename__ = "map_points"
-    image_id: Mapped[int] = mapped_column(
-        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-    )
-    x: Mapped[float] = mapped_column(Float)
-    y: Mapped[float] = mapped_column(Float)
 
 
 class ClassifierRow(Base):

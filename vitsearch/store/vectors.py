@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from vitsearch.photos.fileio import replacing, write_atomically
-from vitsearch.store.database import Database
+from vitsearch.store.embeddings import EmbeddingRows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class VectorIndex:
         _write_json(_sidecar(path), meta)
 
 
-def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, bool]:
+def open_vector_index(db: EmbeddingRows, path: Path, dim: int) -> tuple[VectorIndex, bool]:
     """The FAISS index in step with the database, and whether it had to change to get there.
 
     A missing, unreadable or wrong-sized file is rebuilt from SQLite; a lagging one is caught
@@ -143,9 +143,9 @@ def open_vector_index(db: Database, path: Path, dim: int) -> tuple[VectorIndex, 
     return loaded, catch_up(loaded, db)
 
 
-def build_index(db: Database, dim: int) -> VectorIndex:
+def build_index(db: EmbeddingRows, dim: int) -> VectorIndex:
     """A fresh index of every embedding, of the kind that suits the library's size."""
-    count = db.vector_count()
+    count = db.embedding_count()
     seq = db.max_seq()
     if count <= FLAT_LIMIT:
         index = VectorIndex(dim, seq=seq)
@@ -164,7 +164,7 @@ def wants_rebuild(index: VectorIndex) -> bool:
     return len(index) <= FLAT_LIMIT // 2 or len(index) > RETRAIN_GROWTH * index.trained_on
 
 
-def catch_up(index: VectorIndex, db: Database) -> bool:
+def catch_up(index: VectorIndex, db: EmbeddingRows) -> bool:
     """Make the index hold exactly the database's embeddings; True if anything changed."""
     changed = False
     target_seq = db.max_seq()
@@ -190,7 +190,7 @@ def catch_up(index: VectorIndex, db: Database) -> bool:
     return changed
 
 
-def _trained_ivf(db: Database, dim: int, count: int) -> faiss.Index:
+def _trained_ivf(db: EmbeddingRows, dim: int, count: int) -> faiss.Index:
     lists = int(2 ** round(math.log2(max(256, 4 * math.sqrt(count)))))
     ids = db.embedding_ids()
     rng = np.random.default_rng(SEED)

@@ -27,7 +27,7 @@ def page_of(items: Sequence, key: str, page_size: int = PAGE_SIZE) -> Sequence:
 
 def photo_grid(hits: Sequence[Hit], key: str, actions: bool = True) -> None:
     """Thumbnails with score, labels, date and path; "Similar" and "Reveal" under each."""
-    details = context.library().run(lambda library: library.db.details([h.id for h in hits]))
+    details = context.library().run(lambda library: library.details([h.id for h in hits]))
     for start in range(0, len(hits), COLUMNS):
         for column, hit in zip(st.columns(COLUMNS), hits[start : start + COLUMNS], strict=False):
             with column:
@@ -89,7 +89,7 @@ def reveal_file(path: str) -> None:
 
 def too_few_photos(minimum: int) -> bool:
     """Whether the library has fewer photos than a page needs; if so, says how to index."""
-    count = context.library().run(lambda library: library.db.vector_count())
+    count = context.library().run(lambda library: library.embedding_count())
     if count >= minimum:
         return False
     state = "is empty" if count == 0 else f"has {count} photo; this page needs {minimum}"

@@ -52,7 +52,7 @@ def show_cards(found) -> None:
     st.caption(f"{len(found)} clusters, largest first")
     shown = page_of(found, "clusters", CARDS_PER_PAGE)
     ids = [hit.id for cluster in shown for hit in cluster.representatives[:CARD_THUMBNAILS]]
-    details = context.library().run(lambda library: library.db.details(ids))
+    details = context.library().run(lambda library: library.details(ids))
     for cluster in shown:
         with st.container(border=True):
             title, button = st.columns([5, 1], vertical_alignment="center")
@@ -72,7 +72,7 @@ def show_members(cluster) -> None:
     pages = max(1, -(-cluster.size // PAGE_SIZE))
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"cluster-{cluster.id}-page")
     members = context.library().run(
-        lambda library: library.db.cluster_members(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        lambda library: library.cluster_members(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     )
     photo_grid(members, key=f"cluster-{cluster.id}")
 

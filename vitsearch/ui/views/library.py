@@ -53,7 +53,7 @@ def folders(status: dict) -> None:
 
 
 def failures() -> None:
-    failed = context.library().run(lambda library: library.db.failures(limit=500))
+    failed = context.library().run(lambda library: library.failures(limit=500))
     if failed:
         st.subheader(f"Files that could not be read ({len(failed)})")
         st.dataframe([{"file": path, "error": error} for path, error in failed], hide_index=True)

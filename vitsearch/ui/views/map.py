@@ -39,5 +39,5 @@ def render() -> None:
 def show_selection(ids: list[int]) -> None:
     st.subheader(f"{len(ids)} selected photos")
     shared = context.library()
-    hits: list[Hit] = shared.run(lambda library: library.db.hits(ids, [1.0] * len(ids)))
+    hits: list[Hit] = shared.run(lambda library: library.hits(ids, [1.0] * len(ids)))
     photo_grid(page_of(hits, "map"), key="map-selection")

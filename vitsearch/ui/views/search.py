@@ -65,7 +65,7 @@ def run_query(upload, label: str, filters: Filters, k: int):
 
 def more_like_header(image_id: int) -> None:
     """The photo the results are like: its thumbnail, name and folder."""
-    photo = context.library().run(lambda library: library.db.details([image_id])).get(image_id)
+    photo = context.library().run(lambda library: library.details([image_id])).get(image_id)
     if photo is None:
         return  # deleted meanwhile: the search says so
     picture, words = st.columns([1, 5], vertical_alignment="center")
@@ -87,7 +87,7 @@ def show_results(hits) -> None:
 def filter_controls() -> tuple[Filters, int]:
     sidebar = st.sidebar
     sidebar.subheader("Filters")
-    folders = context.library().run(lambda library: [p for p, _ in library.db.roots()])
+    folders = context.library().run(lambda library: [p for p, _ in library.roots()])
     folder = sidebar.selectbox("Folder", [ALL_FOLDERS, *folders])
     below = sidebar.text_input("…or below this folder", placeholder="/path/to/a/sub/folder")
     under = below.strip() or (None if folder == ALL_FOLDERS else folder)

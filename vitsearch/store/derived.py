@@ -1,0 +1,332 @@
+"""Derived results (clusters, map points, the fitted map model): a cache beside the library.
+
+They live in their own file, ``derived.sqlite3`` in the home, because readers compute them:
+``vitsearch clusters`` or the UI's map may write here while a watcher commits to the library,
+and the library file stays untouched. Each host of a shared library keeps its own. Every row
+records the write number (``seq``) of the vector it was made from, so a photo re-embedded or
+removed since drops out of the results at once; the cache is rebuilt when it is missing, of
+another version, or made from another library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Float, Index, Integer, LargeBinary, String, Text, delete, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from vitsearch.records import Hit
+from vitsearch.store.sql import Sql, chunks
+
+DERIVED_NAME = "derived.sqlite3"
+DERIVED_VERSION = 1
+
+
+class DerivedBase(DeclarativeBase):
+    pass
+
+
+class DerivedMeta(DerivedBase):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DerivedBlob(DerivedBase):
+    """A fitted model kept with the results it places (the map's UMAP)."""
+
+    __tablename__ = "blobs"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ClusterRow(DerivedBase):
+    """A stored clustering of the library (recomputed, never edited)."""
+
+    __tablename__ = "clusters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    size: Mapped[int] = mapped_column(Integer)
+    cohesion: Mapped[float] = mapped_column(Float)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ClusterMemberRow(DerivedBase):
+    __tablename__ = "cluster_members"
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)  # cosine to the centroid
+    seq: Mapped[int] = mapped_column(Integer)  # of the vector that was clustered
+    # Pages of a cluster, closest first, straight from the index.
+    __table_args__ = (Index("ix_cluster_members_order", "cluster_id", "score", "image_id"),)
+
+
+class MapPointRow(DerivedBase):
+    """2-D coordinates of a photo on the library map."""
+
+    __tablename__ = "map_points"
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    seq: Mapped[int] = mapped_column(Integer)  # of the vector that was placed
+
+
+class DerivedCache:
+    """The derived results of one library, in ``home`` (in memory when ``home`` is None: a
+    reader of a home with no library on disk creates no file). Opened on first use."""
+
+    def __init__(self, home: Path | None, library_id: str) -> None:
+        self.path = None if home is None else Path(home) / DERIVED_NAME
+        self.library_id = library_id
+        self._sql: Sql | None = None
+
+    # -- clusters ---------------------------------------------------------------------
+
+    def replace_clusters(
+        self,
+        clusters: Sequence[tuple[int, str, int, float, np.ndarray]],
+        members: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        state: dict,
+    ) -> None:
+        """Store a clustering: (id, name, size, cohesion, centroid) rows and the members
+        as (ids, cluster of each, cosine to its centroid, write number of its vector)."""
+        rows = [
+            {"image_id": int(i), "cluster_id": int(c), "score": float(sc), "seq": int(q)}
+            for i, c, sc, q in zip(*members, strict=True)
+        ]
+        with self._open().session() as s, s.begin():
+            s.execute(delete(ClusterMemberRow))
+            s.execute(delete(ClusterRow))
+            s.add_all(
+                ClusterRow(
+                    id=cid,
+                    name=name,
+                    size=size,
+                    cohesion=cohesion,
+                    centroid=np.asarray(centroid, np.float32).tobytes(),
+                )
+                for cid, name, size, cohesion, centroid in clusters
+            )
+            s.flush()
+            for chunk in chunks(rows, 5000):
+                s.execute(ClusterMemberRow.__table__.insert(), chunk)
+            s.merge(DerivedMeta(key="clusters", value=json.dumps(state)))
+
+    def cluster_state(self) -> dict | None:
+        return self._state("clusters")
+
+    def clusters(self) -> list[tuple[int, str, int, float]]:
+        if not self._exists():
+            return []
+        query = select(ClusterRow.id, ClusterRow.name, ClusterRow.size, ClusterRow.cohesion)
+        with self._open().session() as s:
+            return [tuple(row) for row in s.execute(query.order_by(ClusterRow.size.desc()))]
+
+    def cluster_members(
+        self, cluster_id: int, offset: int = 0, limit: int | None = 60
+    ) -> list[tuple[int, float, int]]:
+        """(id, score, seq) of a cluster's photos, closest to its centre first (paged)."""
+        if not self._exists():
+            return []
+        query = (
+            select(ClusterMemberRow.image_id, ClusterMemberRow.score, ClusterMemberRow.seq)
+            .where(ClusterMemberRow.cluster_id == cluster_id)
+            .order_by(ClusterMemberRow.score.desc(), ClusterMemberRow.image_id)
+            .offset(offset)
+            .limit(limit)
+        )
+        with self._open().session() as s:
+            return [tuple(row) for row in s.execute(query)]
+
+    def cluster_ids(self) -> list[int]:
+        if not self._exists():
+            return []
+        with self._open().session() as s:
+            return list(s.scalars(select(ClusterRow.id)))
+
+    def membership(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """id -> (its cluster, the write number of the vector clustered)."""
+        found: dict[int, tuple[int, int]] = {}
+        if not self._exists():
+            return found
+        with self._open().session() as s:
+            for chunk in chunks(list(ids), 500):
+                query = select(
+                    ClusterMemberRow.image_id, ClusterMemberRow.cluster_id, ClusterMemberRow.seq
+                ).where(ClusterMemberRow.image_id.in_(chunk))
+                found.update((i, (c, q)) for i, c, q in s.execute(query))
+        return found
+
+    # -- the map ----------------------------------------------------------------------
+
+    def upsert_map_points(
+        self, ids: np.ndarray, xy: np.ndarray, seqs: np.ndarray, state: dict | None = None
+    ) -> None:
+        """Place photos; with ``state``, a new projection that replaces every point."""
+        rows = [
+            {"image_id": int(i), "x": float(p[0]), "y": float(p[1]), "seq": int(q)}
+            for i, p, q in zip(ids, xy, seqs, strict=True)
+        ]
+        with self._open().session() as s, s.begin():
+            if state is not None:
+                s.execute(delete(MapPointRow))
+                s.merge(DerivedMeta(key="map", value=json.dumps(state)))
+            for chunk in chunks(rows, 5000):
+                chunk_ids = [r["image_id"] for r in chunk]
+                s.execute(delete(MapPointRow).where(MapPointRow.image_id.in_(chunk_ids)))
+                s.execute(MapPointRow.__table__.insert(), chunk)
+
+    def map_state(self) -> dict | None:
+        return self._state("map")
+
+    def map_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, xy, seqs) of every placed photo, by id."""
+        rows = []
+        if self._exists():
+            query = select(MapPointRow.image_id, MapPointRow.x, MapPointRow.y, MapPointRow.seq)
+            with self._open().session() as s:
+                rows = s.execute(query.order_by(MapPointRow.image_id)).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        xy = np.array([(r[1], r[2]) for r in rows], dtype=np.float32).reshape(-1, 2)
+        return ids, xy, np.array([r[3] for r in rows], dtype=np.int64)
+
+    def save_blob(self, key: str, data: bytes) -> None:
+        with self._open().session() as s, s.begin():
+            s.merge(DerivedBlob(key=key, data=data))
+
+    def load_blob(self, key: str) -> bytes | None:
+        if not self._exists():
+            return None
+        with self._open().session() as s:
+            return s.scalar(select(DerivedBlob.data).where(DerivedBlob.key == key))
+
+    def drop_blob(self, key: str) -> None:
+        if self._exists():
+            with self._open().session() as s, s.begin():
+                s.execute(delete(DerivedBlob).where(DerivedBlob.key == key))
+
+    # -- the file ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
+
+    def _state(self, key: str) -> dict | None:
+        if not self._exists():
+            return None
+        with self._open().session() as s:
+            raw = s.scalar(select(DerivedMeta.value).where(DerivedMeta.key == key))
+        return json.loads(raw) if raw else None
+
+    def _exists(self) -> bool:
+        return self._sql is not None or self.path is None or self.path.exists()
+
+    def _open(self) -> Sql:
+        if self._sql is None:
+            sql = Sql(self.path)
+            with sql.engine.begin() as conn:
+                DerivedBase.metadata.create_all(conn)
+            if sql.get_meta("version") != str(DERIVED_VERSION) or (
+                sql.get_meta("library_id") != self.library_id
+            ):
+                _start_over(sql, self.library_id)
+            self._sql = sql
+        return self._sql
+
+
+class DerivedResults:
+    """Mixed into :class:`~vitsearch.store.library.Library`: the derived cache's results
+    for the photos as they are now (a row made from an older vector of a photo, or from a
+    photo since removed, is left out)."""
+
+    derived: DerivedCache
+
+    def cluster_state(self) -> dict | None:
+        return self.derived.cluster_state()
+
+    def clusters(self) -> list[tuple[int, str, int, float]]:
+        """(id, name, size, cohesion) of the stored clusters, largest first."""
+        return self.derived.clusters()
+
+    def replace_clusters(
+        self,
+        clusters: Sequence[tuple[int, str, int, float, np.ndarray]],
+        ids: np.ndarray,
+        assignment: np.ndarray,
+        scores: np.ndarray,
+        state: dict,
+    ) -> None:
+        """Store a clustering: (id, name, size, cohesion, centroid) rows, each photo's cluster."""
+        ids, seqs, keep = self._current(ids)
+        members = (ids, np.asarray(assignment)[keep], np.asarray(scores)[keep], seqs)
+        self.derived.replace_clusters(clusters, members, state)
+
+    def cluster_members(self, cluster_id: int, offset: int = 0, limit: int = 60) -> list[Hit]:
+        """A cluster's photos, closest to its centre first (paged)."""
+        return self._valid_hits(self.derived.cluster_members(cluster_id, offset, limit))
+
+    def cluster_representatives(self, per_cluster: int) -> dict[int, list[Hit]]:
+        """The ``per_cluster`` photos closest to each centre, for every cluster."""
+        return {
+            cluster_id: self._valid_hits(self.derived.cluster_members(cluster_id, 0, per_cluster))
+            for cluster_id in self.derived.cluster_ids()
+        }
+
+    def cluster_of(self, ids: Sequence[int]) -> dict[int, int]:
+        found = self.derived.membership(ids)
+        current = self.seqs_of(list(found))
+        return {i: cluster for i, (cluster, seq) in found.items() if current.get(i) == seq}
+
+    def map_state(self) -> dict | None:
+        return self.derived.map_state()
+
+    def map_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, xy) of every photo placed on the map, by id."""
+        ids, xy, seqs = self.derived.map_points()
+        valid = self._placed(ids, seqs)
+        return ids[valid], xy[valid]
+
+    def unmapped_ids(self) -> np.ndarray:
+        """Photos with a vector but no place on the map made from it."""
+        ids, _xy, seqs = self.derived.map_points()
+        placed = ids[self._placed(ids, seqs)]
+        return np.setdiff1d(self.embedding_ids(), placed, assume_unique=True)
+
+    def upsert_map_points(self, ids: np.ndarray, xy: np.ndarray, state: dict | None = None) -> None:
+        """Place photos (those removed meanwhile have no place); with ``state``, a new
+        projection that replaces every point."""
+        ids, seqs, keep = self._current(ids)
+        self.derived.upsert_map_points(ids, np.asarray(xy)[keep], seqs, state)
+
+    def _current(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the ids that still have a vector, its write number, which of ``ids`` they are)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        current = self.seqs_of(ids.tolist())
+        keep = np.array([int(i) in current for i in ids], dtype=bool)
+        seqs = np.array([current[int(i)] for i in ids[keep]], dtype=np.int64)
+        return ids[keep], seqs, keep
+
+    def _placed(self, ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        """Which stored points were made from the vector their photo has now."""
+        now_ids, now_seqs = self.embedding_seqs()
+        at = np.clip(np.searchsorted(now_ids, ids), 0, max(len(now_ids) - 1, 0))
+        if not len(now_ids):
+            return np.zeros(len(ids), dtype=bool)
+        return (now_ids[at] == ids) & (now_seqs[at] == seqs)
+
+    def _valid_hits(self, rows: list[tuple[int, float, int]]) -> list[Hit]:
+        current = self.seqs_of([row[0] for row in rows])
+        valid = [(i, score) for i, score, seq in rows if current.get(i) == seq]
+        return self.hits([i for i, _ in valid], [score for _, score in valid])
+
+
+def _start_over(sql: Sql, library_id: str) -> None:
+    """Another version's cache, or another library's (the home's library was made anew)."""
+    with sql.engine.begin() as conn:
+        DerivedBase.metadata.drop_all(conn)
+        DerivedBase.metadata.create_all(conn)
+    sql.set_meta(version=str(DERIVED_VERSION), library_id=library_id)
