@@ -33,14 +33,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from _common import index_folders
 from bench_index import add_model_options, pick_photos
 from PIL import Image, ImageOps
 
-from vitsearch import app
 from vitsearch.config import load_settings
+from vitsearch.explore import duplicates as dup
 from vitsearch.model.hardware import cpu_name
 from vitsearch.photos import phash
-from vitsearch.search import duplicates as dup
 from vitsearch.store import open_library
 
 DEFAULT_IMAGES = 1000
@@ -358,7 +358,7 @@ def run(args: argparse.Namespace, temp: Path) -> None:
     started = time.perf_counter()
     if not (temp / "album").exists():
         make_folder(photos, args.copied, args.bursts, temp / "album")
-    summary = app.index_folders(settings, [temp / "album"])
+    summary = index_folders(settings, [temp / "album"])
     print(
         f"indexed: {summary.line()} (with making the copies: {time.perf_counter() - started:.0f}s)"
     )

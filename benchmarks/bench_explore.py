@@ -35,10 +35,10 @@ import faiss
 import numpy as np
 from bench_index import CpuMeter  # same folder: run as `python benchmarks/bench_explore.py`
 
+from vitsearch.explore.clusters import compute_clusters
+from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import Filters, ImageEntry, LibraryCounts, ModelInfo
-from vitsearch.search.clusters import compute_clusters
-from vitsearch.search.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.search.query import nearest
 from vitsearch.store import Library, open_library
 from vitsearch.store.vectors import NPROBE, VectorIndex, build_index, faiss_threads

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _common import index_folders
 
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
@@ -210,7 +211,7 @@ class LoadClock:
 def run_pipeline(settings: Settings, folder: Path):
     """``index_folders`` into a fresh home: (summary, wall seconds, in-run load seconds)."""
     with LoadClock() as clock:
-        summary, wall = timed(lambda: app.index_folders(settings, [folder]))
+        summary, wall = timed(lambda: index_folders(settings, [folder]))
     return summary, wall, clock.seconds
 
 

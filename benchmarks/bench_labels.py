@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitsearch import app
+from _common import index_folders
+
 from vitsearch.config import load_settings
 from vitsearch.errors import NoSuchLabelError
 from vitsearch.model.hardware import cpu_name
@@ -83,7 +84,7 @@ def main() -> None:
             threads=args.threads or None,
         )
         start = time.perf_counter()
-        summary = app.index_folders(settings, [folder])
+        summary = index_folders(settings, [folder])
         print(f"CPU: {cpu_name()}; model {args.model}; torch fp32")
         print(f"indexed {summary} in {time.perf_counter() - start:.1f}s")
         with open_library(settings.home) as library:

@@ -48,10 +48,10 @@ from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitsearch.config import POOLS, Settings, load_settings
+from vitsearch.explore.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
 from vitsearch.model import Embedder, load_embedder
 from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
-from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 
 DEFAULT_IMAGES = 200
@@ -514,7 +514,7 @@ def print_pairs(results: list[PoolResult], photos: int) -> None:
             f"{p.mean_negative:8.4f}"
         )
     print(
-        "(near/burst: NEAR_THRESHOLD/BURST_THRESHOLD of vitsearch.search.duplicates; the app\n"
+        "(near/burst: NEAR_THRESHOLD/BURST_THRESHOLD of vitsearch.explore.duplicates; the app\n"
         " also needs burst pairs taken within 30 s, ignored here. margin > 0: one threshold\n"
         " separates every positive pair from every negative one; mean neg: the typical cosine of\n"
         " two unrelated photos)"

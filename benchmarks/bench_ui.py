@@ -61,15 +61,15 @@ from PIL import Image, ImageDraw
 from sqlalchemy import event
 
 from vitsearch.config import load_settings
+from vitsearch.explore.clusters import clusters, stored_clusters
 from vitsearch.model.hardware import cpu_name
+from vitsearch.photos.thumbnails import FOLDER as THUMBNAIL_FOLDER
+from vitsearch.photos.thumbnails import Thumbnails
 from vitsearch.records import NO_FILTERS, ImageEntry, Label, ModelInfo
-from vitsearch.search.clusters import clusters, stored_clusters
 from vitsearch.search.query import nearest
 from vitsearch.store import Library, open_library
 from vitsearch.store.library import VECTORS_NAME
 from vitsearch.ui.context import SharedLibrary
-from vitsearch.ui.thumbnails import FOLDER as THUMBNAIL_FOLDER
-from vitsearch.ui.thumbnails import Thumbnails
 from vitsearch.ui.views.clusters import CARD_THUMBNAILS
 from vitsearch.ui.widgets import PAGE_SIZE
 

@@ -257,3 +257,21 @@ def benchmark_module(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+class once:
+    """One app call with the app's whole life around it, as one CLI command has:
+    ``once(settings, write=True).index(folders)`` opens the app, indexes and closes it."""
+
+    def __init__(self, settings, write: bool = False) -> None:
+        self.settings = settings
+        self.write = write
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            from vitsearch.app import open_app
+
+            with open_app(self.settings, write=self.write) as app:
+                return getattr(app, name)(*args, **kwargs)
+
+        return call

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.helpers import draw_photo, image_entries
+from tests.helpers import draw_photo, image_entries, once
 from vitsearch.config import load_settings
+from vitsearch.explore.duplicates import COPY_BITS, find_duplicates
 from vitsearch.indexer.reconcile import Indexer
 from vitsearch.photos import phash
 from vitsearch.photos.decode import read_photo
 from vitsearch.records import ModelInfo
-from vitsearch.search.duplicates import COPY_BITS, find_duplicates
 from vitsearch.store import open_library
 
 TURNS = [None, *Image.Transpose]  # the 8 orientations (and the two diagonal flips)
@@ -256,9 +256,8 @@ def test_drawn_copies_are_grouped_by_the_real_pipeline(
     settings = load_settings(
         environ={}, home=home, model=str(tiny_model), backend="torch", precision="fp32"
     )
-    from vitsearch import app
 
-    app.index_folders(settings, [tmp_path / "album"])
+    once(settings, write=True).index([tmp_path / "album"])
     with open_library(home) as library:
         groups = find_duplicates(library)
     assert all(_grouped_with_original(groups, made))
@@ -326,9 +325,8 @@ def test_copies_of_real_photos_on_trained_weights(home: Path, tmp_path: Path) ->
     settings = load_settings(
         environ={}, home=home, model=REAL_MODEL, backend="torch", precision="fp32"
     )
-    from vitsearch import app
 
-    app.index_folders(settings, [album])
+    once(settings, write=True).index([album])
     with open_library(home) as library:
         groups = find_duplicates(library)
     assert np.mean(_grouped_with_original(groups, made)) >= 0.9

@@ -9,16 +9,16 @@ import pytest
 
 from tests.helpers import adjusted_rand_index, plant, sphere_groups
 from vitsearch.errors import ConfigError, NoSuchLabelError, VitsearchError
-from vitsearch.records import Filters, Label
-from vitsearch.search import label_counts, nearest, search_by_label
-from vitsearch.search.clusters import (
+from vitsearch.explore.clusters import (
     cluster_name,
     clusters,
     common_kind,
     compute_clusters,
     silhouette,
 )
-from vitsearch.search.duplicates import find_duplicates
+from vitsearch.explore.duplicates import find_duplicates
+from vitsearch.records import Filters, Label
+from vitsearch.search import label_counts, nearest, search_by_label
 from vitsearch.store import open_library
 
 DOG = Label("golden retriever", 0.8)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import PINNED_BACKEND, draw_album
-from vitsearch import app
+from tests.helpers import PINNED_BACKEND, draw_album, once
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError
 from vitsearch.model import load_embedder
@@ -109,12 +108,12 @@ def test_library_on_other_features_refuses_mixing(
     mean_pool = load_settings(
         environ={}, home=home, model=str(tiny_model), pool="mean", threads=1, **PINNED_BACKEND
     )
-    app.index_folders(mean_pool, [tmp_path / "album"])
-    assert app.library_status(mean_pool)["model_fingerprint"].endswith("|layer=-1|pool=mean")
-    hits = app.search_image(mean_pool, tmp_path / "album" / "photo_0001.jpg", 1)
+    once(mean_pool, write=True).index([tmp_path / "album"])
+    assert once(mean_pool).status().as_dict()["model_fingerprint"].endswith("|layer=-1|pool=mean")
+    hits = once(mean_pool).search_image(tmp_path / "album" / "photo_0001.jpg", 1)
     assert hits[0].path.endswith("photo_0001.jpg")
     default = load_settings(
         environ={}, home=home, model=str(tiny_model), threads=1, **PINNED_BACKEND
     )
     with pytest.raises(ModelMismatchError):
-        app.search_image(default, tmp_path / "album" / "photo_0001.jpg", 1)
+        once(default).search_image(tmp_path / "album" / "photo_0001.jpg", 1)

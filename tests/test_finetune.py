@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.helpers import PINNED_BACKEND, save_tiny_vit
-from vitsearch.app import index_folders
+from tests.helpers import PINNED_BACKEND, once, save_tiny_vit
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, VitsearchError
 from vitsearch.model import load_embedder
@@ -99,7 +98,7 @@ def test_output_is_a_checkpoint_transformers_and_index_load(
     settings = load_settings(
         environ={}, home=tmp_path / "home", model=str(out), threads=1, **PINNED_BACKEND
     )
-    summary = index_folders(settings, [data])
+    summary = once(settings, write=True).index([data])
     assert (summary.new, summary.failed) == (24, 0)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import FakeEmbedder, draw_photo, plant
+from tests.helpers import FakeEmbedder, draw_photo, once, plant
 from vitsearch import app
 from vitsearch.cli import main
 from vitsearch.config import load_settings
@@ -46,7 +46,9 @@ def broken_weights_checkpoint(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model_type": "vit", "architectures": ["ViTForImageClassification"]}
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
+    (directory / "preprocessor_config.json").write_text(
+        '{"image_processor_type": "ViTImageProcessor"}'
+    )
     (directory / "model.safetensors").write_bytes(b"these are not weights")
     return directory
 
@@ -80,14 +82,14 @@ def test_index_of_an_empty_folder_on_a_new_home_loads_no_model(
     cheap, home: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "empty").mkdir()
-    summary = app.index_folders(cheap, [tmp_path / "empty"])
+    summary = once(cheap, write=True).index([tmp_path / "empty"])
     assert (summary.new, summary.embedded, summary.unchanged) == (0, 0, 0)
     assert not home.exists()  # nothing to store: no library made
 
 
 def test_watch_starts_without_loading_the_model(cheap, home: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    state = app.watch_folders(cheap, [tmp_path / "empty"], on_start=lambda w: w.stop())
+    state = once(cheap, write=True).watch([tmp_path / "empty"], on_start=lambda w: w.stop())
     assert state.totals.new == 0
 
 
@@ -95,10 +97,10 @@ def test_watch_starts_without_loading_the_model(cheap, home: Path, tmp_path: Pat
 def test_the_model_loads_when_there_is_a_photo(cheap, tmp_path: Path) -> None:
     draw_photo(tmp_path / "one" / "a.jpg", seed=1)
     with pytest.raises(Exception, match=WEIGHTS_FAILED):
-        app.index_folders(cheap, [tmp_path / "one"])
+        once(cheap, write=True).index([tmp_path / "one"])
 
 
-@pytest.mark.parametrize("command", [app.index_folders, app.watch_folders])
+@pytest.mark.parametrize("command", ["index", "watch"])
 def test_a_photo_folder_as_model_fails_with_what_a_checkpoint_holds(
     command, home: Path, tmp_path: Path
 ) -> None:
@@ -106,7 +108,7 @@ def test_a_photo_folder_as_model_fails_with_what_a_checkpoint_holds(
     draw_photo(photos / "a.jpg", seed=1)
     settings = load_settings(environ={}, home=home, model=str(photos), backend="torch")
     with pytest.raises(ModelNotAvailableError) as caught:
-        command(settings, [photos])
+        getattr(once(settings, write=True), command)([photos])
     assert f"{photos} is not a model checkpoint" in str(caught.value)
     assert "config.json and model.safetensors" in str(caught.value)
     assert "Errno" not in str(caught.value) and not home.exists()
@@ -145,19 +147,19 @@ def test_checkpoint_check_agrees_with_the_loader() -> None:
 def test_search_on_a_new_home_says_so_before_the_model(cheap, home: Path, tmp_path: Path) -> None:
     image = draw_photo(tmp_path / "query.jpg", seed=3)
     with pytest.raises(EmptyLibraryError, match=f"there is no library at {home} yet"):
-        app.search_image(cheap, image, 5)
+        once(cheap).search_image(image, 5)
     with pytest.raises(MissingFileError, match="no such image file"):
-        app.search_image(cheap, tmp_path / "no-such.jpg", 5)
+        once(cheap).search_image(tmp_path / "no-such.jpg", 5)
     with pytest.raises(MissingFileError, match="no such image file"):
-        app.classify_images(cheap, [tmp_path / "no-such.jpg"])
+        once(cheap).classify([tmp_path / "no-such.jpg"])
     assert not home.exists()
 
 
 def test_search_of_an_emptied_library_says_it_is_empty(cheap, home: Path) -> None:
     plant(home, unit_vectors(3), folder="/photos")
-    app.forget_folder(cheap, Path("/photos"))
+    once(cheap, write=True).forget_folder(Path("/photos"))
     with pytest.raises(EmptyLibraryError, match=f"the library at {home} is empty"):
-        app.search_label(cheap, "cat", 5)
+        once(cheap).search_label("cat", 5)
 
 
 def test_export_checks_its_packages_and_out_before_the_model(
@@ -193,13 +195,13 @@ def test_filters_that_pass_nothing_are_named(cheap, home: Path, tmp_path: Path) 
     plant(home, unit_vectors(4), folder="/photos")
     image = draw_photo(tmp_path / "query.jpg", seed=3)
     with pytest.raises(NoMatchError, match="no photo passes these filters: under /elsewhere"):
-        app.search_image(cheap, image, 5, Filters(under="/elsewhere"))  # before the model
+        once(cheap).search_image(image, 5, Filters(under="/elsewhere"))  # before the model
     after = Filters(after=4102444800.0)  # 2100-01-01 UTC
     with pytest.raises(NoMatchError, match="taken on or after 2"):
-        app.similar_images(cheap, Path("/photos/p00000.jpg"), 5, after)
+        once(cheap).similar(Path("/photos/p00000.jpg"), 5, after)
     with pytest.raises(NoMatchError, match=r"score at least 1\.5"):
-        app.similar_images(cheap, Path("/photos/p00000.jpg"), 5, Filters(min_score=1.5))
-    assert len(app.similar_images(cheap, Path("/photos/p00000.jpg"), 5)) == 3
+        once(cheap).similar(Path("/photos/p00000.jpg"), 5, Filters(min_score=1.5))
+    assert len(once(cheap).similar(Path("/photos/p00000.jpg"), 5)) == 3
 
 
 def test_cli_messages_on_a_new_home(home: Path) -> None:
@@ -247,7 +249,7 @@ def test_committed_one_photo_is_singular(home: Path, tmp_path: Path, caplog) -> 
 def test_a_failed_first_run_leaves_no_files(cheap, home: Path, tmp_path: Path) -> None:
     draw_photo(tmp_path / "one" / "a.jpg", seed=1)
     with pytest.raises(Exception, match=WEIGHTS_FAILED):
-        app.index_folders(cheap, [tmp_path / "one"])
+        once(cheap, write=True).index([tmp_path / "one"])
     assert not home.exists()
 
 
@@ -311,7 +313,10 @@ def test_cheap_commands_never_import_torch(tmp_path: Path, unloadable: Path) -> 
         (["status"], ""),
         (["labels"], "there is no library at"),
         (["index", str(tmp_path / "empty"), "--model", str(tmp_path / "photos")], "not a model"),
-        (["index", str(tmp_path / "empty"), "--model", "google/vit-base-patch16-224"], "not cached"),
+        (
+            ["index", str(tmp_path / "empty"), "--model", "google/vit-base-patch16-224"],
+            "not cached",
+        ),
     ]
     script = (
         "import sys, signal, threading\n"

@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_LABELS, plant, sphere_groups, vitsearch
+from tests.helpers import TINY_LABELS, once, plant, sphere_groups, vitsearch
 from vitsearch.errors import NoSuchLabelError
-from vitsearch.records import Filters, Hit, Label, display_label, split_wnid
+from vitsearch.explore.clusters import cluster_name
+from vitsearch.records import Filters, Hit, Label, display_label, short_label, split_wnid
 from vitsearch.search import search_by_label
-from vitsearch.search.clusters import cluster_name
 from vitsearch.search.hierarchy import TABLE, hierarchy_from_table, imagenet_hierarchy
 from vitsearch.search.labels import (
     label_counts,
     labels_for_query,
     matching_labels,
-    short_label,
     suggest,
 )
 from vitsearch.store import open_library
@@ -316,7 +315,6 @@ SAMPLE = SHARED / "imagenet-sample"
 @pytest.mark.skipif(not REAL_MODEL, reason="set VITSEARCH_TEST_MODEL to a real checkpoint")
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"no ImageNet sample at {SAMPLE}")
 def test_dog_search_on_real_photos_reaches_the_models_own_precision(tmp_path: Path) -> None:
-    from vitsearch import app
     from vitsearch.config import load_settings
 
     table = imagenet_hierarchy()
@@ -331,7 +329,7 @@ def test_dog_search_on_real_photos_reaches_the_models_own_precision(tmp_path: Pa
     settings = load_settings(
         environ={}, home=tmp_path / "home", model=REAL_MODEL, backend="torch", precision="fp32"
     )
-    app.index_folders(settings, [folder])
+    once(settings, write=True).index([folder])
 
     def is_dog(hit: Hit) -> bool:  # the true class is in the file name
         return DOG in table.ancestors.get(Path(hit.path).name[:9], ())

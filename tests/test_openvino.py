@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import draw_album, draw_photo, vitsearch
-from vitsearch import app
+from tests.helpers import draw_album, draw_photo, once, vitsearch
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
@@ -207,15 +206,15 @@ def test_missing_packages_give_the_install_hint(
 def test_an_openvino_library_refuses_other_backends(exports, home: Path, tmp_path: Path) -> None:
     built = load_settings(environ={}, home=home, model=str(exports["int8"]), threads=1)
     album = draw_album(tmp_path / "album", 3)
-    app.index_folders(built, [album[0].parent])
-    assert app.library_status(built)["backend"] == "openvino-int8"
+    once(built, write=True).index([album[0].parent])
+    assert once(built).status().as_dict()["backend"] == "openvino-int8"
     source = json.loads((exports["int8"] / MANIFEST_FILE).read_text())["source_name"]
     torch = built.replace(model=source, backend="torch")
     with pytest.raises(ModelMismatchError, match=r"built with model .*\+openvino-int8"):
-        app.search_image(torch, album[0], k=1)
+        once(torch).search_image(album[0], k=1)
     # auto follows the library's backend, which needs the export itself
     with pytest.raises(ConfigError, match="runs an OpenVINO export"):
-        app.search_image(built.replace(model=source), album[0], k=1)
+        once(built.replace(model=source)).search_image(album[0], k=1)
 
 
 def test_cli_export_then_index_and_search_with_openvino(cli_env: dict, tmp_path: Path) -> None:

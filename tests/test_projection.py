@@ -14,22 +14,24 @@ import pytest
 
 from tests.helpers import plant, sphere_groups
 from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.records import Label, ModelInfo
-from vitsearch.search.clusters import clusters
-from vitsearch.search.projection import (
-    AUTO_UMAP_MIN_POINTS,
+from vitsearch.explore.clusters import clusters
+from vitsearch.explore.map_view import (
     BASE_COLOURS,
     LABELLED_CLUSTERS,
-    UMAP_BLOB,
     UNCLUSTERED,
     UNCLUSTERED_COLOUR,
-    MapPoints,
     cluster_colours,
     map_figure,
     map_figure_html,
     map_json,
+)
+from vitsearch.explore.projection import (
+    AUTO_UMAP_MIN_POINTS,
+    UMAP_BLOB,
+    MapPoints,
     project,
 )
+from vitsearch.records import Label, ModelInfo
 from vitsearch.store import open_library
 
 DIM = 24
@@ -46,6 +48,8 @@ _umap_installed = pytest.mark.skipif(
 def requires_umap(test):
     """Slow tier too: UMAP's first fit in a process JIT-compiles numba kernels (30-80 s)."""
     return pytest.mark.slow(_umap_installed(test))
+
+
 requires_plotly = pytest.mark.skipif(
     find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
 )
@@ -249,7 +253,7 @@ def test_damaged_umap_model_is_refitted(home: Path, caplog: pytest.LogCaptureFix
     with open_library(home) as library:
         first = project(library, method="umap")
         library.derived.save_blob(UMAP_BLOB, b"not a pickle")
-        caplog.set_level(logging.WARNING, logger="vitsearch.search.projection")
+        caplog.set_level(logging.WARNING, logger="vitsearch.explore.projection")
         second = project(library, method="umap")
     assert "does not match the stored map; refitting" in caplog.text
     assert np.array_equal(first.xy, second.xy)
@@ -262,8 +266,10 @@ def test_damaged_umap_model_is_refitted(home: Path, caplog: pytest.LogCaptureFix
 def test_map_figure_has_one_trace_per_cluster(home: Path) -> None:
     planted(home, per_group=10)
     with open_library(home) as library:
-        out = map_figure_html(library, project(library, method="pca"), home / "map" / "map.html")
-        stored = library.clusters()  # none were stored: the figure clustered the library
+        points = project(library, method="pca")
+        assert library.clusters() == []  # drawing computes nothing: the app clusters first
+        stored = [(c.id, c.name, c.size, c.cohesion) for c in clusters(library)]
+        out = map_figure_html(library, points, home / "map" / "map.html")
     page = out.read_text(encoding="utf-8")
     assert "plotly.js v" in page and '<script src="https://cdn.plot.ly' not in page
     traces = figure_traces(page)

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import draw_album, draw_photo
-from vitsearch import app
+from tests.helpers import draw_album, draw_photo, once
 from vitsearch.model import runtime
 from vitsearch.model.export import Verification, neighbour_overlap
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
@@ -125,12 +124,12 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     cpu(ZEN4)  # every candidate (bf16 runs, slowly, on any x86 CPU torch supports)
     album = draw_album(tmp_path / "album", 6)
     folder = album[0].parent
-    app.index_folders(auto, [folder])
+    once(auto, write=True).index([folder])
     measured = measurement(auto)
     rates = {r["candidate"]: r["images_per_second"] for r in measured["results"]}
     assert set(rates) == set(EVERY)
     assert measured["fastest"] == max(rates, key=rates.get) and min(rates.values()) > 0
-    status = app.library_status(auto)
+    status = once(auto).status().as_dict()
     assert status["backend"] == BACKEND_OF.get(measured["fastest"], measured["fastest"])
     exports = sorted(p for p in (auto.home / EXPORTS_FOLDER).iterdir() if p.is_dir())
     assert exports == sorted(export_directory(auto, p) for p in ("fp32", "int8"))
@@ -138,20 +137,20 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     assert verification["passed"] and verification["neighbour_overlap"] >= 0.95
     made = {p: (p / "model.onnx").stat().st_mtime_ns for p in exports}
 
-    hits = app.search_image(auto, album[0], k=3)
+    hits = once(auto).search_image(album[0], k=3)
     assert hits[0].path == str(album[0]) and hits[0].score > 0.99
 
     draw_photo(folder / "new.png", seed=99)  # the next run reads the measurement
-    app.index_folders(auto, [folder])
+    once(auto, write=True).index([folder])
     assert measurement(auto) == measured
     # a torch library in this home uses the torch timings made here, not new ones
     torch_home = auto.replace(home=auto.home.parent / "torch-home")
-    app.index_folders(torch_home.replace(backend="torch"), [folder])
+    once(torch_home.replace(backend="torch"), write=True).index([folder])
     shutil.copytree(auto.home / EXPORTS_FOLDER, torch_home.home / EXPORTS_FOLDER)
-    app.search_image(torch_home, album[0], k=1)
+    once(torch_home).search_image(album[0], k=1)
     assert measurement(torch_home) == measured
     assert {p: (p / "model.onnx").stat().st_mtime_ns for p in exports} == made, "exported again"
-    assert app.library_status(auto)["images"] == 7
+    assert once(auto).status().as_dict()["images"] == 7
 
 
 @pytest.mark.slow
@@ -160,13 +159,13 @@ def test_another_cpu_is_measured_again_within_the_librarys_backend(
 ) -> None:
     cpu(AMX)
     folder = draw_album(tmp_path / "album", 3)[0].parent
-    app.index_folders(auto.replace(backend="torch"), [folder])  # a torch library
+    once(auto.replace(backend="torch"), write=True).index([folder])  # a torch library
     cpu(ZEN4)
     draw_photo(folder / "new.png", seed=99)
-    app.index_folders(auto, [folder])
+    once(auto, write=True).index([folder])
     measured = measurement(auto)
     assert {r["candidate"] for r in measured["results"]} == {"torch-fp32", "torch-bf16"}
-    status = app.library_status(auto)
+    status = once(auto).status().as_dict()
     assert (status["backend"], status["images"]) == ("torch", 4)
     assert not [p for p in (auto.home / EXPORTS_FOLDER).iterdir() if p.is_dir()], "exported"
 
@@ -179,8 +178,8 @@ def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_
         rejected = rejected.with_name(rejected.name + ".rejected.json")
         rejected.parent.mkdir(parents=True, exist_ok=True)
         rejected.write_text('{"reason": "top-10 neighbours kept 0.72"}\n')
-    app.index_folders(auto, [draw_album(tmp_path / "album", 3)[0].parent])
-    status = app.library_status(auto)
+    once(auto, write=True).index([draw_album(tmp_path / "album", 3)[0].parent])
+    status = once(auto).status().as_dict()
     assert (status["backend"], status["precision"]) == ("torch", "fp32")
     results = {r["candidate"]: r for r in measurement(auto)["results"]}
     assert results["onnx-int8"] == {"candidate": "onnx-int8", "rejected": True}
@@ -229,17 +228,17 @@ def test_a_timing_made_beside_a_busy_program_is_made_again(auto, cpu, tmp_path: 
 
     cpu(ZEN4)
     album = draw_album(tmp_path / "album", 3)
-    app.index_folders(auto.replace(backend="torch"), [album[0].parent])  # a torch library
+    once(auto.replace(backend="torch"), write=True).index([album[0].parent])  # a torch library
     path = measurement_file(auto)
     slow_bf16 = [
         {"candidate": "torch-fp32", "images_per_second": 9.0},
         {"candidate": "torch-bf16", "images_per_second": 1.0},
     ]
     write_measurement(path, slow_bf16, auto.threads, busy=1.3)  # another job held a core
-    app.search_image(auto, album[0], k=1)
+    once(auto).search_image(album[0], k=1)
     again = json.loads(path.read_text())
     assert again["timings"] == 2 and again["results"] != slow_bf16
 
     write_measurement(path, slow_bf16, auto.threads, busy=1.3, timings=RETIMINGS)
-    app.search_image(auto, album[0], k=1)  # retries used up: the timings stand
+    once(auto).search_image(album[0], k=1)  # retries used up: the timings stand
     assert json.loads(path.read_text())["results"] == slow_bf16

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import FakeEmbedder, draw_album, draw_photo, vitsearch
-from vitsearch import app
+from tests.helpers import FakeEmbedder, draw_album, draw_photo, once, vitsearch
 from vitsearch.config import load_settings
 from vitsearch.indexer import Indexer
 from vitsearch.photos.files import PLUGIN_EXTENSIONS
@@ -126,7 +125,7 @@ def test_sigterm_during_index_commits_and_exits_zero(
 
     second = vitsearch("index", str(folder), env=env)
     assert second.stdout.strip().startswith(f"{total - first} new, 0 updated"), second.stdout
-    info = app.library_status(load_settings({}, home=home))  # what `status --json` prints
+    info = once(load_settings({}, home=home)).status().as_dict()  # what `status --json` prints
     assert info["images"] == info["vectors"] == total
     with open_library(home) as library:
         ids_after = {path: row.id for path, row in library.files_under("/").items()}

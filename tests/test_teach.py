@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import FakeEmbedder, draw_photo, sphere_groups
+from tests.helpers import FakeEmbedder, draw_photo, once, sphere_groups
 from vitsearch.config import load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
@@ -230,16 +230,15 @@ def test_teach_needs_two_labels(home: Path, tmp_path: Path, fake_embedder) -> No
 def test_teach_through_the_app_with_the_tiny_vit(
     home: Path, tmp_path: Path, tiny_model: Path
 ) -> None:
-    from vitsearch import app
 
     settings = load_settings(environ={}, home=home, model=str(tiny_model), threads=1)
     colour_folder(tmp_path / "photos", 4)
-    app.index_folders(settings, [tmp_path / "photos"])
+    once(settings, write=True).index([tmp_path / "photos"])
     colour_folder(tmp_path / "examples", 4, start=30)
-    result = app.teach_labels(settings, tmp_path / "examples")
+    result = once(settings, write=True).teach(tmp_path / "examples")
     assert result.labelled == 12 and result.embedded == 12
-    assert app.taught_classifiers(settings)[0]["name"] == "examples"
-    hits = app.search_label(settings, "blue", 20)
+    assert once(settings).taught()[0]["name"] == "examples"
+    hits = once(settings).search_label("blue", 20)
     assert hits and all(any(lab.custom for lab in h.labels) for h in hits)
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import PINNED_BACKEND, draw_album, save_tiny_vit
-from vitsearch import app
+from tests.helpers import PINNED_BACKEND, draw_album, once, save_tiny_vit
 from vitsearch.cli import main as cli
 from vitsearch.config import load_settings
 
@@ -49,7 +48,7 @@ def indexed(home: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("VITSEARCH_THREADS", "1")
     monkeypatch.setenv("VITSEARCH_BACKEND", PINNED_BACKEND["backend"])
     monkeypatch.setenv("VITSEARCH_PRECISION", PINNED_BACKEND["precision"])
-    app.index_folders(load_settings(), [tmp_path / "album"])
+    once(load_settings(), write=True).index([tmp_path / "album"])
     return photos
 
 
@@ -92,7 +91,7 @@ def test_filters_restrict_results(indexed: list[Path], tmp_path: Path) -> None:
 
 
 def test_label_search_and_more_like_this(indexed: list[Path]) -> None:
-    word = app.list_labels(load_settings())[0].label.split(",")[0].split()[-1]
+    word = once(load_settings()).labels()[0].label.split(",")[0].split()[-1]
     at = open_app()
     at.text_input(key="label").set_value(word.upper()).run()
     assert not at.exception and not at.error
@@ -137,7 +136,7 @@ def test_clusters_page_cards_and_members(indexed: list[Path]) -> None:
     assert not at.exception
     opens = [b for b in at.button if b.label == "Open"]
     assert len(opens) >= 2
-    chosen = len(app.library_clusters(load_settings()))
+    chosen = len(once(load_settings()).clusters())
     assert at.number_input[0].value == chosen  # what automatic chose, not a fixed 20
     assert at.number_input[0].disabled
     assert f"{chosen} clusters" in captions(at)
@@ -160,10 +159,10 @@ def test_duplicates_page_trash_updates_library(indexed: list[Path], tmp_path: Pa
     boxes[0].check().run()
     move = [b for b in at.button if b.label.startswith("Move 1 photos")]
     assert move
-    before = app.library_status(load_settings())["images"]
+    before = once(load_settings()).status().as_dict()["images"]
     move[0].click().run()
     assert not at.exception and at.success
-    assert app.library_status(load_settings())["images"] == before - 1
+    assert once(load_settings()).status().as_dict()["images"] == before - 1
     assert list((tmp_path / "xdg" / "Trash" / "files").iterdir())
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import PINNED_BACKEND, draw_album
-from vitsearch import app
+from tests.helpers import PINNED_BACKEND, draw_album, once
 from vitsearch.config import load_settings
 
 pytestmark = pytest.mark.slow
@@ -66,7 +65,7 @@ def library(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = load_settings(
         environ={}, home=root / "home", model=str(tiny_model), threads=1, **PINNED_BACKEND
     )
-    app.index_folders(settings, [root / "album"])
+    once(settings, write=True).index([root / "album"])
     return settings, photos
 
 
@@ -180,7 +179,7 @@ def test_more_like_header_shows_the_photo(server, browser, screens: Path) -> Non
 def test_map_colours_35_clusters_apart(server, browser, screens: Path) -> None:
     """Distinct colours per cluster: lands with the map figure's palette (search/projection)."""
     url, _, settings = server
-    assert len(app.library_clusters(settings, MAP_CLUSTERS, recompute=True)) >= 30
+    assert len(once(settings).clusters(MAP_CLUSTERS, recompute=True)) >= 30
     wait = waiting(browser)
     browser.get(f"{url}/?page=Map")
     wait.until(lambda driver: len(driver.execute_script(TRACE_COLOURS)) >= 30)

@@ -9,9 +9,9 @@ import pytest
 
 import vitsearch.store.vectors as vectors_module
 from tests.helpers import plant, sphere_groups
+from vitsearch.explore.duplicates import find_duplicates
 from vitsearch.records import Filters
 from vitsearch.search import nearest
-from vitsearch.search.duplicates import find_duplicates
 from vitsearch.store import open_library
 
 LIMIT = 400

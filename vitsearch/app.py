@@ -1,17 +1,27 @@
-"""The library API the CLI, the UI and the tests share: builds the real objects from settings."""
+"""The one front door: :func:`open_app` builds an :class:`App` over one library, and the CLI,
+the UI, the benchmarks and the tests call its methods.
+
+An ``App`` holds the :class:`~vitsearch.store.Library` and, loaded on first need, the embedder,
+checked once against the model the library was built with. Each method is one use case; it
+checks arguments, files and the library before any model work, and returns frozen records.
+The functions at the end (``load_model``, ``export_model``, ``finetune_model``) are model
+tooling that needs no library.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
+from functools import wraps
 from pathlib import Path
+from typing import TypeVar
 
-from vitsearch.config import ADAPT_THREADS, Settings, available_cores, settings_env
+from vitsearch import launch
+from vitsearch.config import ADAPT_THREADS, Settings, available_cores
 from vitsearch.errors import (
     EmptyLibraryError,
     LibraryLockedError,
@@ -21,6 +31,15 @@ from vitsearch.errors import (
     NotIndexedError,
     VitsearchError,
 )
+from vitsearch.explore.clusters import clusters
+from vitsearch.explore.duplicates import (
+    BURST_THRESHOLD,
+    NEAR_THRESHOLD,
+    DuplicateGroup,
+    find_duplicates,
+)
+from vitsearch.explore.map_view import map_figure, map_figure_html, map_json
+from vitsearch.explore.projection import MapPoints, project
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
@@ -28,60 +47,107 @@ from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_fold
 from vitsearch.model.checkpoint_check import check_checkpoint
 from vitsearch.model.feature_files import embed_files, write_features
 from vitsearch.photos.files import image_files
-from vitsearch.records import NO_FILTERS, Cluster, Filters, Hit, Label, ModelInfo
+from vitsearch.photos.thumbnails import Thumbnails
+from vitsearch.records import (
+    NO_FILTERS,
+    Cluster,
+    Filters,
+    FolderStatus,
+    Hit,
+    Label,
+    LibraryStatus,
+    ModelInfo,
+    PhotoDetails,
+)
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
-from vitsearch.search.clusters import clusters
-from vitsearch.search.duplicates import DuplicateGroup, find_duplicates
 from vitsearch.search.labels import LabelCount
-from vitsearch.search.projection import map_figure_html, map_json, project
-from vitsearch.search.query import search_by_bytes
+from vitsearch.search.query import search_by_bytes, similar_to_id
 from vitsearch.store import Library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
 
-UPLOAD_LIMIT_MB = 50
+T = TypeVar("T")
+REFRESH_SECONDS = 1.0  # a live app looks for a writer's commits at most this often
 
 
-def load_model(settings: Settings, built_with: ModelInfo | None = None):
-    """The embedder for ``settings.model``, on the backend of the library's model
-    ``built_with`` if it has one (imported late: torch takes seconds to import)."""
-    check_checkpoint(settings.model)
-    from vitsearch.model.runtime import load_model as load
-
-    return load(settings, built_with)
+def open_app(settings: Settings, write: bool = False, live: bool = False) -> App:
+    """The app over the library at ``settings.home``: a reader, or with ``write`` the writer
+    (which takes the library's lock). ``live`` (the UI: one app, many threads, for hours)
+    serialises calls and sees what a writer commits meanwhile."""
+    return App(settings, open_library(settings.home, write=write), live=live)
 
 
-def index_folders(
-    settings: Settings,
-    folders: Sequence[Path],
-    progress: bool = False,
-    stop: threading.Event | None = None,
-) -> Summary:
-    """Bring the library at ``settings.home`` in step with ``folders``. Setting ``stop`` (from
-    a signal handler, say) ends the run after the batch in hand, committed and saved."""
-    check_checkpoint(settings.model)  # the model itself loads at the first photo to embed
-    with open_library(settings.home, write=True) as library:
-        indexer = make_indexer(settings, library, progress)
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """One call at a time on a live app (FAISS catch-up mutates the index), each on a
+    library caught up with the writer's commits."""
+
+    @wraps(method)
+    def call(self: App, *args, **kwargs) -> T:
+        with self._current():
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+class App:
+    """Open with :func:`open_app`; close it (or use ``with``) to save and release the library."""
+
+    near_threshold = NEAR_THRESHOLD
+    burst_threshold = BURST_THRESHOLD
+
+    def __init__(self, settings: Settings, library: Library, embedder=None, live: bool = False):
+        self.settings = settings
+        self.library = library
+        self.live = live
+        self._embedder = embedder
+        self._lock = threading.RLock()
+        self._refreshed = 0.0
+        self._thumbnails = Thumbnails(settings.home)
+
+    # -- the model, loaded on first need --------------------------------------------------
+
+    @property
+    def embedder(self):
+        """The model for ``settings.model``, on the backend of the library's model, refused
+        when its embeddings would not compare with the library's."""
+        with self._lock:
+            if self._embedder is None:
+                embedder = load_model(self.settings, self.library.model)
+                self.library.check_model(embedder.info)
+                self._embedder = embedder
+            return self._embedder
+
+    # -- writing: the library's one writer ------------------------------------------------
+
+    def index(
+        self,
+        folders: Sequence[Path],
+        progress: bool = False,
+        stop: threading.Event | None = None,
+    ) -> Summary:
+        """Bring the library in step with ``folders``. Setting ``stop`` (from a signal
+        handler, say) ends the run after the batch in hand, committed and saved."""
+        check_checkpoint(self.settings.model)  # the model itself loads at the first photo
+        indexer = self._indexer(self.settings, progress)
         if stop is not None:
             indexer.stop = stop
-        _known_folders(library, folders)
-        _check_other_model(library, indexer, settings)
+        self._check_folders(folders)
+        self._check_other_model(indexer)
         return indexer.reconcile(folders)
 
-
-def watch_folders(
-    settings: Settings, folders: Sequence[Path], on_start: Callable[[Watcher], None] | None = None
-) -> WatchState:
-    """Reconcile ``folders``, then follow them until the watcher is stopped."""
-    adapt = settings.watch_threads == ADAPT_THREADS
-    settings = settings.replace(threads=available_cores() if adapt else settings.watch_threads)
-    check_checkpoint(settings.model)  # the model itself loads at the first photo to embed
-    with open_library(settings.home, write=True) as library:
-        indexer = make_indexer(settings, library)
+    def watch(
+        self, folders: Sequence[Path], on_start: Callable[[Watcher], None] | None = None
+    ) -> WatchState:
+        """Reconcile ``folders``, then follow them until the watcher is stopped."""
+        adapt = self.settings.watch_threads == ADAPT_THREADS
+        threads = available_cores() if adapt else self.settings.watch_threads
+        settings = self.settings.replace(threads=threads)
+        check_checkpoint(settings.model)  # the model itself loads at the first photo
+        indexer = self._indexer(settings)
         if adapt:
             indexer.threads_policy = AdaptiveThreads(settings.threads)
-        _known_folders(library, folders)
-        _check_other_model(library, indexer, settings)
+        self._check_folders(folders)
+        self._check_other_model(indexer)
         watcher = Watcher(
             indexer,
             folders,
@@ -93,106 +159,320 @@ def watch_folders(
             on_start(watcher)
         return watcher.run()
 
+    def forget_folder(self, folder: Path) -> int:
+        """Remove a folder's photos from the library (the files stay on disk)."""
+        path = str(Path(folder).expanduser().absolute())
+        roots = self.folders()
+        if path not in roots:
+            held = f"its folders are: {', '.join(roots)}" if roots else "it has no folders yet"
+            raise NotIndexedError(f"{folder} is not in the library; {held}")
+        return self.library.forget_root(path)
 
-def _check_other_model(library: Library, indexer: Indexer, settings: Settings) -> None:
-    """A library built with another model name: load the one asked for now, before any
-    work, to refuse it if its embeddings differ (the same checkpoint moved is adopted)."""
-    recorded = library.model
-    if recorded is not None and recorded.name != settings.model:
-        indexer.embedder  # noqa: B018  loading checks it against the library's
+    def rebuild_vectors(self) -> int:
+        """Rebuild the FAISS file from SQLite; no model work."""
+        return self.library.rebuild_vectors()
 
-
-def make_indexer(settings: Settings, library: Library, progress: bool = False) -> Indexer:
-    return Indexer(
-        library,
-        embedder_factory=lambda: load_model(settings, library.model),
-        batch_size=settings.batch_size,
-        decode_workers=settings.decode_workers,
-        save_every_seconds=settings.index_save_seconds,
-        progress=progress,
-        model_threads=settings.threads,
-    )
-
-
-def search_image(
-    settings: Settings, image: Path, k: int, filters: Filters = NO_FILTERS
-) -> list[Hit]:
-    if not Path(image).is_file():
-        raise MissingFileError(f"no such image file: {image}")
-    with open_library(settings.home) as library:
-        _check_searchable(library, filters)
-        embedder = load_model(settings, library.model)
-        library.check_model(embedder.info)
-        return _passing(search_by_image(library, embedder, image, k, filters), filters)
-
-
-def search_upload(
-    library: Library, embedder, data: bytes, k: int, filters: Filters = NO_FILTERS
-) -> tuple[tuple[Label, ...], list[Hit]]:
-    """An uploaded image's labels and nearest photos (the UI's search). Refused, as
-    :func:`search_image` is, when ``embedder`` did not build ``library``: its vectors
-    would not compare (or not even have the library's dimension)."""
-    library.check_model(embedder.info)
-    return search_by_bytes(library, embedder, data, k, filters)
-
-
-def similar_images(
-    settings: Settings, path: Path, k: int, filters: Filters = NO_FILTERS
-) -> list[Hit]:
-    with open_library(settings.home) as library:
-        _check_searchable(library, filters)
-        return _passing(similar_to(library, path, k, filters), filters)
-
-
-def search_label(settings: Settings, text: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
-    with open_library(settings.home) as library:
-        _check_searchable(library, filters)
-        return _passing(search_by_label(library, text, k, filters), filters)
-
-
-def list_labels(settings: Settings) -> list[LabelCount]:
-    with open_library(settings.home) as library:
-        _check_searchable(library, NO_FILTERS)
-        return label_counts(library)
-
-
-def library_clusters(
-    settings: Settings, k: int | str = "auto", recompute: bool = False
-) -> list[Cluster]:
-    with open_library(settings.home) as library:
-        return clusters(library, k, recompute)
-
-
-def teach_labels(settings: Settings, folder: Path, name: str | None = None) -> TeachResult:
-    """Train a classifier from ``folder``'s sub-folders and label the whole library with it."""
-    with open_library(settings.home, write=True) as library:
-        if library.model is None:
+    def teach(self, folder: Path, name: str | None = None) -> TeachResult:
+        """Train a classifier from ``folder``'s sub-folders and label the whole library."""
+        if self.library.model is None:
             raise VitsearchError("index some photos first: a taught label lives on their vectors")
+        return teach_folder(self.library, lambda: self.embedder, folder, name)
 
-        def checked_model():
-            embedder = load_model(settings, library.model)
-            library.check_model(embedder.info)
-            return embedder
-
-        return teach_folder(library, checked_model, folder, name)
-
-
-def taught_classifiers(settings: Settings) -> list[dict]:
-    with open_library(settings.home) as library:
-        return classifier_summaries(library)
-
-
-def forget_classifier(settings: Settings, name: str) -> None:
-    with open_library(settings.home, write=True) as library:
-        if not library.remove_classifier(name):
+    def forget_taught(self, name: str) -> None:
+        if not self.library.remove_classifier(name):
             raise NoSuchLabelError(f"no taught classifier named {name!r}")
 
+    # -- queries --------------------------------------------------------------------------
 
-def embed_to_file(settings: Settings, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
-    """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to ``out``."""
-    paths = image_files(inputs)
-    kept, vectors = embed_files(load_model(settings), paths, settings.batch_size)
-    return len(kept), write_features(out, kept, vectors)
+    @_guarded
+    def search_image(self, image: Path, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """The photos nearest to any image file."""
+        if not Path(image).is_file():
+            raise MissingFileError(f"no such image file: {image}")
+        self._check_searchable(filters)
+        hits = search_by_image(self.library, self.embedder, image, k, filters)
+        return _passing(hits, filters)
+
+    @_guarded
+    def search_upload(
+        self, data: bytes, k: int, filters: Filters = NO_FILTERS
+    ) -> tuple[tuple[Label, ...], list[Hit]]:
+        """An uploaded image's labels and its nearest photos (the UI's search)."""
+        self._check_searchable(filters)
+        labels, hits = search_by_bytes(self.library, self.embedder, data, k, filters)
+        return labels, _passing(hits, filters)
+
+    @_guarded
+    def similar(self, path: Path, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """More photos like an indexed photo, itself excluded."""
+        self._check_searchable(filters)
+        return _passing(similar_to(self.library, path, k, filters), filters)
+
+    @_guarded
+    def similar_to_photo(self, image_id: int, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+        """More photos like the library's photo ``image_id`` (the UI's "Similar")."""
+        self._check_searchable(filters)
+        return _passing(similar_to_id(self.library, image_id, k, filters), filters)
+
+    @_guarded
+    def search_label(self, text: str, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
+        self._check_searchable(filters)
+        return _passing(search_by_label(self.library, text, k, filters), filters)
+
+    @_guarded
+    def labels(self) -> list[LabelCount]:
+        self._check_searchable(NO_FILTERS)
+        return label_counts(self.library)
+
+    def classify(self, images: Sequence[Path]) -> list[tuple[str, tuple[Label, ...]]]:
+        """The model's top labels for image files (indexed or not)."""
+        for image in images:
+            if not Path(image).is_file():
+                raise MissingFileError(f"no such image file: {image}")
+        return classify(load_model(self.settings), list(images))  # any model: no library check
+
+    def embed_to_file(self, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
+        """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to
+        ``out``: (how many photos, the files written)."""
+        paths = image_files(inputs)
+        embedder = load_model(self.settings)  # any model, any layer: no library check
+        kept, vectors = embed_files(embedder, paths, self.settings.batch_size)
+        return len(kept), write_features(out, kept, vectors)
+
+    # -- exploring ------------------------------------------------------------------------
+
+    @_guarded
+    def clusters(self, k: int | str = "auto", recompute: bool = False) -> list[Cluster]:
+        return clusters(self.library, k, recompute)
+
+    @_guarded
+    def cluster_page(self, cluster_id: int, offset: int, limit: int) -> list[Hit]:
+        """A cluster's photos, closest to its centre first."""
+        return self.library.cluster_members(cluster_id, offset, limit)
+
+    @_guarded
+    def map_points(self, method: str = "auto", refit: bool = False) -> MapPoints:
+        """Every photo's place on the 2-D map, clustered first (the map is coloured by
+        cluster), computing only what is missing."""
+        points = project(self.library, method=method, refit=refit)
+        if len(points) >= 2 and not self.library.clusters():
+            clusters(self.library)
+        return points
+
+    @_guarded
+    def map_figure(self, points: MapPoints):
+        """The map as a Plotly figure (the UI's)."""
+        return map_figure(self.library, points)
+
+    @_guarded
+    def map_rows(
+        self, points: MapPoints, out: Path | None = None
+    ) -> tuple[list[dict], Path | None]:
+        """The map as JSON rows and, with ``out``, as standalone HTML written there."""
+        written = map_figure_html(self.library, points, out) if out is not None else None
+        return map_json(points, self.library), written
+
+    @_guarded
+    def duplicates(
+        self, kinds: tuple[str, ...], threshold: float | None = None
+    ) -> list[DuplicateGroup]:
+        self._check_searchable(NO_FILTERS)  # "empty library", not "no duplicates found"
+        return find_duplicates(self.library, kinds, threshold)
+
+    # -- what the library holds -----------------------------------------------------------
+
+    @_guarded
+    def status(self) -> LibraryStatus:
+        library = self.library
+        counts = library.counts()
+        model = library.model
+        return LibraryStatus(
+            images=counts.images,
+            failed=counts.failed,
+            offline=counts.offline,
+            vectors=library.vector_count() if model else 0,
+            model=model.name if model else None,
+            model_fingerprint=model.fingerprint if model else None,
+            dim=model.dim if model else None,
+            backend=model.backend if model else None,
+            precision=library.get_meta("precision"),
+            device=library.get_meta("device"),
+            home=str(self.settings.home),
+            folders=tuple(FolderStatus(path, online) for path, online in library.roots()),
+            writer_pid=writer_pid(self.settings.home),
+            last_commit_at=_iso(library.get_meta("last_commit_at")),
+        )
+
+    @_guarded
+    def photo_count(self) -> int:
+        """Photos with a vector (what queries can find)."""
+        return self.library.embedding_count()
+
+    @_guarded
+    def folders(self) -> list[str]:
+        """The folders given to ``index``."""
+        return [path for path, _online in self.library.roots()]
+
+    @_guarded
+    def details(self, ids: Sequence[int]) -> dict[int, PhotoDetails]:
+        return self.library.details(list(ids))
+
+    @_guarded
+    def photos(self, ids: Sequence[int]) -> list[Hit]:
+        """Library photos by id, in that order (those gone meanwhile left out)."""
+        return self.library.hits(list(ids), [1.0] * len(ids))
+
+    @_guarded
+    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        """Files that could not be read: (path, why)."""
+        return self.library.failures(limit=limit)
+
+    @_guarded
+    def taught(self) -> list[dict]:
+        """The taught classifiers: labels, accuracy, whether open-set."""
+        return classifier_summaries(self.library)
+
+    def thumbnail(self, photo: PhotoDetails) -> bytes | None:
+        """A JPEG thumbnail (cached in the home), or None when the file cannot be read."""
+        return self._thumbnails.get(photo)
+
+    # -- acting on photos and processes ---------------------------------------------------
+
+    def trash(self, ids: Sequence[int]) -> tuple[int, list[str]]:
+        """Move library photos (by id, never by a path from outside) to the system trash,
+        then take them out of the library: (photos moved, problems)."""
+        from send2trash import send2trash
+
+        moved, problems = [], []
+        for photo in self.details(ids).values():
+            try:
+                send2trash(photo.path)
+                moved.append(Path(photo.path))
+            except OSError as exc:
+                problems.append(f"could not move {photo.path} to the trash: {exc}")
+        self._forget_paths(moved)
+        return len(moved), problems
+
+    def start_indexing(self, folder: Path) -> int:
+        """Index ``folder`` in a background process; returns its pid."""
+        return launch.start_indexing(self.settings, folder)
+
+    # -- opening and closing --------------------------------------------------------------
+
+    def close(self) -> None:
+        self.library.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    @contextmanager
+    def _current(self) -> Iterator[None]:
+        with self._lock:
+            if self.live and time.monotonic() - self._refreshed > REFRESH_SECONDS:
+                self.library.refresh()
+                self._refreshed = time.monotonic()
+            yield
+
+    def _indexer(self, settings: Settings, progress: bool = False) -> Indexer:
+        library = self.library
+        return Indexer(
+            library,
+            embedder_factory=lambda: load_model(settings, library.model),
+            batch_size=settings.batch_size,
+            decode_workers=settings.decode_workers,
+            save_every_seconds=settings.index_save_seconds,
+            progress=progress,
+            model_threads=settings.threads,
+        )
+
+    def _check_folders(self, folders: Sequence[Path]) -> None:
+        """A folder never indexed must exist; a known one that vanished goes offline."""
+        known = set(self.folders())
+        for folder in folders:
+            path = Path(folder).expanduser().absolute()
+            if not path.is_dir() and str(path) not in known:
+                raise MissingFileError(f"no such folder: {folder}")
+
+    def _check_other_model(self, indexer: Indexer) -> None:
+        """A library built with another model name: load the one asked for now, before any
+        work, to refuse it if its embeddings differ (the same checkpoint moved is adopted)."""
+        recorded = self.library.model
+        if recorded is not None and recorded.name != self.settings.model:
+            _ = indexer.embedder  # loading checks it against the library's model
+
+    def _check_searchable(self, filters: Filters) -> None:
+        """Before any model work: a library with photos, and some photo passing the filters."""
+        if self.library.embedding_count() == 0:
+            raise EmptyLibraryError(empty_library_text(self.library))
+        if filters.restricts_ids and len(self.library.allowed_ids(filters)) == 0:
+            raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
+
+    def _forget_paths(self, paths: Sequence[Path]) -> None:
+        """Take deleted files out of the library now, unless a watcher holds it (it will)."""
+        if self.library.writable:
+            self._indexer(self.settings).reconcile(self.folders(), changed=list(paths))
+            return
+        try:
+            writer = open_app(self.settings, write=True)
+        except LibraryLockedError:
+            return
+        with writer:
+            writer._forget_paths(paths)
+
+
+def empty_library_text(library: Library) -> str:
+    where = f"the library at {library.home} is empty"
+    if not library.on_disk:
+        where = f"there is no library at {library.home} yet"
+    return f"{where}; index some photos with: vitsearch index FOLDER"
+
+
+def filter_text(filters: Filters) -> str:
+    """The filters in words: "under /photos/2019, taken on or after 2019-06-01"."""
+    parts = [f"under {filters.under}"] if filters.under else []
+    if filters.after is not None:
+        parts.append(f"taken on or after {_when(filters.after)}")
+    if filters.before is not None:
+        parts.append(f"taken before {_when(filters.before)}")
+    if filters.min_score is not None:
+        parts.append(f"score at least {filters.min_score:g}")
+    return ", ".join(parts)
+
+
+def _passing(hits: list[Hit], filters: Filters) -> list[Hit]:
+    """The hits; none at all under filters is said, naming them (a score bar, say)."""
+    if not hits and filters != NO_FILTERS:
+        raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
+    return hits
+
+
+def _when(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp)
+    midnight = moment.time() == datetime.min.time()
+    return f"{moment:%Y-%m-%d}" if midnight else f"{moment:%Y-%m-%dT%H:%M:%S}"
+
+
+def _iso(timestamp: str | None) -> str | None:
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
+
+
+# -- model tooling: no library -------------------------------------------------------------
+
+
+def load_model(settings: Settings, built_with: ModelInfo | None = None):
+    """The embedder for ``settings.model``, on the backend of the library's model
+    ``built_with`` if it has one (imported late: torch takes seconds to import)."""
+    check_checkpoint(settings.model)
+    from vitsearch.model.runtime import load_model as load
+
+    return load(settings, built_with)
 
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
@@ -221,193 +501,3 @@ def finetune_model(
 
     given = {name: value for name, value in options.items() if value is not None}
     return finetune(settings.model, data_dir, out_dir, FinetuneOptions(**given), settings, progress)
-
-
-def library_map(
-    settings: Settings, method: str = "auto", refit: bool = False, out: Path | None = None
-) -> tuple[list[dict], Path | None]:
-    """The 2-D map of the library (as JSON rows) and, with ``out``, a standalone HTML scatter."""
-    with open_library(settings.home) as library:
-        points = project(library, method=method, refit=refit)
-        written = map_figure_html(library, points, out) if out is not None else None
-        return map_json(points, library), written
-
-
-def library_duplicates(
-    settings: Settings, kinds: tuple[str, ...], threshold: float | None = None
-) -> list[DuplicateGroup]:
-    with open_library(settings.home) as library:
-        _check_searchable(library, NO_FILTERS)  # "empty library", not "no duplicates found"
-        return find_duplicates(library, kinds, threshold)
-
-
-def classify_images(
-    settings: Settings, images: Sequence[Path]
-) -> list[tuple[str, tuple[Label, ...]]]:
-    for image in images:
-        if not Path(image).is_file():
-            raise MissingFileError(f"no such image file: {image}")
-    return classify(load_model(settings), list(images))
-
-
-def forget_folder(settings: Settings, folder: Path) -> int:
-    """Remove a folder's photos from the library (the files stay on disk)."""
-    path = str(Path(folder).expanduser().absolute())
-    with open_library(settings.home, write=True) as library:
-        roots = [root for root, _online in library.roots()]
-        if path not in roots:
-            held = f"its folders are: {', '.join(roots)}" if roots else "it has no folders yet"
-            raise NotIndexedError(f"{folder} is not in the library; {held}")
-        return library.forget_root(path)
-
-
-def rebuild_vectors(settings: Settings) -> int:
-    """Rebuild the FAISS file from SQLite; no model work."""
-    with open_library(settings.home, write=True) as library:
-        return library.rebuild_vectors()
-
-
-def library_status(settings: Settings) -> dict:
-    with open_library(settings.home) as library:
-        counts = library.counts()
-        model = library.model
-        return {
-            "images": counts.images,
-            "failed": counts.failed,
-            "offline": counts.offline,
-            "vectors": library.vector_count() if model else 0,
-            "model": model.name if model else None,
-            "model_fingerprint": model.fingerprint if model else None,
-            "dim": model.dim if model else None,
-            "backend": model.backend if model else None,
-            "precision": library.get_meta("precision"),
-            "device": library.get_meta("device"),
-            "home": str(settings.home),
-            "folders": [{"path": p, "online": online} for p, online in library.roots()],
-            "writer_pid": writer_pid(settings.home),
-            "last_commit_at": _iso(library.get_meta("last_commit_at")),
-        }
-
-
-def trash_photos(settings: Settings, ids: Sequence[int]) -> tuple[int, list[str]]:
-    """Move library photos (by id, never by a path from outside) to the system trash."""
-    from send2trash import send2trash
-
-    with open_library(settings.home) as library:
-        photos = library.details(list(ids))
-    moved, problems = [], []
-    for photo in photos.values():
-        try:
-            send2trash(photo.path)
-            moved.append(Path(photo.path))
-        except OSError as exc:
-            problems.append(f"could not move {photo.path} to the trash: {exc}")
-    _forget_paths(settings, moved)
-    return len(moved), problems
-
-
-def _forget_paths(settings: Settings, paths: Sequence[Path]) -> None:
-    """Take deleted files out of the library now, unless a watcher holds it (it will)."""
-    try:
-        library = open_library(settings.home, write=True)
-    except LibraryLockedError:
-        return
-    with library:
-        roots = [Path(path) for path, _online in library.roots()]
-        make_indexer(settings, library).reconcile(roots, changed=list(paths))
-
-
-def start_indexing(settings: Settings, folder: Path) -> int:
-    """Index ``folder`` in a background process; returns its pid."""
-    folder = folder.expanduser().absolute()
-    if not folder.is_dir():
-        raise MissingFileError(f"no such folder: {folder}")
-    holder = writer_pid(settings.home)
-    if holder is not None:
-        raise LibraryLockedError(
-            f"another vitsearch process (pid {holder}) is writing to this library; "
-            "it indexes its folders itself"
-        )
-    command = [sys.executable, "-m", "vitsearch", "index", str(folder), "--quiet"]
-    env = {**os.environ, **settings_env(settings)}
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return process.pid
-
-
-def run_ui(settings: Settings, host: str, port: int) -> None:
-    """Serve the Streamlit app over the library, in place of this process."""
-    script = Path(__file__).parent / "ui" / "app.py"
-    options = {
-        "server.address": host,
-        "server.port": port,
-        "server.headless": "true",
-        "server.maxUploadSize": UPLOAD_LIMIT_MB,
-        "server.fileWatcherType": "none",
-        "browser.gatherUsageStats": "false",
-        "client.toolbarMode": "minimal",
-    }
-    command = [sys.executable, "-m", "streamlit", "run", str(script)]
-    command += [part for name, value in options.items() for part in (f"--{name}", str(value))]
-    # Become Streamlit (no child left behind): signals and Ctrl-C reach the server itself.
-    os.execve(sys.executable, command, {**os.environ, **settings_env(settings)})
-
-
-def _iso(timestamp: str | None) -> str | None:
-    if not timestamp:
-        return None
-    return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
-
-
-def _check_searchable(library: Library, filters: Filters) -> None:
-    """Before any model work: a library with photos, and some photo passing the filters."""
-    if library.embedding_count() == 0:
-        raise EmptyLibraryError(empty_library_text(library))
-    if filters.restricts_ids and len(library.allowed_ids(filters)) == 0:
-        raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
-
-
-def empty_library_text(library: Library) -> str:
-    where = f"the library at {library.home} is empty"
-    if not library.on_disk:
-        where = f"there is no library at {library.home} yet"
-    return f"{where}; index some photos with: vitsearch index FOLDER"
-
-
-def _passing(hits: list[Hit], filters: Filters) -> list[Hit]:
-    """The hits; none at all under filters is said, naming them (a score bar, say)."""
-    if not hits and filters != NO_FILTERS:
-        raise NoMatchError(f"no photo passes these filters: {filter_text(filters)}")
-    return hits
-
-
-def filter_text(filters: Filters) -> str:
-    """The filters in words: "under /photos/2019, taken on or after 2019-06-01"."""
-    parts = [f"under {filters.under}"] if filters.under else []
-    if filters.after is not None:
-        parts.append(f"taken on or after {_when(filters.after)}")
-    if filters.before is not None:
-        parts.append(f"taken before {_when(filters.before)}")
-    if filters.min_score is not None:
-        parts.append(f"score at least {filters.min_score:g}")
-    return ", ".join(parts)
-
-
-def _when(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp)
-    midnight = moment.time() == datetime.min.time()
-    return f"{moment:%Y-%m-%d}" if midnight else f"{moment:%Y-%m-%dT%H:%M:%S}"
-
-
-def _known_folders(library: Library, folders: Sequence[Path]) -> None:
-    """A folder never indexed must exist; a known one that vanished goes offline instead."""
-    known = {path for path, _online in library.roots()}
-    for folder in folders:
-        path = Path(folder).expanduser().absolute()
-        if not path.is_dir() and str(path) not in known:
-            raise MissingFileError(f"no such folder: {folder}")

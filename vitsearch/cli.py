@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from vitsearch import app
+from vitsearch import app, launch
+from vitsearch.app import open_app
 from vitsearch.config import BACKENDS, POOLS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster, Filters, Hit, Label, display_label
@@ -165,7 +166,8 @@ def index(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index the photos in PATHS (recursively): new, changed, moved and deleted files."""
     stop, signals = _stop_asked()
     try:
-        summary = app.index_folders(settings, paths, progress=sys.stderr.isatty(), stop=stop)
+        with open_app(settings, write=True) as writer:
+            summary = writer.index(paths, progress=sys.stderr.isatty(), stop=stop)
     except KeyboardInterrupt:  # a second Ctrl-C, or one while the library was closing
         click.echo("interrupted, run again to finish: every committed batch is kept")
         sys.exit(130)
@@ -216,7 +218,8 @@ def _stop_asked() -> tuple[threading.Event, list[int]]:
 @library_options(log_level=logging.INFO)
 def watch(settings: Settings, paths: tuple[Path, ...]) -> None:
     """Index PATHS, then keep the library in step with them until stopped (SIGTERM/Ctrl-C)."""
-    state = app.watch_folders(settings, paths, on_start=_stop_on_signals)
+    with open_app(settings, write=True) as writer:
+        state = writer.watch(paths, on_start=_stop_on_signals)
     totals = state.totals
     click.echo(
         f"stopped: {totals.new} new, {totals.updated} updated, {totals.moved} moved, "
@@ -248,10 +251,12 @@ def search(
     """Photos that look like IMAGE (any image file, indexed or not), or that carry --label."""
     if (image is None) == (label is None):
         raise click.UsageError("give either IMAGE or --label TEXT")
-    if label is not None:
-        _print_hits(app.search_label(settings, label, k, filters), as_json)
-    else:
-        _print_hits(app.search_image(settings, image, k, filters), as_json)
+    with open_app(settings) as reader:
+        if label is not None:
+            hits = reader.search_label(label, k, filters)
+        else:
+            hits = reader.search_image(image, k, filters)
+    _print_hits(hits, as_json)
 
 
 @main.command()
@@ -262,7 +267,8 @@ def search(
 @library_options()
 def similar(settings: Settings, path: Path, k: int, as_json: bool, filters: Filters) -> None:
     """More photos like PATH, an indexed photo (itself excluded)."""
-    _print_hits(app.similar_images(settings, path, k, filters), as_json)
+    with open_app(settings) as reader:
+        _print_hits(reader.similar(path, k, filters), as_json)
 
 
 @main.command()
@@ -270,7 +276,8 @@ def similar(settings: Settings, path: Path, k: int, as_json: bool, filters: Filt
 @library_options()
 def labels(settings: Settings, as_json: bool) -> None:
     """The labels in the library, with how many photos carry each."""
-    counts = app.list_labels(settings)
+    with open_app(settings) as reader:
+        counts = reader.labels()
     if as_json:
         click.echo(json.dumps([c.as_dict() for c in counts], indent=2))
         return
@@ -289,7 +296,8 @@ def clusters(settings: Settings, k: str, recompute: bool, as_json: bool) -> None
     """Group the library into clusters of look-alike photos, without any labels."""
     if k != "auto" and not (k.isdigit() and int(k) >= 1):
         raise click.BadParameter("--k takes a whole number of at least 1, or 'auto'")
-    found = app.library_clusters(settings, k if k == "auto" else int(k), recompute)
+    with open_app(settings) as reader:
+        found = reader.clusters(k if k == "auto" else int(k), recompute)
     if as_json:
         click.echo(json.dumps([_cluster_dict(c) for c in found], indent=2))
         return
@@ -317,7 +325,8 @@ def duplicates(
     settings: Settings, kind: tuple[str, ...], threshold: float | None, as_json: bool
 ) -> None:
     """Exact copies, near-duplicates and bursts, with the photo to keep. Deletes nothing."""
-    groups = app.library_duplicates(settings, kind or ("exact", "near", "burst"), threshold)
+    with open_app(settings) as reader:
+        groups = reader.duplicates(kind or ("exact", "near", "burst"), threshold)
     if as_json:
         click.echo(json.dumps([g.as_dict() for g in groups], indent=2))
         return
@@ -339,7 +348,8 @@ def duplicates(
 @library_options()
 def classify(settings: Settings, images: tuple[Path, ...], as_json: bool) -> None:
     """The model's top-5 labels for each of IMAGES."""
-    results = app.classify_images(settings, images)
+    with open_app(settings) as reader:
+        results = reader.classify(images)
     if as_json:
         click.echo(json.dumps([{"path": p, "labels": _labels(ls)} for p, ls in results], indent=2))
         return
@@ -352,7 +362,9 @@ def classify(settings: Settings, images: tuple[Path, ...], as_json: bool) -> Non
 @library_options()
 def status(settings: Settings, as_json: bool) -> None:
     """What the library holds and which model built it."""
-    info = app.library_status(settings)
+    with open_app(settings) as reader:
+        found = reader.status()
+    info = found.as_dict()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -362,7 +374,7 @@ def status(settings: Settings, as_json: bool) -> None:
                 ", ".join(f["path"] + ("" if f["online"] else " (offline)") for f in value) or "-"
             )
         click.echo(f"{key:>17}: {value if value is not None else '-'}")
-    if not (info["images"] or info["failed"]):
+    if found.empty:
         click.echo("the library is empty; index some photos with: vitsearch index FOLDER")
 
 
@@ -371,14 +383,17 @@ def status(settings: Settings, as_json: bool) -> None:
 @library_options()
 def forget(settings: Settings, folder: Path) -> None:
     """Remove FOLDER's photos from the library (the files are not touched)."""
-    click.echo(f"removed {_count(app.forget_folder(settings, folder), 'photo')} under {folder}")
+    with open_app(settings, write=True) as writer:
+        removed = writer.forget_folder(folder)
+    click.echo(f"removed {_count(removed, 'photo')} under {folder}")
 
 
 @main.command("rebuild-index")
 @library_options()
 def rebuild_index(settings: Settings) -> None:
     """Rebuild the FAISS index from the database (no model work)."""
-    click.echo(f"rebuilt the vector index: {app.rebuild_vectors(settings)} vectors")
+    with open_app(settings, write=True) as writer:
+        click.echo(f"rebuilt the vector index: {writer.rebuild_vectors()} vectors")
 
 
 @main.command()
@@ -392,7 +407,8 @@ def teach(
 ) -> None:
     """Teach your own labels from FOLDER (one sub-folder of examples per label)."""
     if show:
-        taught = app.taught_classifiers(settings)
+        with open_app(settings) as reader:
+            taught = reader.taught()
         if not taught:
             click.echo("no taught labels yet; teach some with: vitsearch teach DIR")
         for c in taught:
@@ -402,12 +418,14 @@ def teach(
             click.echo(f"{c['name']}: {labels} (held-out accuracy {accuracy}{stale})")
         return
     if remove:
-        app.forget_classifier(settings, remove)
+        with open_app(settings, write=True) as writer:
+            writer.forget_taught(remove)
         click.echo(f"removed {remove} and its labels")
         return
     if folder is None:
         raise click.UsageError("give FOLDER, --list or --remove NAME")
-    click.echo("\n".join(app.teach_labels(settings, folder, name).report()))
+    with open_app(settings, write=True) as writer:
+        click.echo("\n".join(writer.teach(folder, name).report()))
 
 
 @main.command()
@@ -424,7 +442,8 @@ def teach(
 @library_options()
 def embed(settings: Settings, inputs: tuple[Path, ...], out: Path) -> None:
     """Embeddings of image files (or every photo in folders) from any layer, to a file."""
-    count, written = app.embed_to_file(settings, inputs, out)
+    with open_app(settings) as reader:
+        count, written = reader.embed_to_file(inputs, out)
     click.echo(f"{count} embeddings -> {', '.join(map(str, written))}")
 
 
@@ -522,7 +541,8 @@ def map_command(
     settings: Settings, out: Path | None, method: str, refit: bool, as_json: bool
 ) -> None:
     """A 2-D map of the library, coloured by cluster (HTML with --out)."""
-    rows, written = app.library_map(settings, method, refit, out)
+    with open_app(settings) as reader:
+        rows, written = reader.map_rows(reader.map_points(method, refit), out)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif written is None:
@@ -549,7 +569,7 @@ def ui(settings: Settings, host: str, port: int) -> None:
             err=True,
         )
     click.echo(f"vitsearch: http://{'localhost' if host == '127.0.0.1' else host}:{port}", err=True)
-    app.run_ui(settings, host, port)
+    launch.run_ui(settings, host, port)
 
 
 def _cluster_dict(c: Cluster) -> dict:

@@ -23,6 +23,12 @@ def display_label(label: str) -> str:
     return split_wnid(label)[1]
 
 
+def short_label(label: str) -> str:
+    """The first synonym as written: "tabby" for "tabby, tabby cat", for cards and cluster names."""
+    name = display_label(label)
+    return name.split(",")[0].strip() or name
+
+
 @dataclass(frozen=True)
 class Label:
     label: str
@@ -180,3 +186,38 @@ class Cluster:
     size: int
     cohesion: float  # mean cosine of the members to the centroid
     representatives: tuple[Hit, ...] = ()
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    path: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    """What ``status`` and the UI's Library page show."""
+
+    images: int
+    failed: int
+    offline: int
+    vectors: int
+    model: str | None
+    model_fingerprint: str | None
+    dim: int | None
+    backend: str | None
+    precision: str | None
+    device: str | None
+    home: str
+    folders: tuple[FolderStatus, ...]
+    writer_pid: int | None
+    last_commit_at: str | None  # ISO 8601, local time
+
+    @property
+    def empty(self) -> bool:
+        return not (self.images or self.failed)
+
+    def as_dict(self) -> dict:
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["folders"] = [{"path": f.path, "online": f.online} for f in self.folders]
+        return out

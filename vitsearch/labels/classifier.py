@@ -109,8 +109,7 @@ def custom_labels_for(
 
 def load_classifiers(library: Library) -> list[tuple[int, str, LinearClassifier]]:
     loaded = [
-        (cid, name, LinearClassifier.from_bytes(blob))
-        for cid, name, blob in library.classifiers()
+        (cid, name, LinearClassifier.from_bytes(blob)) for cid, name, blob in library.classifiers()
     ]
     for _cid, name, classifier in loaded:
         if not classifier.open_set:

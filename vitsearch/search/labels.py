@@ -64,12 +64,6 @@ def synonyms(label: str) -> list[str]:
     return [part.strip().lower() for part in display_label(label).split(",") if part.strip()]
 
 
-def short_label(label: str) -> str:
-    """The first synonym as written: "tabby" for "tabby, tabby cat", for cards and cluster names."""
-    name = display_label(label)
-    return name.split(",")[0].strip() or name
-
-
 def match_tier(query: str, name: str) -> int | None:
     """How closely ``query`` matches ``name`` (a label or a WordNet entry): FIRST..WORD, or None."""
     wanted = _normalise(query)

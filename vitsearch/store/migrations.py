@@ -35,7 +35,6 @@ def _add_phash(conn) -> None:
         conn.exec_driver_sql("ALTER TABLE images ADD COLUMN phash INTEGER")
 
 
-
 def _move_out_derived(conn) -> None:
     """Clusters and map points are derived results: from schema 6 they live in the home's
     derived cache, which readers may write without touching the library (and every host

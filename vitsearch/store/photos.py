@@ -268,7 +268,6 @@ def below(prefix: str):
     return (ImageRow.path >= prefix) & (ImageRow.path < upper)
 
 
-
 def filter_conditions(filters: Filters) -> list:
     conditions = []
     if filters.under is not None:
@@ -279,7 +278,6 @@ def filter_conditions(filters: Filters) -> list:
     if filters.before is not None:
         conditions.append(ImageRow.taken_at < filters.before)
     return conditions
-
 
 
 def _upsert_images(s: Session, rows: list[dict]) -> list[int]:
@@ -295,10 +293,8 @@ def _upsert_images(s: Session, rows: list[dict]) -> list[int]:
     return [found[path] for path in paths]
 
 
-
 # what only a decoded photo has; a failed file leaves these empty
 PHOTO_COLUMNS = ("fingerprint", "content_hash", "width", "height", "taken_at")
-
 
 
 def _image_values(item: ImageEntry | FailedEntry, now: float) -> dict:
@@ -317,16 +313,13 @@ def _image_values(item: ImageEntry | FailedEntry, now: float) -> dict:
     }
 
 
-
 def _signed64(value: int | None) -> int | None:
     """An unsigned 64-bit hash as SQLite's signed INTEGER holds it."""
     return value - (1 << 64) if value is not None and value >= 1 << 63 else value
 
 
-
 def _unsigned64(value: int | None) -> int | None:
     return value + (1 << 64) if value is not None and value < 0 else value
-
 
 
 def _stored_file(row: ImageRow) -> StoredFile:

@@ -7,8 +7,7 @@ from datetime import datetime
 
 import streamlit as st
 
-from vitsearch.records import Hit, Label, PhotoDetails
-from vitsearch.search.labels import short_label
+from vitsearch.records import Hit, Label, PhotoDetails, short_label
 from vitsearch.ui import context
 from vitsearch.ui.reveal import reveal
 
@@ -27,7 +26,7 @@ def page_of(items: Sequence, key: str, page_size: int = PAGE_SIZE) -> Sequence:
 
 def photo_grid(hits: Sequence[Hit], key: str, actions: bool = True) -> None:
     """Thumbnails with score, labels, date and path; "Similar" and "Reveal" under each."""
-    details = context.library().run(lambda library: library.details([h.id for h in hits]))
+    details = context.app().details([h.id for h in hits])
     for start in range(0, len(hits), COLUMNS):
         for column, hit in zip(st.columns(COLUMNS), hits[start : start + COLUMNS], strict=False):
             with column:
@@ -65,7 +64,7 @@ def more_like(image_id: int) -> None:
 
 
 def thumbnail(photo: PhotoDetails | None) -> None:
-    data = context.thumbnails().get(photo) if photo is not None else None
+    data = context.app().thumbnail(photo) if photo is not None else None
     if data is None:
         st.caption("not readable now (offline, moved or deleted)")
     else:
@@ -89,7 +88,7 @@ def reveal_file(path: str) -> None:
 
 def too_few_photos(minimum: int) -> bool:
     """Whether the library has fewer photos than a page needs; if so, says how to index."""
-    count = context.library().run(lambda library: library.embedding_count())
+    count = context.app().photo_count()
     if count >= minimum:
         return False
     state = "is empty" if count == 0 else f"has {count} photo; this page needs {minimum}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from vitsearch.records import Cluster
-from vitsearch.search.clusters import clusters
 from vitsearch.ui import context
 from vitsearch.ui.widgets import PAGE_SIZE, page_of, photo_grid, thumbnail, too_few_photos
 
@@ -45,14 +44,14 @@ def clusters_with_controls() -> list[Cluster]:
 
 def _clustered(k: int | str, recompute: bool) -> list[Cluster]:
     with st.spinner("Clustering the library…"):
-        return context.library().run(lambda library: clusters(library, k, recompute))
+        return context.app().clusters(k, recompute)
 
 
 def show_cards(found) -> None:
     st.caption(f"{len(found)} clusters, largest first")
     shown = page_of(found, "clusters", CARDS_PER_PAGE)
     ids = [hit.id for cluster in shown for hit in cluster.representatives[:CARD_THUMBNAILS]]
-    details = context.library().run(lambda library: library.details(ids))
+    details = context.app().details(ids)
     for cluster in shown:
         with st.container(border=True):
             title, button = st.columns([5, 1], vertical_alignment="center")
@@ -71,9 +70,7 @@ def show_members(cluster) -> None:
     st.subheader(f"{cluster.name} · {cluster.size} photos")
     pages = max(1, -(-cluster.size // PAGE_SIZE))
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"cluster-{cluster.id}-page")
-    members = context.library().run(
-        lambda library: library.cluster_members(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    )
+    members = context.app().cluster_page(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     photo_grid(members, key=f"cluster-{cluster.id}")
 
 

@@ -7,8 +7,6 @@ import io
 
 import streamlit as st
 
-from vitsearch import app
-from vitsearch.search.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD, find_duplicates
 from vitsearch.ui import context
 from vitsearch.ui.widgets import date_text, page_of, thumbnail, too_few_photos
 
@@ -18,7 +16,7 @@ COLUMNS = 6
 
 def render() -> None:
     st.header("Duplicates")
-    shared = context.library()
+    shared = context.app()
     if too_few_photos(2):
         return
     kind = st.radio(
@@ -33,10 +31,10 @@ def render() -> None:
     )
     threshold = None
     if kind != "exact":
-        default = NEAR_THRESHOLD if kind == "near" else BURST_THRESHOLD
+        default = shared.near_threshold if kind == "near" else shared.burst_threshold
         threshold = st.slider("Similarity threshold", 0.70, 1.0, default, 0.005)
     with st.spinner("Looking for duplicates…"):
-        groups = shared.run(lambda library: find_duplicates(library, (kind,), threshold))
+        groups = shared.duplicates((kind,), threshold)
     if not groups:
         st.success("No duplicates of this kind.")
         return
@@ -87,7 +85,7 @@ def trash_controls(groups) -> None:
         return
     st.warning(f"{len(chosen)} photos are ticked to go to the system trash.")
     if st.button(f"Move {len(chosen)} photos to the trash", type="primary"):
-        moved, problems = app.trash_photos(context.settings(), chosen)
+        moved, problems = context.app().trash(chosen)
         for problem in problems:
             st.error(problem)
         st.success(f"Moved {moved} photos to the trash and updated the library.")

@@ -6,23 +6,23 @@ from pathlib import Path
 
 import streamlit as st
 
-from vitsearch import app
 from vitsearch.errors import VitsearchError
+from vitsearch.records import LibraryStatus
 from vitsearch.ui import context
 
 
 def render() -> None:
     st.header("Library")
-    status = app.library_status(context.settings())
+    status = context.app().status()
     counts = st.columns(4)
-    counts[0].metric("Photos", status["images"])
-    counts[1].metric("Failed", status["failed"])
-    counts[2].metric("Offline", status["offline"])
-    counts[3].metric("Vectors", status["vectors"])
+    counts[0].metric("Photos", status.images)
+    counts[1].metric("Failed", status.failed)
+    counts[2].metric("Offline", status.offline)
+    counts[3].metric("Vectors", status.vectors)
     st.markdown(
-        f"**Model:** `{status['model'] or '-'}` · dim {status['dim'] or '-'} · "
-        f"device {status['device'] or '-'} · precision {status['precision'] or '-'}  \n"
-        f"**Home:** `{status['home']}`"
+        f"**Model:** `{status.model or '-'}` · dim {status.dim or '-'} · "
+        f"device {status.device or '-'} · precision {status.precision or '-'}  \n"
+        f"**Home:** `{status.home}`"
     )
     watcher_line(status)
     index_form()  # above the tables, which can be long: its answer stays in view
@@ -30,30 +30,29 @@ def render() -> None:
     failures()
 
 
-def watcher_line(status: dict) -> None:
-    if status["writer_pid"]:
+def watcher_line(status: LibraryStatus) -> None:
+    if status.writer_pid:
         st.success(
-            f"A writer (pid {status['writer_pid']}) is keeping the library in step; "
-            f"last commit {status['last_commit_at'] or '-'}."
+            f"A writer (pid {status.writer_pid}) is keeping the library in step; "
+            f"last commit {status.last_commit_at or '-'}."
         )
     else:
         st.info(
-            f"No watcher is running; last commit {status['last_commit_at'] or '-'}. "
+            f"No watcher is running; last commit {status.last_commit_at or '-'}. "
             "Start one with `vitsearch watch FOLDER`."
         )
 
 
-def folders(status: dict) -> None:
-    if status["folders"]:
+def folders(status: LibraryStatus) -> None:
+    if status.folders:
         st.subheader("Folders")
         st.dataframe(
-            [{"folder": f["path"], "online": f["online"]} for f in status["folders"]],
-            hide_index=True,
+            [{"folder": f.path, "online": f.online} for f in status.folders], hide_index=True
         )
 
 
 def failures() -> None:
-    failed = context.library().run(lambda library: library.failures(limit=500))
+    failed = context.app().failures(limit=500)
     if failed:
         st.subheader(f"Files that could not be read ({len(failed)})")
         st.dataframe([{"file": path, "error": error} for path, error in failed], hide_index=True)
@@ -74,7 +73,7 @@ def start_indexing(folder: str) -> None:
         st.warning("Type the folder to index first, e.g. " + str(Path.home() / "Pictures"))
         return
     try:
-        pid = app.start_indexing(context.settings(), Path(folder))
+        pid = context.app().start_indexing(Path(folder))
     except VitsearchError as exc:
         st.error(str(exc))
         st.toast(str(exc), icon=":material/error:")

@@ -6,20 +6,19 @@ import streamlit as st
 
 from vitsearch.errors import ConfigError
 from vitsearch.records import Hit
-from vitsearch.search.projection import map_figure, project
 from vitsearch.ui import context
 from vitsearch.ui.widgets import page_of, photo_grid, too_few_photos
 
 
 def render() -> None:
     st.header("Map")
-    shared = context.library()
+    shared = context.app()
     if too_few_photos(2):
         return
     refit = st.button("Fit the map again")
     try:
         with st.spinner("Placing photos on the map…"):
-            figure = shared.run(lambda library: map_figure(library, project(library, refit=refit)))
+            figure = shared.map_figure(shared.map_points(refit=refit))
     except ConfigError as exc:
         st.error(str(exc))
         return
@@ -38,6 +37,5 @@ def render() -> None:
 
 def show_selection(ids: list[int]) -> None:
     st.subheader(f"{len(ids)} selected photos")
-    shared = context.library()
-    hits: list[Hit] = shared.run(lambda library: library.hits(ids, [1.0] * len(ids)))
+    hits: list[Hit] = context.app().photos(ids)
     photo_grid(page_of(hits, "map"), key="map-selection")

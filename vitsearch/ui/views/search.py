@@ -7,10 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from vitsearch import app
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Filters
-from vitsearch.search import search_by_label, similar_to_id
 from vitsearch.ui import context
 from vitsearch.ui.widgets import label_text, page_of, photo_grid, thumbnail, too_few_photos
 
@@ -43,29 +41,27 @@ def render() -> None:
 
 
 def run_query(upload, label: str, filters: Filters, k: int):
-    shared = context.library()
+    shared = context.app()
     if upload is not None:
         st.session_state.pop("more_like", None)
-        embedder = context.embedder()
-        labels, hits = shared.run(
-            lambda library: app.search_upload(library, embedder, upload.getvalue(), k, filters)
-        )
+        context.embedder_loaded()
+        labels, hits = shared.search_upload(upload.getvalue(), k, filters)
         query_column, labels_column = st.columns([1, 3])
         query_column.image(upload.getvalue(), caption="your photo", width="stretch")
         labels_column.markdown(f"**The model sees:** {label_text(labels) or '(no labels)'}")
         return hits
     if label.strip():
-        return shared.run(lambda library: search_by_label(library, label, k, filters))
+        return shared.search_label(label, k, filters)
     if "more_like" in st.session_state:
         image_id = st.session_state["more_like"]
         more_like_header(image_id)
-        return shared.run(lambda library: similar_to_id(library, image_id, k, filters))
+        return shared.similar_to_photo(image_id, k, filters)
     return None
 
 
 def more_like_header(image_id: int) -> None:
     """The photo the results are like: its thumbnail, name and folder."""
-    photo = context.library().run(lambda library: library.details([image_id])).get(image_id)
+    photo = context.app().details([image_id]).get(image_id)
     if photo is None:
         return  # deleted meanwhile: the search says so
     picture, words = st.columns([1, 5], vertical_alignment="center")
@@ -78,7 +74,7 @@ def more_like_header(image_id: int) -> None:
 
 def show_results(hits) -> None:
     if not hits:
-        st.warning("No photo passes these filters.")
+        st.warning("No results.")
         return
     st.subheader(f"{len(hits)} results")
     photo_grid(page_of(hits, "search"), key="search")
@@ -87,7 +83,7 @@ def show_results(hits) -> None:
 def filter_controls() -> tuple[Filters, int]:
     sidebar = st.sidebar
     sidebar.subheader("Filters")
-    folders = context.library().run(lambda library: [p for p, _ in library.roots()])
+    folders = context.app().folders()
     folder = sidebar.selectbox("Folder", [ALL_FOLDERS, *folders])
     below = sidebar.text_input("…or below this folder", placeholder="/path/to/a/sub/folder")
     under = below.strip() or (None if folder == ALL_FOLDERS else folder)

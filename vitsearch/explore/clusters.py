@@ -24,9 +24,8 @@ import faiss
 import numpy as np
 
 from vitsearch.errors import VitsearchError
-from vitsearch.records import Cluster
+from vitsearch.records import Cluster, short_label
 from vitsearch.search.hierarchy import imagenet_hierarchy
-from vitsearch.search.labels import short_label
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
@@ -212,9 +211,7 @@ def _cluster_row(library, cid, centroid, ids, assignment, scores):
     member_ids = ids[members]
     size = int(members.sum())
     cohesion = float(scores[members].mean()) if size else 0.0
-    name = (
-        cluster_name(library.top_label_counts(member_ids.tolist()), size) or f"cluster {cid + 1}"
-    )
+    name = cluster_name(library.top_label_counts(member_ids.tolist()), size) or f"cluster {cid + 1}"
     return (cid, name, size, cohesion, centroid)
 
 

@@ -1,0 +1,1 @@
+"""Exploring a library without a query: clusters, duplicates and the 2-D map."""
