@@ -11,20 +11,16 @@ import pytest
 from PIL import Image
 
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit, vitsearch
-from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model import load_embedder
+from vitsearch.model import Features, load_embedder
 from vitsearch.model.export import (
     BackendMismatchError,
     export_onnx,
+    load_onnx_embedder,
     verify_export,
 )
-from vitsearch.model.onnx_backend import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    PROCESSOR_FILE,
-    load_onnx_embedder,
-)
+from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE
+from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
 
 pytestmark = pytest.mark.slow
@@ -42,14 +38,12 @@ def photos(folder: Path, count: int = 6, start: int = 0) -> list[Image.Image]:
     ]
 
 
-def torch_embedder(model: Path, **flags):
-    return load_embedder(
-        load_settings(environ={}, model=str(model), precision="fp32", threads=1, **flags)
-    )
+def torch_embedder(model: Path, layer: int = -1, pool: str = "cls"):
+    return load_embedder(str(model), threads=1, features=Features(layer, pool))  # cpu fp32
 
 
-def onnx_embedder(export: Path, **flags):
-    return load_onnx_embedder(load_settings(environ={}, model=str(export), threads=1, **flags))
+def onnx_embedder(export: Path, layer: int = -1, pool: str = "cls", **asked):
+    return load_onnx_embedder(str(export), threads=1, features=Features(layer, pool), **asked)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -252,7 +246,7 @@ def test_onnx_backend_settings(fp32_export: Path) -> None:
 
 
 def _bf16(model: Path):
-    return load_embedder(load_settings(environ={}, model=str(model), precision="bf16", threads=1))
+    return load_embedder(str(model), threads=1, precision="bf16")
 
 
 def test_cli_export_then_index_and_search_with_the_onnx_backend(
