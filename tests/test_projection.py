@@ -46,6 +46,8 @@ _umap_installed = pytest.mark.skipif(
 def requires_umap(test):
     """Slow tier too: UMAP's first fit in a process JIT-compiles numba kernels (30-80 s)."""
     return pytest.mark.slow(_umap_installed(test))
+
+
 requires_plotly = pytest.mark.skipif(
     find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
 )
