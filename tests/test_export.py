@@ -117,6 +117,16 @@ def test_torch_int8_stays_close_and_really_quantizes(reference, tmp_path: Path) 
     assert np.array_equal(reference.embed_images(images).vectors, expected)  # source untouched
 
 
+def test_precision_int8_loads_torch_int8_with_its_own_fingerprint(
+    tiny_model: Path, reference
+) -> None:
+    int8 = load_embedder(str(tiny_model), threads=1, precision="int8")
+    assert int8.precision == "int8" and int8.info.made_by == "torch-int8"
+    assert int8.info.fingerprint == reference.info.fingerprint + "+torch-int8"
+    with pytest.raises(ConfigError, match="int8 runs on the CPU"):
+        load_embedder(str(tiny_model), threads=1, device="cuda", precision="int8")
+
+
 @pytest.mark.parametrize("which", ["fp32", "int8"])
 def test_dynamic_batch_axis(
     which: str, fp32_export: Path, int8_export: Path, tmp_path: Path

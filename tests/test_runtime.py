@@ -87,6 +87,26 @@ def test_a_library_keeps_the_backend_it_was_built_with() -> None:
     assert timed(recorded=built_with(), flags=AMX) == ("torch-fp32", "torch-bf16")
 
 
+def test_a_library_fingerprint_names_its_backend_and_is_written_back_unchanged() -> None:
+    """Libraries store the fingerprint string as ever; backend and precision are read from it
+    (a feature tag's ``cls+mean`` is no backend) and written back by ``made_with``."""
+    made = {
+        "": ("torch", "auto", "torch"),
+        "+torch-int8": ("torch", "int8", "torch-int8"),
+        "+onnx-fp32": ("onnx", "fp32", "onnx-fp32"),
+        "+onnx-int8": ("onnx", "int8", "onnx-int8"),
+        "+openvino-int8": ("openvino", "int8", "openvino-int8"),
+    }
+    for suffix, (backend, precision, made_by) in made.items():
+        info = built_with(suffix)
+        assert (info.backend, info.precision, info.made_by) == (backend, precision, made_by)
+        assert info.source == "sha256:abc|pool=cls+mean"
+        again = ModelInfo.made_with("m", info.source, 8, {}, backend, precision)
+        assert again == info and again.fingerprint == info.fingerprint
+    with pytest.raises(ValueError, match="onnx-bf16"):
+        ModelInfo.made_with("m", "sha256:abc", 8, {}, "onnx", "bf16")
+
+
 @pytest.fixture
 def cpu(monkeypatch: pytest.MonkeyPatch):
     """The machine's CPU flags, as the runtime reads them (the hardware is the boundary)."""
