@@ -47,9 +47,10 @@ from bench_explore import synthesize, write_library
 from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16, timed
 from PIL import Image
 
+from vitsearch import app
 from vitsearch.config import Settings, load_settings
 from vitsearch.labels.teach import apply_classifier, train
-from vitsearch.model import Embedder, load_embedder
+from vitsearch.model import Embedder
 from vitsearch.model.embedder import EmbeddingBatch
 from vitsearch.model.export import (
     NEIGHBOURS,
@@ -59,11 +60,13 @@ from vitsearch.model.export import (
     compare_embedders,
     export_model,
     neighbour_overlap,
+    open_export,
 )
+from vitsearch.model.exported import MANIFEST_FILE, read_manifest
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
-from vitsearch.model.onnx_backend import MANIFEST_FILE, MODEL_FILE, open_export, read_manifest
+from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
-from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, load_model
+from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.store import open_library
 
 DEFAULT_PHOTOS = 300
@@ -222,7 +225,7 @@ def build(variant: Variant, src: Source) -> Built:
         return Built(src.fp32, None)
     tolerance = TOLERANCES[variant.tolerance]
     if variant.key == "torch-bf16":  # auto runs it unchecked; judged here as fp32 exports are
-        bf16 = load_embedder(src.settings.replace(precision="bf16"))
+        bf16 = app.load_model(src.settings.replace(precision="bf16"))
         return Built(bf16, src.checked(bf16, tolerance))
     if variant.key == "torch-int8":
         int8 = quantize_int8(src.fp32, check=False)  # checked here, so a miss is still measured
@@ -345,7 +348,7 @@ def agreement(expected: EmbeddingBatch, got: EmbeddingBatch) -> Agreement:
 def agreement_phase(args: argparse.Namespace, photos: list[Path], work: Path) -> dict:
     """Variant key -> Quality, on the trained checkpoint over the photos."""
     settings = checkpoint_settings(args.model, args)
-    fp32 = load_embedder(settings.replace(precision="fp32"))
+    fp32 = app.load_model(settings.replace(precision="fp32"))
     print(f"\n1. agreement on {args.model} ({fp32.info.dim}-d) over {len(photos)} photos")
     pixels = load_pixels(fp32, photos)
     expected = embed_batches(fp32, pixels, args.batch_size)
@@ -399,7 +402,7 @@ def speed_phase(
     """Variant key -> Speed on the random ViT-B/16, and the cores others used while timing."""
     print(f"\n2. speed on a seeded random ViT-B/16 ({checkpoint})")
     settings = checkpoint_settings(checkpoint, args)
-    fp32 = load_embedder(settings.replace(precision="fp32"))
+    fp32 = app.load_model(settings.replace(precision="fp32"))
     batch = load_pixels(fp32, (photos * args.batch_size)[: args.batch_size])
     # random weights: only the checks vitsearch's exports make anyway (they cost minutes)
     made = dict(build_all(Source(fp32, settings, work / "vit-b16-variants", check=False)))
@@ -422,7 +425,7 @@ def auto_phase(args: argparse.Namespace, checkpoint: Path, home: Path) -> AutoCh
     print(f"\n3. auto on the ViT-B/16 in a fresh home: {runtime.reason} (candidates {names})")
     busy: dict[str, float] = {}
     with CpuMeter(busy, "auto"):
-        embedder, seconds = timed(lambda: load_model(settings))
+        embedder, seconds = timed(lambda: app.load_model(settings))
     return AutoChoice(candidate_name(embedder), seconds, recorded_timings(home), busy["auto"])
 
 

@@ -6,7 +6,7 @@ read in place, and their modified copies live in a temporary directory.
 
 Each photo gets a few modified copies (downscaled, recompressed, cropped, brightened), the
 kind a near-duplicate finder must catch. Every photo and copy is embedded once through the
-library's own path (``load_settings`` -> ``load_embedder`` -> ``embed_files``) with
+library's own path (``load_settings`` -> ``app.load_model`` -> ``embed_files``) with
 ``pool=cls+mean``, whose two halves are exactly the ``cls`` and ``mean`` embeddings (checked
 against those pools on the first batch). Then, per pooling:
 
@@ -47,9 +47,10 @@ import numpy as np
 from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16
 from PIL import Image, ImageEnhance, ImageOps
 
+from vitsearch import app
 from vitsearch.config import POOLS, Settings, load_settings
 from vitsearch.explore.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
-from vitsearch.model import Embedder, load_embedder
+from vitsearch.model import Embedder
 from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
@@ -250,7 +251,7 @@ def check_split(settings: Settings, paths: Sequence[str], split: dict[str, np.nd
     """Min cosine of the split halves against the library's own cls and mean pools."""
     worst = 1.0
     for pool in ("cls", "mean"):
-        embedder = load_embedder(settings.replace(pool=pool))
+        embedder = app.load_model(settings.replace(pool=pool))
         _, vectors = embed_files(embedder, paths, settings.batch_size)
         worst = min(worst, float(np.min(np.sum(vectors * split[pool][: len(paths)], axis=1))))
         del embedder
@@ -595,7 +596,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> None:
         batch_size=args.batch_size,
         threads=args.threads,
     )
-    embedder = load_embedder(settings)
+    embedder = app.load_model(settings)
     print_setup(args, embedder, random_weights)
     groups = make_groups(photos, temp / "copies")
     busy: dict[str, float] = {}

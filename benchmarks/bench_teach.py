@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 import vitsearch.indexer  # noqa: F401  teach imports the indexer's file helpers: load it first
+from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.labels.classifier import NONE
 from vitsearch.labels.teach import calibration_error, split_library, train
-from vitsearch.model import load_embedder
 from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
 
@@ -84,7 +84,7 @@ def embeddings(photos: list[Path], model: str, threads: int) -> np.ndarray:
     if cache.exists():
         return np.load(cache)
     settings = load_settings(backend="torch", precision="fp32", model=model, threads=threads)
-    kept, vectors = embed_files(load_embedder(settings), [str(p) for p in photos], 32)
+    kept, vectors = embed_files(app.load_model(settings), [str(p) for p in photos], 32)
     if len(kept) != len(photos):
         raise SystemExit(f"{len(photos) - len(kept)} photos did not decode")
     np.save(cache, vectors)

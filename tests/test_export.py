@@ -11,20 +11,16 @@ import pytest
 from PIL import Image
 
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit, vitsearch
-from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model import load_embedder
+from vitsearch.model import Features, load_embedder
 from vitsearch.model.export import (
     BackendMismatchError,
     export_onnx,
+    load_onnx_embedder,
     verify_export,
 )
-from vitsearch.model.onnx_backend import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    PROCESSOR_FILE,
-    load_onnx_embedder,
-)
+from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE
+from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
 
 pytestmark = pytest.mark.slow
@@ -42,14 +38,12 @@ def photos(folder: Path, count: int = 6, start: int = 0) -> list[Image.Image]:
     ]
 
 
-def torch_embedder(model: Path, **flags):
-    return load_embedder(
-        load_settings(environ={}, model=str(model), precision="fp32", threads=1, **flags)
-    )
+def torch_embedder(model: Path, layer: int = -1, pool: str = "cls"):
+    return load_embedder(str(model), threads=1, features=Features(layer, pool))  # cpu fp32
 
 
-def onnx_embedder(export: Path, **flags):
-    return load_onnx_embedder(load_settings(environ={}, model=str(export), threads=1, **flags))
+def onnx_embedder(export: Path, layer: int = -1, pool: str = "cls", **asked):
+    return load_onnx_embedder(str(export), threads=1, features=Features(layer, pool), **asked)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -121,6 +115,16 @@ def test_torch_int8_stays_close_and_really_quantizes(reference, tmp_path: Path) 
     assert cosines(expected, got).min() >= 0.99
     assert not np.allclose(expected, got, atol=1e-6)  # the weights really are int8 now
     assert np.array_equal(reference.embed_images(images).vectors, expected)  # source untouched
+
+
+def test_precision_int8_loads_torch_int8_with_its_own_fingerprint(
+    tiny_model: Path, reference
+) -> None:
+    int8 = load_embedder(str(tiny_model), threads=1, precision="int8")
+    assert int8.precision == "int8" and int8.info.made_by == "torch-int8"
+    assert int8.info.fingerprint == reference.info.fingerprint + "+torch-int8"
+    with pytest.raises(ConfigError, match="int8 runs on the CPU"):
+        load_embedder(str(tiny_model), threads=1, device="cuda", precision="int8")
 
 
 @pytest.mark.parametrize("which", ["fp32", "int8"])
@@ -252,7 +256,7 @@ def test_onnx_backend_settings(fp32_export: Path) -> None:
 
 
 def _bf16(model: Path):
-    return load_embedder(load_settings(environ={}, model=str(model), precision="bf16", threads=1))
+    return load_embedder(str(model), threads=1, precision="bf16")
 
 
 def test_cli_export_then_index_and_search_with_the_onnx_backend(

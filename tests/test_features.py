@@ -13,7 +13,7 @@ import torch
 from tests.helpers import PINNED_BACKEND, draw_album, once
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError
-from vitsearch.model import load_embedder
+from vitsearch.model import Features, load_embedder
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,7 @@ def unit(t: torch.Tensor) -> np.ndarray:
     ("layer", "pool"), [(1, "cls"), (1, "mean"), (0, "mean"), (-1, "mean"), (2, "cls+mean")]
 )
 def test_layer_and_pool_match_hidden_states(tiny_model: Path, tmp_path: Path, layer, pool) -> None:
-    embedder = load_embedder(
-        load_settings(environ={}, model=str(tiny_model), precision="fp32", layer=layer, pool=pool)
-    )
+    embedder = load_embedder(str(tiny_model), threads=1, features=Features(layer, pool))
     photos = draw_album(tmp_path, 3)
     from PIL import Image
 
@@ -67,7 +65,7 @@ def test_layer_and_pool_match_hidden_states(tiny_model: Path, tmp_path: Path, la
 
 def test_layer_out_of_range_refused(tiny_model: Path) -> None:
     with pytest.raises(ConfigError, match="--layer must be"):
-        load_embedder(load_settings(environ={}, model=str(tiny_model), layer=7))
+        load_embedder(str(tiny_model), threads=1, features=Features(layer=7))
 
 
 def test_embed_command_writes_vectors_and_paths(cli_env: dict, tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.helpers import PINNED_BACKEND, once, save_tiny_vit
-from vitsearch.config import load_settings
+from vitsearch.config import PRECISIONS, load_settings
 from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.model import finetune as finetuning
 from vitsearch.model import load_embedder
 from vitsearch.model.finetune import (
     STATE_FILE,
@@ -53,8 +54,7 @@ def colour_classes(root: Path, per_class: int = 8, colours: dict = COLOURS) -> P
 
 def run(tiny_model: Path, data: Path, out: Path, **changes):
     options = FinetuneOptions(**{**FAST.__dict__, **changes})
-    settings = load_settings(environ={}, threads=1)
-    return finetune(str(tiny_model), data, out, options, settings, progress=True)
+    return finetune(str(tiny_model), data, out, options, threads=1, progress=True)
 
 
 def test_finetune_lowers_the_loss_and_learns_the_classes(tiny_model: Path, tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_output_is_a_checkpoint_transformers_and_index_load(
     with torch.no_grad():
         assert model(**pixels).logits.argmax(-1).item() == 2
 
-    embedder = load_embedder(load_settings(environ={}, model=str(out), threads=1))
+    embedder = load_embedder(str(out), threads=1)
     assert embedder.embed_images([red.convert("RGB")]).labels[0][0].label == "red"
     settings = load_settings(
         environ={}, home=tmp_path / "home", model=str(out), threads=1, **PINNED_BACKEND
@@ -105,7 +105,7 @@ def test_output_is_a_checkpoint_transformers_and_index_load(
 def test_a_checkpoint_without_a_head_gets_one(tmp_path: Path) -> None:
     headless = save_tiny_vit(tmp_path / "headless", with_head=False)
     result = run(headless, colour_classes(tmp_path / "data"), tmp_path / "out", epochs=2)
-    embedder = load_embedder(load_settings(environ={}, model=str(result.out_dir), threads=1))
+    embedder = load_embedder(str(result.out_dir), threads=1)
     assert embedder.has_labels and result.best.val_accuracy >= CHANCE + 0.5
 
 
@@ -175,6 +175,7 @@ def test_bad_options_and_too_many_layers_are_config_errors(
 ) -> None:
     with pytest.raises(ConfigError, match="epochs"):
         FinetuneOptions(epochs=0)
+    assert finetuning.PRECISIONS == PRECISIONS  # model/ does not import the settings
     with pytest.raises(ConfigError, match="val-fraction"):
         FinetuneOptions(val_fraction=1.0)
     with pytest.raises(ConfigError, match="only 2 encoder layers"):

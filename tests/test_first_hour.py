@@ -31,7 +31,7 @@ from vitsearch.errors import (
     NoMatchError,
 )
 from vitsearch.indexer import Indexer
-from vitsearch.model.checkpoint_check import check_checkpoint
+from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.records import Filters
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.lock import WriterLock
@@ -137,11 +137,15 @@ def test_checkpoint_check_names_what_is_missing(tmp_path: Path, unloadable: Path
         check_checkpoint(str(tmp_path / "nowhere"))
 
 
-def test_checkpoint_check_agrees_with_the_loader() -> None:
-    from vitsearch.model import checkpoint_check, loader, onnx_backend
-
-    assert checkpoint_check.SUPPORTED_MODEL_TYPES == loader.SUPPORTED_MODEL_TYPES
-    assert checkpoint_check.MANIFEST_FILE == onnx_backend.MANIFEST_FILE
+def test_the_checkpoint_check_imports_neither_torch_nor_transformers() -> None:
+    """The loader and the exports share its rules and file names, so it must stay cheap."""
+    code = (
+        "import sys\n"
+        "import vitsearch.model.checkpoint\n"
+        "print(sorted({'torch', 'transformers', 'huggingface_hub'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
 
 
 def test_search_on_a_new_home_says_so_before_the_model(cheap, home: Path, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit
-from vitsearch.config import load_settings
 from vitsearch.errors import ModelNotAvailableError
 from vitsearch.model import load_embedder
 from vitsearch.model.hardware import choose_precision, cpu_flags, has_bf16_hardware
@@ -27,7 +26,7 @@ def photos(tmp_path: Path, count: int = 6) -> list[Image.Image]:
 
 
 def embedder_for(model: Path | str, **flags):
-    return load_embedder(load_settings(environ={}, model=str(model), threads=1, **flags))
+    return load_embedder(str(model), threads=1, **flags)
 
 
 def test_one_pass_gives_unit_embeddings_and_top5_labels(tiny_model: Path, tmp_path: Path) -> None:

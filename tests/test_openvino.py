@@ -13,16 +13,12 @@ import pytest
 from PIL import Image
 
 from tests.helpers import draw_album, draw_photo, once, vitsearch
+from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
-from vitsearch.model.export import export_model, export_onnx
-from vitsearch.model.onnx_backend import (
-    MANIFEST_FILE,
-    PROCESSOR_FILE,
-    load_exported,
-)
-from vitsearch.model.runtime import load_model
+from vitsearch.model.export import export_model, export_onnx, load_exported
+from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +47,7 @@ def photos(folder: Path, count: int = 6) -> list[Image.Image]:
 
 
 def openvino_embedder(export: Path, **flags) -> OpenVinoEmbedder:
-    return load_exported(load_settings(environ={}, model=str(export), threads=1, **flags))
+    return load_exported(str(export), threads=1, **flags)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,9 +66,7 @@ def weight_types(xml: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path):
-    return load_embedder(
-        load_settings(environ={}, model=str(tiny_model), precision="fp32", threads=1)
-    )
+    return load_embedder(str(tiny_model), threads=1)  # cpu fp32
 
 
 @pytest.fixture(scope="module")
@@ -167,15 +161,15 @@ def test_an_onnx_export_replaced_by_openvino_keeps_no_onnx_model(reference, tmp_
 
 def test_backend_must_fit_the_export(exports, tiny_model: Path) -> None:
     settings = load_settings(environ={}, model=str(exports["int8"]), threads=1)
-    assert isinstance(load_model(settings), OpenVinoEmbedder)  # auto takes the export's own
-    assert isinstance(load_model(settings.replace(backend="openvino")), OpenVinoEmbedder)
+    assert isinstance(app.load_model(settings), OpenVinoEmbedder)  # auto takes the export's own
+    assert isinstance(app.load_model(settings.replace(backend="openvino")), OpenVinoEmbedder)
     with pytest.raises(ConfigError, match="is for openvino, not onnx; use --backend openvino"):
-        load_model(settings.replace(backend="onnx"))
+        app.load_model(settings.replace(backend="onnx"))
     with pytest.raises(ConfigError, match="is int8, not fp32"):
-        load_model(settings.replace(precision="fp32"))
+        app.load_model(settings.replace(precision="fp32"))
     checkpoint = settings.replace(model=str(tiny_model), backend="openvino")
     with pytest.raises(ConfigError, match="export --format openvino --out DIR"):
-        load_model(checkpoint)
+        app.load_model(checkpoint)
 
 
 def test_damaged_or_incomplete_ir_is_a_clear_error(exports, tmp_path: Path) -> None:

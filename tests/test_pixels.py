@@ -54,7 +54,7 @@ def test_processors_doing_more_keep_their_own_path() -> None:
 
 
 def test_embedder_preprocess_is_the_checkpoint_processor(settings, tmp_path: Path) -> None:
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings.model, threads=settings.threads)  # cpu fp32, as pinned
     assert embedder._plain is not None, "the tiny ViT's processor should take the quick path"
     for image in photos(tmp_path):
         expected = embedder._processor(images=[image], return_tensors="np")["pixel_values"][0]

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers import draw_photo
-from vitsearch.config import load_settings
+from vitsearch.config import available_cores
 from vitsearch.model import load_embedder
+from vitsearch.model.runtime import choose_runtime
 
 REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
 pytestmark = [
@@ -31,8 +32,11 @@ def test_real_checkpoint_labels_and_precision(tmp_path: Path) -> None:
         )
         for i in range(8)
     ]
-    fp32 = load_embedder(load_settings(environ={}, model=REAL_MODEL, precision="fp32"))
-    auto = load_embedder(load_settings(environ={}, model=REAL_MODEL))
+    fp32 = load_embedder(REAL_MODEL, threads=available_cores())
+    torch = choose_runtime("torch", "auto", "auto")  # the device and precision auto picks
+    auto = load_embedder(
+        REAL_MODEL, threads=available_cores(), device=torch.device, precision=torch.precision
+    )
     reference = fp32.embed_images(images)
     result = auto.embed_images(images)
     assert reference.vectors.shape[1] == fp32.info.dim
@@ -58,12 +62,9 @@ def real_photos(count: int) -> list[Image.Image]:
 def test_int8_export_keeps_the_neighbours_of_trained_weights(tmp_path: Path) -> None:
     """Per-tensor dynamic int8 kept 0.68 of the top-10 neighbours here; the shipped block
     int8 must keep >= 0.95 on real photos, and pass its own check."""
-    from vitsearch.model.export import export_onnx, neighbour_overlap
-    from vitsearch.model.onnx_backend import open_export
+    from vitsearch.model.export import export_onnx, neighbour_overlap, open_export
 
-    fp32 = load_embedder(
-        load_settings(environ={}, model=REAL_MODEL, backend="torch", precision="fp32")
-    )
+    fp32 = load_embedder(REAL_MODEL, threads=available_cores())
     manifest = export_onnx(fp32, tmp_path / "int8", quantize="int8")
     assert manifest.verification["passed"]
     int8 = open_export(tmp_path / "int8", threads=2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import draw_album, draw_photo, once
-from vitsearch.model import runtime
+from vitsearch.model import Features, runtime
 from vitsearch.model.export import Verification, neighbour_overlap
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
 from vitsearch.records import ModelInfo
@@ -86,6 +86,26 @@ def test_a_library_keeps_the_backend_it_was_built_with() -> None:
     assert timed(recorded=built_with(), flags=AMX) == ("torch-fp32", "torch-bf16")
 
 
+def test_a_library_fingerprint_names_its_backend_and_is_written_back_unchanged() -> None:
+    """Libraries store the fingerprint string as ever; backend and precision are read from it
+    (a feature tag's ``cls+mean`` is no backend) and written back by ``made_with``."""
+    made = {
+        "": ("torch", "auto", "torch"),
+        "+torch-int8": ("torch", "int8", "torch-int8"),
+        "+onnx-fp32": ("onnx", "fp32", "onnx-fp32"),
+        "+onnx-int8": ("onnx", "int8", "onnx-int8"),
+        "+openvino-int8": ("openvino", "int8", "openvino-int8"),
+    }
+    for suffix, (backend, precision, made_by) in made.items():
+        info = built_with(suffix)
+        assert (info.backend, info.precision, info.made_by) == (backend, precision, made_by)
+        assert info.source == "sha256:abc|pool=cls+mean"
+        again = ModelInfo.made_with("m", info.source, 8, {}, backend, precision)
+        assert again == info and again.fingerprint == info.fingerprint
+    with pytest.raises(ValueError, match="onnx-bf16"):
+        ModelInfo.made_with("m", "sha256:abc", 8, {}, "onnx", "bf16")
+
+
 @pytest.fixture
 def cpu(monkeypatch: pytest.MonkeyPatch):
     """The machine's CPU flags, as the runtime reads them (the hardware is the boundary)."""
@@ -111,6 +131,14 @@ def auto(settings, monkeypatch: pytest.MonkeyPatch):
     return settings.replace(backend="auto", precision="auto")
 
 
+def source(settings) -> runtime.Source:
+    """What the app hands the runtime for these settings."""
+    features = Features(settings.layer, settings.pool)
+    return runtime.Source(
+        settings.model, settings.home, settings.threads, features, settings.batch_size
+    )
+
+
 def measurement(settings) -> dict:
     [found] = (settings.home / EXPORTS_FOLDER).glob("measured-*.json")
     return json.loads(found.read_text())
@@ -132,7 +160,7 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     status = once(auto).status().as_dict()
     assert status["backend"] == BACKEND_OF.get(measured["fastest"], measured["fastest"])
     exports = sorted(p for p in (auto.home / EXPORTS_FOLDER).iterdir() if p.is_dir())
-    assert exports == sorted(export_directory(auto, p) for p in ("fp32", "int8"))
+    assert exports == sorted(export_directory(source(auto), p) for p in ("fp32", "int8"))
     verification = json.loads((exports[1] / "vitsearch-export.json").read_text())["verification"]
     assert verification["passed"] and verification["neighbour_overlap"] >= 0.95
     made = {p: (p / "model.onnx").stat().st_mtime_ns for p in exports}
@@ -174,7 +202,7 @@ def test_another_cpu_is_measured_again_within_the_librarys_backend(
 def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_path: Path) -> None:
     cpu(AVX2_ONLY)
     for precision in ("fp32", "int8"):
-        rejected = export_directory(auto, precision)
+        rejected = export_directory(source(auto), precision)
         rejected = rejected.with_name(rejected.name + ".rejected.json")
         rejected.parent.mkdir(parents=True, exist_ok=True)
         rejected.write_text('{"reason": "top-10 neighbours kept 0.72"}\n')
@@ -229,7 +257,7 @@ def test_a_timing_made_beside_a_busy_program_is_made_again(auto, cpu, tmp_path: 
     cpu(ZEN4)
     album = draw_album(tmp_path / "album", 3)
     once(auto.replace(backend="torch"), write=True).index([album[0].parent])  # a torch library
-    path = measurement_file(auto)
+    path = measurement_file(source(auto))
     slow_bf16 = [
         {"candidate": "torch-fp32", "images_per_second": 9.0},
         {"candidate": "torch-bf16", "images_per_second": 1.0},

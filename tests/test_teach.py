@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import FakeEmbedder, draw_photo, once, sphere_groups
-from vitsearch.config import load_settings
+from vitsearch.config import available_cores, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
 from vitsearch.labels.classifier import NONE, LinearClassifier, load_classifiers
@@ -287,8 +287,7 @@ def test_open_set_quality_on_trained_weights() -> None:
     # smaller library (fewer background photos) false labels pass 10% (12% at a third of them)
     keep = np.flatnonzero((concept != 2) | (np.cumsum(concept == 2) % 3 == 1))
     photos, concept = [str(every[i]) for i in keep], concept[keep]
-    settings = load_settings(environ={}, model=REAL_MODEL, backend="torch", precision="fp32")
-    _, vectors = embed_files(load_embedder(settings), photos, 32)
+    _, vectors = embed_files(load_embedder(REAL_MODEL, threads=available_cores()), photos, 32)
     recalls, false_rates = [], []
     for seed in range(3):
         rng = np.random.default_rng(seed)

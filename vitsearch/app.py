@@ -44,7 +44,7 @@ from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
-from vitsearch.model.checkpoint_check import check_checkpoint
+from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.feature_files import embed_files, write_features
 from vitsearch.photos.files import image_files
 from vitsearch.photos.thumbnails import Thumbnails
@@ -294,7 +294,7 @@ class App:
             model=model.name if model else None,
             model_fingerprint=model.fingerprint if model else None,
             dim=model.dim if model else None,
-            backend=model.backend if model else None,
+            backend=model.made_by if model else None,
             precision=library.get_meta("precision"),
             device=library.get_meta("device"),
             home=str(self.settings.home),
@@ -470,16 +470,27 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None):
     """The embedder for ``settings.model``, on the backend of the library's model
     ``built_with`` if it has one (imported late: torch takes seconds to import)."""
     check_checkpoint(settings.model)
-    from vitsearch.model.runtime import load_model as load
+    from vitsearch.model import Features
+    from vitsearch.model import load_model as load
 
-    return load(settings, built_with)
+    return load(
+        settings.model,
+        home=settings.home,
+        threads=settings.threads,
+        backend=settings.backend,
+        precision=settings.precision,
+        device=settings.device,
+        features=Features(settings.layer, settings.pool),
+        batch_size=settings.batch_size,
+        recorded=built_with,
+    )
 
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
     """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
     check_checkpoint(settings.model)  # before torch is even imported
+    from vitsearch.model import Features, load_embedder
     from vitsearch.model import export as exporting
-    from vitsearch.model import load_embedder
     from vitsearch.model.export import export_model as export
 
     # what the export needs, checked before the model loads (seconds, more for a ViT-B)
@@ -489,7 +500,8 @@ def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt
         exporting._require_onnx(exporting.OPENVINO_INSTALL_HINT)
     else:
         exporting._require_onnx()
-    fp32 = load_embedder(settings.replace(device="cpu", precision="fp32"))
+    features = Features(settings.layer, settings.pool)
+    fp32 = load_embedder(settings.model, threads=settings.threads, features=features)  # cpu fp32
     return export(fp32, out, fmt=fmt, quantize=quantize)
 
 
@@ -500,4 +512,14 @@ def finetune_model(
     from vitsearch.model.finetune import FinetuneOptions, finetune  # torch imports late
 
     given = {name: value for name, value in options.items() if value is not None}
-    return finetune(settings.model, data_dir, out_dir, FinetuneOptions(**given), settings, progress)
+    return finetune(
+        settings.model,
+        data_dir,
+        out_dir,
+        FinetuneOptions(**given),
+        threads=settings.threads,
+        device=settings.device,
+        precision=settings.precision,
+        decode_workers=settings.decode_workers,
+        progress=progress,
+    )

@@ -74,23 +74,64 @@ class Hit:
 # Backends whose embeddings differ from torch fp32 beyond its tolerance: each adds its own
 # suffix to the fingerprint, so a library never mixes them.
 OTHER_BACKENDS = ("onnx-fp32", "onnx-int8", "torch-int8", "openvino-fp32", "openvino-int8")
+TORCH = "torch"
+# ModelInfo.precision of torch fp32, bf16 and fp16: they agree within tolerance, so they share
+# the checkpoint's fingerprint and a library built with one runs the fastest of them
+AGREEING = "auto"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What identifies the embeddings a model produces; recorded in the library."""
+    """What identifies the embeddings a model produces; recorded in the library.
+
+    The library stores ``fingerprint`` (``<source>`` or ``<source>+<backend>-<precision>``, as
+    it always has); ``backend`` and ``precision`` are read from it here, and only here, and
+    :meth:`made_with` is the one place that writes it.
+    """
 
     name: str
     fingerprint: str
     dim: int
     preprocessing: dict = field(default_factory=dict)
+    backend: str = field(init=False)  # torch | onnx | openvino
+    precision: str = field(init=False)  # fp32 | int8, or AGREEING for torch fp32/bf16/fp16
+
+    def __post_init__(self) -> None:
+        suffix = self.fingerprint.rpartition("+")[2]
+        # "cls+mean" in a feature tag is no backend: only the known suffixes count
+        backend, precision = suffix.split("-") if suffix in OTHER_BACKENDS else (TORCH, AGREEING)
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "precision", precision)
+
+    @classmethod
+    def made_with(
+        cls,
+        name: str,
+        source: str,
+        dim: int,
+        preprocessing: dict,
+        backend: str = TORCH,
+        precision: str = AGREEING,
+    ) -> ModelInfo:
+        """The info of embeddings ``backend`` at ``precision`` makes from ``source`` (the
+        checkpoint's fingerprint with its feature tag): same checkpoint, another backend, so
+        a store tells them apart."""
+        made_by = f"{backend}-{precision}"
+        if made_by not in OTHER_BACKENDS and (backend, precision) != (TORCH, AGREEING):
+            raise ValueError(f"no fingerprint for embeddings made by {made_by}")
+        suffix = "" if made_by not in OTHER_BACKENDS else f"+{made_by}"
+        return cls(name, source + suffix, dim, preprocessing)
 
     @property
-    def backend(self) -> str:
-        """What made the embeddings: ``torch`` (fp32, bf16 or fp16, which agree within
-        tolerance), else the suffix a backend adds to the checkpoint's fingerprint."""
-        suffix = self.fingerprint.rpartition("+")[2]
-        return suffix if suffix in OTHER_BACKENDS else "torch"
+    def source(self) -> str:
+        """The fingerprint of the checkpoint and features, without the backend's suffix."""
+        return self.fingerprint if self.made_by == TORCH else self.fingerprint.rpartition("+")[0]
+
+    @property
+    def made_by(self) -> str:
+        """``torch`` (fp32, bf16 or fp16, which agree within tolerance), else
+        ``<backend>-<precision>``: what `status` shows."""
+        return TORCH if self.precision == AGREEING else f"{self.backend}-{self.precision}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The model engine: the only package that imports torch and transformers.
 
 Its names are imported on first use (PEP 562), so that importing the torch-free
-:mod:`vitsearch.model.checkpoint_check` does not pay seconds for torch.
+:mod:`vitsearch.model.checkpoint` does not pay seconds for torch. Nothing here reads
+:class:`vitsearch.config.Settings`: callers pass the checkpoint, backend, precision, device,
+features and threads (``vitsearch.app`` turns settings into them).
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vitsearch.model.embedder import Embedder, EmbeddingBatch
+    from vitsearch.model.embedder import Embedder, EmbeddingBatch, Features
     from vitsearch.model.loader import load_embedder
+    from vitsearch.model.runtime import load_model
 
 _HOMES = {
     "Embedder": "vitsearch.model.embedder",
     "EmbeddingBatch": "vitsearch.model.embedder",
+    "Features": "vitsearch.model.embedder",
     "load_embedder": "vitsearch.model.loader",
+    "load_model": "vitsearch.model.runtime",
 }
 
-__all__ = ["Embedder", "EmbeddingBatch", "load_embedder"]
+__all__ = ["Embedder", "EmbeddingBatch", "Features", "load_embedder", "load_model"]
 
 
 def __getattr__(name: str):

@@ -42,6 +42,9 @@ class Features:
         return "" if self.default else f"|layer={self.layer}|pool={self.pool}"
 
 
+DEFAULT_FEATURES = Features()  # the final CLS token (for default arguments)
+
+
 @dataclass(frozen=True)
 class EmbeddingBatch:
     vectors: np.ndarray  # (n, dim) float32, unit length

@@ -26,18 +26,19 @@ import transformers
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
-from vitsearch.config import PRECISIONS, Settings
 from vitsearch.errors import (
     ConfigError,
     ModelNotAvailableError,
     VitsearchError,
 )
-from vitsearch.model.hardware import DTYPES, choose_device, choose_precision
-from vitsearch.model.loader import (
+from vitsearch.model.checkpoint import (
+    check_weights,
     checked_config,
     checkpoint_fingerprint,
+    load_processor,
     resolve_checkpoint,
 )
+from vitsearch.model.hardware import DTYPES, choose_device, choose_precision
 from vitsearch.model.pixels import input_size
 from vitsearch.photos.decode import read_or_skip
 from vitsearch.photos.fileio import replacing
@@ -53,6 +54,10 @@ CROP_RATIO = (3 / 4, 4 / 3)
 JITTER = 0.1
 
 Item = tuple[str, int]  # (photo path, class index)
+# what --precision takes, as vitsearch.config.PRECISIONS (a test keeps them equal): model/
+# is handed its settings, it does not read them
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DECODE_WORKERS = 2
 
 
 class FinetuneDataError(VitsearchError, ValueError):
@@ -75,8 +80,9 @@ class FinetuneOptions:
         val_fraction: Share of each class held out for validation (at least one photo each).
         patience: Stop after this many epochs without a better validation accuracy.
         seed: Seeds the split, the shuffling, the augmentation and the new head.
-        precision: ``auto`` follows ``Settings.precision`` (bf16 autocast on CPUs with bf16
-            hardware, fp16 on CUDA); ``fp32``, ``bf16`` or ``fp16`` force it. Weights stay fp32.
+        precision: ``auto`` follows the ``precision`` given to :func:`finetune` (bf16 autocast
+            on CPUs with bf16 hardware, fp16 on CUDA); ``fp32``, ``bf16`` or ``fp16`` force it.
+            Weights stay fp32.
     """
 
     epochs: int = 10
@@ -155,7 +161,11 @@ def finetune(
     data_dir: Path,
     out_dir: Path,
     options: FinetuneOptions | None = None,
-    settings: Settings | None = None,
+    *,
+    threads: int,
+    device: str = "auto",
+    precision: str = "auto",
+    decode_workers: int = DECODE_WORKERS,
     progress: bool = False,
 ) -> FinetuneResult:
     """Fine-tune checkpoint ``base`` on the labelled sub-folders of ``data_dir``.
@@ -169,7 +179,11 @@ def finetune(
         data_dir: One sub-folder per label, holding that label's example photos.
         out_dir: Where the checkpoint (and the resume state) go; not the base's directory.
         options: Training options; the defaults when None.
-        settings: Device, precision and thread settings; the defaults when None.
+        threads: Torch intra-op threads.
+        device: ``auto`` (cuda > mps > cpu) or the device to train on.
+        precision: The model precision asked for (``--precision``); ``options.precision``
+            other than ``auto`` overrides it for training.
+        decode_workers: Threads decoding photos.
         progress: Show a progress bar with the loss and validation accuracy.
 
     Raises:
@@ -178,17 +192,16 @@ def finetune(
         VitsearchError: ``out_dir`` holds the state of a different run.
     """
     options = options or FinetuneOptions()
-    settings = settings or Settings()
-    _quiet_transformers(settings.threads)
+    _quiet_transformers(threads)
     directory = resolve_checkpoint(base)
     out_dir = Path(out_dir).expanduser()
     _check_out_dir(directory, out_dir)
     processor = _load_processor(directory, base)
-    with ThreadPoolExecutor(max_workers=settings.decode_workers) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers) as pool:
         data = collect_dataset(Path(data_dir), options, _decode_size(processor), pool)
         model = _load_model(directory, base, data.classes, options)
-        device = choose_device(settings.device)
-        precision = _precision(options, settings, device)
+        device = choose_device(device)
+        precision = _precision(options, precision, device)
         trainer = Trainer(model.to(device), processor, data, options, device, precision, pool)
         key = _run_key(directory, data, options)
         history, best_epoch, stopped = _train(trainer, out_dir, key, progress)
@@ -356,21 +369,12 @@ def _check_out_dir(base_dir: Path, out_dir: Path) -> None:
         raise ConfigError(f"--out {out_dir} is the base checkpoint itself; choose another folder")
 
 
-def _check_base(directory: Path, name: str) -> None:
-    """The loader's rules: safetensors weights and an architecture vitsearch embeds with."""
-    if not any(directory.glob("*.safetensors")):
-        raise ModelNotAvailableError(
-            f"checkpoint {name} has no safetensors weights; save it with model.save_pretrained(dir)"
-        )
+def _load_processor(directory: Path, name: str) -> transformers.BaseImageProcessor:
+    """The base's image processor, once the base passed the loader's rules (safetensors
+    weights, an architecture vitsearch embeds with)."""
+    check_weights(directory, name)
     checked_config(directory, name)
-
-
-def _load_processor(directory: Path, name: str):
-    _check_base(directory, name)
-    try:
-        return transformers.AutoImageProcessor.from_pretrained(directory, backend="pil")
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(f"cannot load the image processor of {name}: {exc}") from exc
+    return load_processor(directory, name)
 
 
 def _load_model(directory: Path, name: str, classes: Sequence[str], options: FinetuneOptions):
@@ -453,10 +457,10 @@ def _input_size(processor) -> tuple[int, int]:
     return input_size(dict(processor.to_dict().get("size") or {}))
 
 
-def _precision(options: FinetuneOptions, settings: Settings, device: str) -> str:
+def _precision(options: FinetuneOptions, asked: str, device: str) -> str:
     if options.precision != "auto":
         return options.precision
-    return choose_precision(settings.precision, device)
+    return choose_precision(asked, device)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -2,9 +2,10 @@
 
 An OpenVINO export directory holds ``model.xml``/``model.bin`` (the IR converted from the same
 graph as the ONNX export; int8 with NNCF weight compression), the checkpoint's
-``preprocessor_config.json`` and the manifest :mod:`.onnx_backend` reads. Its embeddings are
+``preprocessor_config.json`` and the manifest :mod:`.exported` reads. Its embeddings are
 fingerprinted ``+openvino-fp32`` or ``+openvino-int8``. ``openvino`` is imported only here and
-only when such an export is opened.
+only when such an export is opened. A leaf below :mod:`.exported`, like :mod:`.onnx_backend`;
+neither imports the other.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import transformers
 
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model.onnx_backend import (
+from vitsearch.model.exported import (
     EXPORT_HINT,
     INPUT_NAME,
     ExportedEmbedder,

@@ -8,7 +8,6 @@ fp32 ones silently.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import torch
@@ -16,10 +15,9 @@ import torch
 from vitsearch.errors import ConfigError
 from vitsearch.model.embedder import Embedder
 from vitsearch.model.export import TOLERANCES, compare_embedders
-from vitsearch.model.onnx_backend import backend_fingerprint
+from vitsearch.records import TORCH, ModelInfo
 
 INT8 = "int8"
-BACKEND = "torch-int8"
 
 
 def quantize_int8(embedder: Embedder, *, check: bool = True) -> Embedder:
@@ -36,8 +34,9 @@ def quantize_int8(embedder: Embedder, *, check: bool = True) -> Embedder:
     """
     _check_quantizable(embedder)
     model = _quantize_linear(embedder._model)
-    info = dataclasses.replace(
-        embedder.info, fingerprint=backend_fingerprint(embedder.info.fingerprint, BACKEND)
+    fp32 = embedder.info
+    info = ModelInfo.made_with(
+        fp32.name, fp32.source, fp32.dim, fp32.preprocessing, backend=TORCH, precision=INT8
     )
     # fp32 here is the input dtype the Embedder casts pixels to; dynamic int8 wants fp32.
     int8 = Embedder(

@@ -33,10 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
-from vitsearch.config import Settings
 from vitsearch.errors import ConfigError
 from vitsearch.model.busy import OtherProcesses
-from vitsearch.model.embedder import Embedder, Features
+from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+from vitsearch.model.embedder import DEFAULT_FEATURES, Embedder, Features
+from vitsearch.model.export import (
+    BackendMismatchError,
+    export_onnx,
+    load_exported,
+    open_export,
+    probe_images,
+)
+from vitsearch.model.exported import MANIFEST_FILE, ExportedEmbedder, export_backend
 from vitsearch.model.hardware import (
     choose_device,
     choose_precision,
@@ -44,29 +52,16 @@ from vitsearch.model.hardware import (
     cpu_name,
     has_bf16_hardware,
 )
-from vitsearch.model.loader import checkpoint_fingerprint, load_embedder, resolve_checkpoint
-from vitsearch.model.onnx_backend import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ExportedEmbedder,
-    load_exported,
-    open_export,
-    read_manifest,
-)
+from vitsearch.model.loader import load_embedder
+from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.photos.fileio import held, write_atomically
-from vitsearch.records import OTHER_BACKENDS, ModelInfo
+from vitsearch.records import AGREEING, ModelInfo
 
 log = logging.getLogger(__name__)
 
 TORCH = "torch"
 ONNX = "onnx"
 OPENVINO = "openvino"
-# what made a library's embeddings (ModelInfo.backend, "<backend>-<precision>") -> how to make
-# more of them; "auto" precision: torch fp32, bf16 and fp16 agree, so the fastest of them
-RECORDED_BACKENDS = {
-    "torch": (TORCH, "auto"),
-    **{suffix: tuple(suffix.split("-")) for suffix in OTHER_BACKENDS},
-}
 
 EXPORTS_FOLDER = "exports"
 ONNX_PRECISIONS = ("fp32", "int8")  # fp32 first: int8 is quantized from its graph
@@ -89,6 +84,32 @@ class Candidate:
     @property
     def name(self) -> str:
         return f"{self.backend}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What every way of running a checkpoint shares: the checkpoint, the features asked of it,
+    the threads, and the home keeping its exports and timings."""
+
+    checkpoint: str  # hub id or directory, as named
+    home: Path
+    threads: int
+    features: Features = DEFAULT_FEATURES
+    batch_size: int = MEASURE_BATCH  # of the timing, at most MEASURE_BATCH
+
+    def fingerprint(self) -> str:
+        """The checkpoint's fingerprint with the features' tag, as a torch library records it."""
+        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint)) + self.features.tag()
+
+    def torch(self, device: str, precision: str) -> Embedder:
+        """The checkpoint in PyTorch on the device and precision decided."""
+        return load_embedder(
+            self.checkpoint,
+            threads=self.threads,
+            device=device,
+            precision=precision,
+            features=self.features,
+        )
 
 
 @dataclass(frozen=True)
@@ -129,9 +150,8 @@ def choose_runtime(
     if backend == TORCH or precision != "auto":
         device = choose_device(device)
         return Runtime(TORCH, device, choose_precision(precision, device, flags), "asked for")
-    if recorded is not None and RECORDED_BACKENDS[recorded.backend][1] != "auto":
-        chosen, recorded_precision = RECORDED_BACKENDS[recorded.backend]
-        return Runtime(chosen, "cpu", recorded_precision, "the library was built with it")
+    if recorded is not None and recorded.precision != AGREEING:
+        return Runtime(recorded.backend, "cpu", recorded.precision, "the library was built with it")
     device = choose_device(device)
     if device != "cpu":
         return Runtime(TORCH, device, choose_precision("auto", device), f"a {device} device")
@@ -159,19 +179,33 @@ def onnx_available() -> bool:
 
 
 def load_model(
-    settings: Settings, recorded: ModelInfo | None = None
+    checkpoint: str,
+    *,
+    home: Path,
+    threads: int,
+    backend: str = "auto",
+    precision: str = "auto",
+    device: str = "auto",
+    features: Features = DEFAULT_FEATURES,
+    batch_size: int = MEASURE_BATCH,
+    recorded: ModelInfo | None = None,
 ) -> Embedder | ExportedEmbedder:
-    """The embedder for ``settings.model`` on the runtime :func:`choose_runtime` picks."""
-    export = export_backend(settings.model)
-    runtime = choose_runtime(
-        settings.backend,
-        settings.precision,
-        settings.device,
-        export=export,
-        recorded=recorded,
-    )
+    """The embedder for ``checkpoint`` on the runtime :func:`choose_runtime` picks.
+
+    Args:
+        checkpoint: a hub id, a checkpoint directory or a ``vitsearch export`` directory.
+        home: the library home, which keeps automatic exports and timings (``exports/``).
+        threads: the backend's intra-op threads.
+        backend, precision, device: as asked (``auto`` or a choice).
+        features: the layer and pooling asked for.
+        batch_size: images per forward; timings use at most ``MEASURE_BATCH``.
+        recorded: the library's model, if it has one: its backend is kept.
+    """
+    source = Source(checkpoint, home, threads, features, batch_size)
+    export = export_backend(checkpoint)
+    runtime = choose_runtime(backend, precision, device, export=export, recorded=recorded)
     if runtime.backend == "auto":
-        return _fastest(settings, runtime)
+        return _fastest(source, runtime)
     log.info(
         "model runs on %s %s %s: %s",
         runtime.backend,
@@ -180,34 +214,39 @@ def load_model(
         runtime.reason,
     )
     if runtime.backend == TORCH:
-        return load_embedder(settings.replace(device=runtime.device, precision=runtime.precision))
+        return source.torch(runtime.device, runtime.precision)
     if export is not None:
-        return load_exported(settings, runtime.backend)
+        return load_exported(
+            checkpoint,
+            threads=threads,
+            backend=runtime.backend,
+            precision=precision,
+            device=device,
+            features=features,
+        )
     if runtime.backend == OPENVINO:
         # Made only on request, never behind the user's back: see the module docstring.
         raise ConfigError(
-            f"the openvino backend runs an OpenVINO export, and {settings.model} is not one; "
+            f"the openvino backend runs an OpenVINO export, and {checkpoint} is not one; "
             f"create it with: vitsearch export --format openvino --out DIR, then use --model DIR"
         )
-    precision = "int8" if runtime.precision == "auto" else runtime.precision
-    if precision not in ONNX_PRECISIONS:
-        raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {precision}")
-    embedder = _exported(settings, precision)
+    onnx_precision = "int8" if runtime.precision == "auto" else runtime.precision
+    if onnx_precision not in ONNX_PRECISIONS:
+        raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {onnx_precision}")
+    embedder = _exported(source, onnx_precision)
     if embedder is None:
-        from vitsearch.model.export import BackendMismatchError
-
         raise BackendMismatchError(
-            f"ONNX Runtime {precision} of {settings.model} did not agree with torch fp32 on "
-            f"this machine (see {_rejected_file(settings, precision)}); use --backend auto or "
-            f"torch (a library built with ONNX Runtime {precision} needs a new --home)"
+            f"ONNX Runtime {onnx_precision} of {checkpoint} did not agree with torch fp32 on "
+            f"this machine (see {_rejected_file(source, onnx_precision)}); use --backend auto "
+            f"or torch (a library built with ONNX Runtime {onnx_precision} needs a new --home)"
         )
     return embedder
 
 
-def _fastest(settings: Settings, runtime: Runtime) -> Embedder | ExportedEmbedder:
+def _fastest(source: Source, runtime: Runtime) -> Embedder | ExportedEmbedder:
     """The fastest of the runtime's candidates, from the home's timings for this checkpoint
     and CPU; the candidates are timed now when any of them never was."""
-    path = measurement_file(settings)
+    path = measurement_file(source)
     record = read_measurement(path)
     results = {r["candidate"]: r for r in record.get("results", [])}
     wanted = [c.name for c in runtime.candidates]
@@ -224,14 +263,14 @@ def _fastest(settings: Settings, runtime: Runtime) -> Embedder | ExportedEmbedde
     elif rates and all(name in results for name in wanted):
         chosen = max(rates, key=rates.__getitem__)
         log.info("model runs on %s: measured fastest on this CPU", chosen)
-        embedder = _load_candidate(settings, _candidate(chosen))
+        embedder = _load_candidate(source, _candidate(chosen))
         if embedder is not None:
             return embedder
-    return measure(settings, runtime.candidates, path)
+    return measure(source, runtime.candidates, path)
 
 
 def measure(
-    settings: Settings,
+    source: Source,
     candidates: tuple[Candidate, ...],
     path: Path,
     seconds: float = MEASURE_SECONDS,
@@ -240,18 +279,18 @@ def measure(
     timings in ``path`` and return the fastest."""
     log.warning(
         "first run of %s on this CPU (%s): timing %s to keep the fastest, once%s",
-        settings.model,
+        source.checkpoint,
         cpu_name(),
         ", ".join(c.name for c in candidates),
         " (exporting a ViT-B to ONNX takes about a minute)"
         if any(c.backend == ONNX for c in candidates)
         else "",
     )
-    reference = _Reference(settings)  # one fp32 model: a candidate and every export's check
-    loaded = {c.name: _load_candidate(settings, c, reference) for c in candidates}
+    reference = _Reference(source)  # one fp32 model: a candidate and every export's check
+    loaded = {c.name: _load_candidate(source, c, reference) for c in candidates}
     usable = {name: embedder for name, embedder in loaded.items() if embedder is not None}
     others = OtherProcesses()
-    rates = images_per_second(usable, settings.batch_size, seconds)
+    rates = images_per_second(usable, source.batch_size, seconds)
     busy = others.busy_cores()
     chosen = max(rates, key=rates.__getitem__)
     timed = {
@@ -265,7 +304,7 @@ def measure(
     write_measurement(
         path,
         [*earlier.values(), *timed.values()],
-        settings.threads,
+        source.threads,
         busy=busy,
         timings=record.get("timings", 0) + 1,
     )
@@ -281,8 +320,6 @@ def images_per_second(embedders: dict[str, object], batch_size: int, seconds: fl
     """Each embedder's best probe-batch throughput over rounds that take turns (a passing load
     on the machine then slows every candidate alike, not just one), after a warm-up batch;
     at least two rounds, then more until about ``seconds`` per candidate have passed."""
-    from vitsearch.model.export import probe_images
-
     images = probe_images()[: max(1, min(batch_size, MEASURE_BATCH))]
     pixels = {
         name: np.stack([embedder.preprocess(image) for image in images])
@@ -305,28 +342,26 @@ class _Reference:
     """Torch fp32 of the checkpoint, loaded on first use and then shared: exports are checked
     against it, so its probe forward is computed once (see ``export._reference_batch``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings.replace(backend=TORCH, device="cpu", precision="fp32")
+    def __init__(self, source: Source) -> None:
+        self._source = source
         self._embedder: Embedder | None = None
 
     def __call__(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = load_embedder(self._settings)
+            self._embedder = self._source.torch("cpu", "fp32")
         return self._embedder
 
 
 def _load_candidate(
-    settings: Settings, candidate: Candidate, reference: _Reference | None = None
+    source: Source, candidate: Candidate, reference: _Reference | None = None
 ) -> Embedder | ExportedEmbedder | None:
     """The candidate's embedder; None for an ONNX export that failed its check here."""
-    reference = reference or _Reference(settings)
+    reference = reference or _Reference(source)
     if candidate == Candidate(TORCH, "fp32"):
         return reference()
     if candidate.backend == TORCH:
-        return load_embedder(
-            settings.replace(backend=TORCH, device="cpu", precision=candidate.precision)
-        )
-    return _exported(settings, candidate.precision, reference)
+        return source.torch("cpu", candidate.precision)
+    return _exported(source, candidate.precision, reference)
 
 
 def _candidate(name: str) -> Candidate:
@@ -334,20 +369,14 @@ def _candidate(name: str) -> Candidate:
     return Candidate(backend, precision)
 
 
-def measurement_file(settings: Settings) -> Path:
+def measurement_file(source: Source) -> Path:
     """Where the home keeps the backends' timings for this checkpoint on this CPU: another
     CPU (its name or instruction set) or thread count is timed again."""
-    features = Features(settings.layer, settings.pool)
-    source = "|".join(
-        [
-            checkpoint_fingerprint(resolve_checkpoint(settings.model)) + features.tag(),
-            cpu_name(),
-            ",".join(sorted(cpu_flags())),
-            str(settings.threads),
-        ]
+    identity = "|".join(
+        [source.fingerprint(), cpu_name(), ",".join(sorted(cpu_flags())), str(source.threads)]
     )
-    key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return settings.home / EXPORTS_FOLDER / f"measured-{key}.json"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return source.home / EXPORTS_FOLDER / f"measured-{key}.json"
 
 
 def read_measurement(path: Path) -> dict:
@@ -386,32 +415,22 @@ def _disturbed(record: dict) -> bool:
     return busy is not None and busy > BUSY_WHILE_TIMING and record.get("timings", 1) < RETIMINGS
 
 
-def export_backend(model: str) -> str | None:
-    """``onnx`` or ``openvino`` when ``model`` is a ``vitsearch export`` directory, else None."""
-    directory = Path(model).expanduser()
-    if not (directory / MANIFEST_FILE).is_file():
-        return None
-    return read_manifest(directory, require_verified=False).backend  # loading checks the rest
-
-
 def _exported(
-    settings: Settings, precision: str, reference: _Reference | None = None
+    source: Source, precision: str, reference: _Reference | None = None
 ) -> ExportedEmbedder | None:
     """The checkpoint on ONNX Runtime, from an export made once and kept in the home; None when
     that export cannot stay within tolerance on this machine (remembered, not retried)."""
-    from vitsearch.model.export import BackendMismatchError, export_onnx
-
-    directory = export_directory(settings, precision)
-    rejected = _rejected_file(settings, precision)
+    directory = export_directory(source, precision)
+    rejected = _rejected_file(source, precision)
     with held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
         if rejected.is_file():
             return None
         if not (directory / MANIFEST_FILE).is_file():
-            log.warning("exporting %s to ONNX %s, once", settings.model, precision)
-            fp32 = export_directory(settings, "fp32") / MODEL_FILE
+            log.warning("exporting %s to ONNX %s, once", source.checkpoint, precision)
+            fp32 = export_directory(source, "fp32") / MODEL_FILE
             try:
                 export_onnx(
-                    (reference or _Reference(settings))(),
+                    (reference or _Reference(source))(),
                     directory,
                     quantize=None if precision == "fp32" else precision,
                     graph=fp32 if fp32.is_file() and precision != "fp32" else None,
@@ -420,18 +439,16 @@ def _exported(
                 log.warning("not using ONNX Runtime %s: %s", precision, exc)
                 rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
                 return None
-    return open_export(directory, settings.threads, name=settings.model)
+    return open_export(directory, source.threads, name=source.checkpoint)
 
 
-def _rejected_file(settings: Settings, precision: str) -> Path:
-    directory = export_directory(settings, precision)
+def _rejected_file(source: Source, precision: str) -> Path:
+    directory = export_directory(source, precision)
     return directory.with_name(directory.name + ".rejected.json")
 
 
-def export_directory(settings: Settings, precision: str) -> Path:
+def export_directory(source: Source, precision: str) -> Path:
     """Where the home keeps the automatic export of this checkpoint, layer and pooling."""
-    features = Features(settings.layer, settings.pool)
-    source = checkpoint_fingerprint(resolve_checkpoint(settings.model)) + features.tag()
-    source += f"|scheme={EXPORT_SCHEME}"
-    key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return settings.home / EXPORTS_FOLDER / f"{key}-{precision}"
+    identity = source.fingerprint() + f"|scheme={EXPORT_SCHEME}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return source.home / EXPORTS_FOLDER / f"{key}-{precision}"
