@@ -204,3 +204,41 @@ def assert_faiss_file_matches(home: Path) -> None:
         assert set(faiss.vector_to_array(index.id_map).tolist()) == set(
             library.embedding_ids().tolist()
         )
+
+
+def library_file_bytes(home: Path) -> dict[str, str]:
+    """sha256 of the library's files as written (the database and its write-ahead log)."""
+    import hashlib
+
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(home.glob("library.sqlite3*"))
+        if not path.name.endswith("-shm")  # shared memory: readers map it, it is not data
+    }
+
+
+def test_read_commands_leave_the_library_untouched_while_a_watcher_holds_it(
+    start_watch, env: dict, home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "library"
+    photos = draw_album(folder / "album", 8)
+    start_watch(folder)
+    eventually(lambda: converged(home, folder), "the watcher did not index the folder")
+    time.sleep(1.5)  # past its quiet time: nothing left for it to commit
+    before = library_file_bytes(home)
+    reads = [
+        ("status", "--json"),
+        ("search", str(photos[0]), "--json"),
+        ("similar", str(photos[1]), "--json"),
+        ("labels", "--json"),
+        ("clusters", "--json"),  # computes and stores clusters: in the derived cache
+        ("map", "--method", "pca", "--json"),  # a projection and its points: the same
+        ("duplicates", "--json"),
+        ("teach", "--list"),
+    ]
+    for command in reads:
+        vitsearch(*command, env=env)
+    assert library_file_bytes(home) == before
+    assert (home / "derived.sqlite3").is_file()
+    again = json.loads(vitsearch("clusters", "--json", env=env).stdout)
+    assert sum(cluster["size"] for cluster in again) == len(photos)  # from the derived cache
