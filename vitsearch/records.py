@@ -29,6 +29,9 @@ def short_label(label: str) -> str:
     return name.split(",")[0].strip() or name
 
 
+TAUGHT_SOURCE = "custom:"  # a taught label's source: this, then its classifier's name
+
+
 @dataclass(frozen=True)
 class Label:
     label: str
@@ -39,13 +42,18 @@ class Label:
     def custom(self) -> bool:
         return self.source is not None
 
+    @property
+    def taught_by(self) -> str | None:
+        """The name of the taught classifier that gave this label (None: the model's own)."""
+        return None if self.source is None else self.source.removeprefix(TAUGHT_SOURCE)
+
     def as_dict(self) -> dict:
         wnid, name = split_wnid(self.label)
         out = {"label": name, "score": round(self.score, 6)}
         if wnid is not None:
             out["wnid"] = wnid
         if self.source is not None:
-            out["custom"] = self.source.removeprefix("custom:")
+            out["custom"] = self.taught_by
         return out
 
 

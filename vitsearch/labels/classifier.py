@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitsearch.records import Label
+from vitsearch.records import TAUGHT_SOURCE, Label
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
 
-SOURCE_PREFIX = "custom:"
+SOURCE_PREFIX = TAUGHT_SOURCE
 NONE = -1  # top()'s class index for "none of these"
 
 

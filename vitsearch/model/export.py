@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from vitsearch import __version__
 from vitsearch.errors import ConfigError, VitsearchError
 from vitsearch.model.embedder import (
     DEFAULT_FEATURES,
@@ -589,8 +590,6 @@ def _versions(openvino: ModuleType | None = None) -> dict:
     import onnx
     import onnxruntime
     import transformers
-
-    from vitsearch import __version__
 
     versions = {
         "vitsearch": __version__,

@@ -166,7 +166,7 @@ class LabelRows:
             rank = 0
             for lab in photo_labels:
                 if lab.custom:
-                    cid = classifier_ids.get(lab.source.removeprefix("custom:"))
+                    cid = classifier_ids.get(lab.taught_by)
                     if cid is None:
                         continue
                     row_rank = CUSTOM_RANK + cid
