@@ -74,9 +74,9 @@ def test_imports_point_down_the_layers() -> None:
     wrong = []
     for name, source in tree.items():
         for target in {known(i, set(tree)) for i in imports(source)} - {None, name}:
-            if layer(name) is not None and layer(target) is not None:
-                if layer(target) > layer(name):
-                    wrong.append(f"{name} imports {target}")
+            below, above = layer(name), layer(target)
+            if below is not None and above is not None and above > below:
+                wrong.append(f"{name} imports {target}")
     assert not wrong, wrong
 
 

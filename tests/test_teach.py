@@ -142,7 +142,7 @@ def test_old_closed_set_classifier_still_loads_and_asks_for_teach(
         [(_cid, name, old)] = load_classifiers(library)
         assert name == "old" and not old.open_set and old.temperature == 1.5
         assert np.all(old.top(rng.normal(size=(5, 24)))[0] != NONE)  # as it always did
-        assert classifier_summaries(library)[0]["open_set"] is False
+        assert classifier_summaries(library)[0].open_set is False
     assert "run `vitsearch teach` again" in caplog.text
 
 
@@ -237,7 +237,7 @@ def test_teach_through_the_app_with_the_tiny_vit(
     colour_folder(tmp_path / "examples", 4, start=30)
     result = once(settings, write=True).teach(tmp_path / "examples")
     assert result.labelled == 12 and result.embedded == 12
-    assert once(settings).taught()[0]["name"] == "examples"
+    assert once(settings).taught()[0].name == "examples"
     hits = once(settings).search_label("blue", 20)
     assert hits and all(any(lab.custom for lab in h.labels) for h in hits)
 

@@ -58,6 +58,7 @@ from vitsearch.records import (
     LibraryStatus,
     ModelInfo,
     PhotoDetails,
+    TaughtClassifier,
 )
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
 from vitsearch.search.labels import LabelCount
@@ -328,7 +329,7 @@ class App:
         return self.library.failures(limit=limit)
 
     @_guarded
-    def taught(self) -> list[dict]:
+    def taught(self) -> list[TaughtClassifier]:
         """The taught classifiers: labels, accuracy, whether open-set."""
         return classifier_summaries(self.library)
 

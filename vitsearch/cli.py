@@ -412,10 +412,9 @@ def teach(
         if not taught:
             click.echo("no taught labels yet; teach some with: vitsearch teach DIR")
         for c in taught:
-            accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.0%}"
-            stale = "" if c["open_set"] else "; labels every photo: run `vitsearch teach` again"
-            labels = ", ".join(c["classes"])
-            click.echo(f"{c['name']}: {labels} (held-out accuracy {accuracy}{stale})")
+            accuracy = "-" if c.accuracy is None else f"{c.accuracy:.0%}"
+            stale = "" if c.open_set else "; labels every photo: run `vitsearch teach` again"
+            click.echo(f"{c.name}: {', '.join(c.classes)} (held-out accuracy {accuracy}{stale})")
         return
     if remove:
         with open_app(settings, write=True) as writer:

@@ -238,6 +238,17 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class TaughtClassifier:
+    """A classifier taught with ``vitsearch teach``, as ``teach --list`` shows it."""
+
+    name: str
+    classes: tuple[str, ...]
+    accuracy: float | None  # on held-out examples
+    created_at: float
+    open_set: bool  # False: stored before open-set labels existed; labels every photo
+
+
+@dataclass(frozen=True)
 class FolderStatus:
     path: str
     online: bool

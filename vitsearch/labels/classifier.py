@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vitsearch.model.scores import softmax
 from vitsearch.records import TAUGHT_SOURCE, Label
 from vitsearch.store import Library
 
@@ -126,8 +127,3 @@ def open_probabilities(
         probs = np.hstack([probs, np.zeros((len(probs), 1))])
     kept = np.where(far, 0.0, probs[:, :-1])
     return np.hstack([kept, np.clip(1 - kept.sum(axis=1, keepdims=True), 0, 1)])
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

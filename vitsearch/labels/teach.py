@@ -30,12 +30,12 @@ from vitsearch.labels.classifier import (
     SOURCE_PREFIX,
     LinearClassifier,
     open_probabilities,
-    softmax,
 )
 from vitsearch.model.feature_files import embed_files
+from vitsearch.model.scores import softmax
 from vitsearch.photos.files import content_hash_file
 from vitsearch.photos.labelled import labelled_photos
-from vitsearch.records import Label
+from vitsearch.records import Label, TaughtClassifier
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ def apply_classifier(
     return done, counts
 
 
-def classifier_summaries(library: Library) -> list[dict]:
+def classifier_summaries(library: Library) -> list[TaughtClassifier]:
     """What ``teach --list`` shows: each classifier's labels, accuracy and whether it is
     open-set (stored before open-set labels existed: needs ``teach`` again)."""
     open_set = {
@@ -315,8 +315,10 @@ def classifier_summaries(library: Library) -> list[dict]:
         for _cid, name, blob in library.classifiers()
     }
     return [
-        {**summary, "open_set": open_set.get(summary["name"], False)}
-        for summary in library.classifier_summaries()
+        TaughtClassifier(
+            s["name"], tuple(s["classes"]), s["accuracy"], s["created_at"], open_set[s["name"]]
+        )
+        for s in library.classifier_summaries()
     ]
 
 

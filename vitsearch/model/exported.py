@@ -23,6 +23,7 @@ import transformers
 from vitsearch.errors import ModelNotAvailableError
 from vitsearch.model.checkpoint import MANIFEST_FILE, load_processor
 from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch, Features, PixelInput
+from vitsearch.model.scores import softmax
 from vitsearch.records import Label, ModelInfo
 
 __all__ = ["MANIFEST_FILE", "ExportManifest", "ExportedEmbedder", "read_manifest"]
@@ -129,9 +130,7 @@ class ExportedEmbedder(PixelInput):
         raise NotImplementedError
 
     def _top_labels(self, logits: np.ndarray) -> list[tuple[Label, ...]]:
-        logits = logits.astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
+        probs = softmax(logits.astype(np.float64))
         top = np.argsort(-probs, axis=-1, kind="stable")[:, :TOP_LABELS]
         id2label = self.manifest.id2label
         return [
