@@ -1,16 +1,243 @@
-"""What the benchmark scripts share (run them as ``python benchmarks/bench_X.py``)."""
+"""What the benchmark scripts share (run them as ``python benchmarks/bench_X.py``).
+
+Indexing through the app, the model options and the seeded ViT-B/16, picking photos, timing,
+the cores other processes keep busy meanwhile, and one synthetic library: clustered unit
+vectors (themes -> scenes -> shots) written through the store as the indexer writes them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from vitsearch.app import open_app
 from vitsearch.config import Settings
 from vitsearch.indexer import Summary
+from vitsearch.model.busy import OtherProcesses
+from vitsearch.photos.files import image_extensions, is_photo_name
+from vitsearch.records import ImageEntry, ModelInfo
+from vitsearch.store import open_library
+
+SEED = 20240601
+THEME_NOISE = 0.55  # scene = theme centre + this much noise (norm), normalised
+SHOT_NOISE = 0.45  # photo = scene + this much noise, normalised
+YEARS = 10  # a scene's day is drawn from this many years
+START = 1_420_070_400.0  # 2015-01-01 UTC
+WRITE_CHUNK = 5000
 
 
 def index_folders(settings: Settings, folders: Sequence[Path]) -> Summary:
     """``vitsearch index FOLDERS`` as a library call: open the app, index, close."""
     with open_app(settings, write=True) as writer:
         return writer.index(folders)
+
+
+# -- the model and the photos ------------------------------------------------------------------
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, threads_help: str = "torch intra-op threads"
+) -> None:
+    """--batch-size and --threads, with vitsearch's defaults (shared by the benchmarks)."""
+    defaults = Settings()
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"images per forward pass (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help=f"{threads_help} (default {defaults.threads})",
+    )
+
+
+def save_vit_b16(directory: Path) -> Path:
+    """A seeded random ViT-B/16 (ViTConfig defaults, 1000 labels) plus its processor config."""
+    import torch
+    import transformers
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    id2label = {i: f"class_{i:03d}" for i in range(1000)}
+    config = ViTConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    ViTForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessorPil(
+        do_resize=True,
+        size={"height": 224, "width": 224},
+        resample=Image.Resampling.BILINEAR,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    ).save_pretrained(directory)
+    return directory
+
+
+def pick_photos(folder: Path, limit: int) -> list[Path]:
+    """The photos of ``folder`` sorted by name, the first ``limit`` (0: all)."""
+    extensions = image_extensions()
+    names = sorted(n for n in os.listdir(folder) if is_photo_name(n, extensions))
+    return [folder / n for n in (names[:limit] if limit > 0 else names)]
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """(what ``fn`` returned, seconds it took)."""
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+class CpuMeter:
+    """Records into ``busy[phase]`` the cores other processes kept busy during the block
+    (the most over repeated blocks of one phase; 0 for a block too short to tell)."""
+
+    def __init__(self, busy: dict[str, float], phase: str) -> None:
+        self.busy, self.phase = busy, phase
+
+    def __enter__(self) -> CpuMeter:
+        self._others = OtherProcesses()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        other = self._others.busy_cores() or 0.0
+        self.busy[self.phase] = max(other, self.busy.get(self.phase, 0.0))
+
+
+# -- the synthetic library ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a synthetic library clusters: themes (n / ``photos_per_theme``, clipped), each
+    with scenes (an event, a burst: one day) of ``scene_size`` shots on average."""
+
+    scene_size: int = 4
+    photos_per_theme: int = 300
+    fewest_themes: int = 50
+    most_themes: int = 5000
+
+
+@dataclass
+class Synthetic:
+    vectors: np.ndarray  # (n, dim) float32 unit rows, in the order the photos were taken
+    theme: np.ndarray  # (n,) the theme each photo was drawn around
+    taken_at: np.ndarray  # (n,) ascending; a scene's shots on one day
+    centre_cos: float  # mean cosine of a photo to its theme centre
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
+    """Gaussian noise of norm ~``size`` per row."""
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(size / np.sqrt(shape[1]))
+
+
+def synthesize(
+    n: int, dim: int, seed: int = SEED, shape: Shape = Shape(), chunk: int = 50_000
+) -> Synthetic:
+    """Themes -> scenes -> photos on the unit sphere; the photos generated in chunks (bounded
+    memory) in the order they were taken."""
+    rng = np.random.default_rng(seed)
+    count = int(np.clip(n // shape.photos_per_theme, shape.fewest_themes, shape.most_themes))
+    themes = unit(rng.standard_normal((count, dim), dtype=np.float32))
+    scene_theme = rng.integers(0, len(themes), max(1, n // shape.scene_size))
+    scene_day = rng.integers(0, YEARS * 365, len(scene_theme))
+    scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), dim), THEME_NOISE))
+    photo_scene = rng.integers(0, len(scenes), n)
+    taken_at = START + scene_day[photo_scene] * 86400.0 + (8 + 12 * rng.random(n)) * 3600
+    order = np.argsort(taken_at, kind="stable")
+    photo_scene, taken_at = photo_scene[order], taken_at[order]
+    theme = scene_theme[photo_scene]
+    vectors = np.empty((n, dim), dtype=np.float32)
+    centre_cos = 0.0
+    for start in range(0, n, chunk):
+        part = photo_scene[start : start + chunk]
+        shots = unit(scenes[part] + noise(rng, (len(part), dim), SHOT_NOISE))
+        vectors[start : start + len(part)] = shots
+        centre_cos += float(np.einsum("ij,ij->", shots, themes[theme[start : start + len(part)]]))
+    return Synthetic(vectors, theme, taken_at, centre_cos / max(n, 1))
+
+
+def flat_rows(
+    data: Synthetic, roots: Sequence[str], root_of: np.ndarray | None = None
+) -> Callable[[range, list[int]], list[ImageEntry]]:
+    """Rows for :func:`write_library`: photo i as ``<root>/img_<i>.jpg`` (no file behind it),
+    without labels; ``root_of[i]`` is its root's place in ``roots`` (default: the first)."""
+
+    def rows(chunk: range, root_ids: list[int]) -> list[ImageEntry]:
+        places = np.zeros(len(chunk), np.int64) if root_of is None else root_of[chunk]
+        return [
+            ImageEntry(
+                path=f"{roots[r]}/img_{i:07d}.jpg",
+                root_id=root_ids[r],
+                size=2_000_000 + i,
+                mtime_ns=i,
+                fingerprint=f"fp{i}",
+                content_hash=f"hash{i}",
+                width=4000,
+                height=3000,
+                taken_at=float(data.taken_at[i]),
+                vector=data.vectors[i],
+                labels=(),
+            )
+            for i, r in zip(chunk, places.tolist(), strict=True)
+        ]
+
+    return rows
+
+
+def write_library(
+    home: Path,
+    dim: int,
+    count: int,
+    roots: Sequence[str],
+    rows: Callable[[range, list[int]], list[ImageEntry]],
+    budget: float = 0.0,
+) -> tuple[np.ndarray, float, float]:
+    """(ids, write s, build s): ``count`` rows made by ``rows(chunk, root_ids)`` (the ids of
+    ``roots``), written through one writer as ``vitsearch index`` writes them (``write_batch``
+    in chunks), then the FAISS index built from SQLite and saved on its close. Beyond
+    ``budget`` seconds of writes (0: no cap) the library stops short of ``count``."""
+    ids: list[int] = []
+    library = open_library(home, write=True)
+    try:
+        library.adopt_model(ModelInfo("synthetic", f"synthetic:{dim}", dim), "fp32")
+        root_ids = [library.root_id(root) for root in roots]
+        started = time.perf_counter()
+        for start in range(0, count, WRITE_CHUNK):
+            chunk = range(start, min(count, start + WRITE_CHUNK))
+            ids += library.write_batch(rows(chunk, root_ids), [], update_vectors=False)
+            elapsed = time.perf_counter() - started
+            if chunk.stop * 10 // count > start * 10 // count:  # every tenth
+                print(f"  wrote {chunk.stop:,}/{count:,} rows ({chunk.stop / elapsed:,.0f} rows/s)")
+            projected = elapsed * (len(ids) + WRITE_CHUNK) / len(ids)  # after the next chunk
+            if budget and len(ids) < count and projected > budget:
+                print(
+                    f"  write budget reached: {len(ids):,} of {count:,} rows in {elapsed:.0f} s "
+                    f"({len(ids) / elapsed:,.0f} rows/s; all {count:,} would take "
+                    f"~{count / len(ids) * elapsed / 60:.0f} min); the library stops here"
+                )
+                break
+        write_s = time.perf_counter() - started
+        started = time.perf_counter()
+        library.vectors  # noqa: B018  builds the index from SQLite, as a first open would
+    finally:
+        library.close()  # saves the FAISS file
+    return np.array(ids, dtype=np.int64), write_s, time.perf_counter() - started

@@ -43,8 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_explore import synthesize, write_library
-from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16, timed
+from _common import (
+    CpuMeter,
+    add_model_options,
+    flat_rows,
+    pick_photos,
+    save_vit_b16,
+    synthesize,
+    timed,
+    write_library,
+)
 from PIL import Image
 
 from vitsearch import app
@@ -583,7 +591,10 @@ def teach_timing(n: int, temp: Path) -> None:
     """`teach` without its photo decoding: fit on labelled examples taken from an n-photo
     library of clustered 768-d embeddings, then label all n from SQLite (no model)."""
     data = synthesize(n, 768)
-    _ids, write_s, _build_s = write_library(temp / "teach-home", data, budget=0)
+    roots = ["/photos"]
+    _ids, write_s, _build_s = write_library(
+        temp / "teach-home", 768, n, roots, flat_rows(data, roots)
+    )
     rng = np.random.default_rng(0)
     # labels = the synthetic themes with the most photos: groups of look-alike scenes, as
     # "receipts" or "my cat" would be

@@ -33,8 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from _common import index_folders
-from bench_index import add_model_options, pick_photos
+from _common import add_model_options, index_folders, pick_photos
 from PIL import Image, ImageOps
 
 from vitsearch.config import load_settings

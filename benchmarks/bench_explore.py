@@ -33,29 +33,25 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from bench_index import CpuMeter  # same folder: run as `python benchmarks/bench_explore.py`
+from _common import CpuMeter, Shape, Synthetic, flat_rows, noise, synthesize, unit, write_library
 
 from vitsearch.explore.clusters import compute_clusters
 from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.model.hardware import cpu_name
-from vitsearch.records import Filters, ImageEntry, LibraryCounts, ModelInfo
+from vitsearch.records import Filters
 from vitsearch.search.query import nearest
 from vitsearch.store import Library, open_library
 from vitsearch.store.vectors import NPROBE, VectorIndex, build_index, faiss_threads
 
 K = 10
 SEED = 20240601
-SCENE_SIZE = 4  # photos per scene, on average
-THEME_NOISE = 0.55  # scene = theme centre + this much noise (norm), normalised
-SHOT_NOISE = 0.45  # photo = scene + this much noise, normalised
+SHAPE = Shape(scene_size=4, photos_per_theme=300, fewest_themes=50, most_themes=5000)
 QUERY_NOISE = 0.35  # a query is a library photo moved this much (cosine ~0.94)
 DUPLICATE_NOISE = 0.2  # a planted near-duplicate: cosine ~0.98 to its original
 DUPLICATE_RATE = 0.001
 FOLDER_A_SHARE = 0.1
 FOLDER_A, FOLDER_B = "/photos/a", "/photos/b"
-YEARS = 3
-START = 1_577_836_800.0  # 2020-01-01
-WRITE_CHUNK = 5000
+ROOTS = (FOLDER_A, FOLDER_B)
 STAT_SAMPLE = 500
 WARMUP = 5
 BREAKDOWN_QUERIES = 50
@@ -69,13 +65,11 @@ CLUSTER_TARGET_SIZE = 100_000
 
 
 @dataclass
-class Synthetic:
-    vectors: np.ndarray  # (n, dim) float32, unit rows
-    in_a: np.ndarray  # row is under FOLDER_A
-    taken_at: np.ndarray
-    pairs: np.ndarray  # (m, 2) rows: original, planted near-duplicate
-    centre_cos: float
-    theme: np.ndarray | None = None  # (n,) the theme each photo was drawn around
+class Explored(Synthetic):
+    """The synthetic library with what this benchmark adds: two folders, planted duplicates."""
+
+    in_a: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # row is in FOLDER_A
+    pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))  # (m, 2) rows
     top1_cos: float = 0.0
     top10_cos: float = 0.0
 
@@ -138,38 +132,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- synthetic data ----------------------------------------------------------------------------
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def explored(n: int, dim: int) -> Explored:
+    """The library's vectors, ~10% of its photos under FOLDER_A and the rest under FOLDER_B."""
+    data = Explored(**vars(synthesize(n, dim, SEED + n, SHAPE)))
+    data.in_a = np.random.default_rng(SEED + 4).random(n) < FOLDER_A_SHARE
+    return data
 
 
-def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
-    """Gaussian noise of norm ~``size`` per row."""
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(size / np.sqrt(shape[1]))
-
-
-def synthesize(n: int, dim: int, chunk: int = 50_000) -> Synthetic:
-    """Themes -> scenes -> photos on the unit sphere, generated in chunks (bounded memory)."""
-    rng = np.random.default_rng(SEED + n)
-    themes = unit(rng.standard_normal((int(np.clip(n // 300, 50, 5000)), dim), dtype=np.float32))
-    scene_theme = rng.integers(0, len(themes), max(1, n // SCENE_SIZE))
-    scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), dim), THEME_NOISE))
-    vectors = np.empty((n, dim), dtype=np.float32)
-    theme = np.empty(n, dtype=np.int64)
-    centre_cos = 0.0
-    for start in range(0, n, chunk):
-        scene = rng.integers(0, len(scenes), min(chunk, n - start))
-        part = unit(scenes[scene] + noise(rng, (len(scene), dim), SHOT_NOISE))
-        vectors[start : start + len(part)] = part
-        theme[start : start + len(part)] = scene_theme[scene]
-        centre_cos += float(np.einsum("ij,ij->", part, themes[scene_theme[scene]]))
-    del scenes
-    in_a = rng.random(n) < FOLDER_A_SHARE
-    taken_at = START + rng.random(n) * YEARS * 365 * 86400
-    pairs = np.empty((0, 2), np.int64)
-    return Synthetic(vectors, in_a, taken_at, pairs, centre_cos / n, theme)
-
-
-def plant_duplicates(data: Synthetic) -> None:
+def plant_duplicates(data: Explored) -> None:
     """Turn ~0.1% of the rows into near-duplicates of other rows (distinct photos)."""
     n, dim = data.vectors.shape
     count = max(1, int(n * DUPLICATE_RATE)) if n >= 4 else 0
@@ -180,7 +150,7 @@ def plant_duplicates(data: Synthetic) -> None:
     data.pairs = rows
 
 
-def neighbour_stats(data: Synthetic) -> None:
+def neighbour_stats(data: Explored) -> None:
     """Mean cosine of a sample of photos to their nearest and 10th-nearest other photo."""
     rng = np.random.default_rng(SEED + 2)
     sample = np.sort(rng.choice(len(data.vectors), min(STAT_SAMPLE, len(data.vectors)), False))
@@ -188,7 +158,7 @@ def neighbour_stats(data: Synthetic) -> None:
     data.top1_cos, data.top10_cos = float(scores[:, 1].mean()), float(scores[:, K].mean())
 
 
-def make_queries(data: Synthetic, rows: int, count: int) -> np.ndarray:
+def make_queries(data: Explored, rows: int, count: int) -> np.ndarray:
     rng = np.random.default_rng(SEED + 3)
     picked = rng.choice(rows, count, replace=count > rows)
     return unit(data.vectors[picked] + noise(rng, (count, data.vectors.shape[1]), QUERY_NOISE))
@@ -217,53 +187,6 @@ def exact_top(
 
 
 # -- the library -------------------------------------------------------------------------------
-
-
-def entries(data: Synthetic, start: int, stop: int, roots: dict[bool, int]) -> list[ImageEntry]:
-    return [
-        ImageEntry(
-            path=f"{FOLDER_A if data.in_a[i] else FOLDER_B}/img_{i:07d}.jpg",
-            root_id=roots[bool(data.in_a[i])],
-            size=2_000_000 + i,
-            mtime_ns=i,
-            fingerprint=f"fp{i}",
-            content_hash=f"hash{i}",
-            width=4000,
-            height=3000,
-            taken_at=float(data.taken_at[i]),
-            vector=data.vectors[i],
-            labels=(),
-        )
-        for i in range(start, stop)
-    ]
-
-
-def write_library(home: Path, data: Synthetic, budget: float) -> tuple[np.ndarray, float, float]:
-    """(ids, write s, build s): rows written through one writer, then its FAISS build and save."""
-    n, dim = data.vectors.shape
-    ids: list[int] = []
-    library = open_library(home, write=True)
-    try:
-        library.adopt_model(ModelInfo("synthetic", f"synthetic:{dim}", dim), "fp32")
-        roots = {True: library.root_id(FOLDER_A), False: library.root_id(FOLDER_B)}
-        started = time.perf_counter()
-        for start in range(0, n, WRITE_CHUNK):
-            rows = entries(data, start, min(n, start + WRITE_CHUNK), roots)
-            ids += library.write_batch(rows, [], update_vectors=False)
-            elapsed = time.perf_counter() - started
-            if budget and len(ids) < n and elapsed * (len(ids) + WRITE_CHUNK) / len(ids) > budget:
-                print(
-                    f"  write budget reached: {len(ids):,} of {n:,} rows in {elapsed:.0f} s "
-                    f"({len(ids) / elapsed:,.0f} rows/s; all {n:,} would take "
-                    f"~{n / len(ids) * elapsed / 60:.0f} min); the library stops here"
-                )
-                break
-        write_s = time.perf_counter() - started
-        started = time.perf_counter()
-        library.vectors  # noqa: B018  builds the index from SQLite, as a first open would
-    finally:
-        library.close()  # saves the FAISS file
-    return np.array(ids, dtype=np.int64), write_s, time.perf_counter() - started
 
 
 def index_lists(index: VectorIndex) -> int:
@@ -370,7 +293,7 @@ def planted_found(groups, pairs_ids: np.ndarray) -> tuple[int, int]:
 
 
 def run_duplicates(
-    library: Library, data: Synthetic, ids: np.ndarray, budget: float, result: SizeResult
+    library: Library, data: Explored, ids: np.ndarray, budget: float, result: SizeResult
 ) -> None:
     rows = np.arange(min(QUERY_CHUNK, len(ids)))
     started = time.perf_counter()
@@ -398,14 +321,15 @@ def run_duplicates(
 
 
 class ArrayDb:
-    """Just enough of ``Database`` for ``build_index``: the same vectors, without SQLite."""
+    """Just enough of the store's embedding rows for ``build_index``: the same vectors,
+    without SQLite."""
 
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = vectors
         self.ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
 
-    def counts(self) -> LibraryCounts:
-        return LibraryCounts(len(self.ids), 0, len(self.ids), 0)
+    def embedding_count(self) -> int:
+        return len(self.ids)
 
     def max_seq(self) -> int:
         return len(self.ids)
@@ -422,7 +346,7 @@ class ArrayDb:
             yield self.ids[part], self.vectors[part]
 
 
-def index_only(data: Synthetic, queries: np.ndarray, sql: dict[str, float], n_lib: int) -> dict:
+def index_only(data: Explored, queries: np.ndarray, sql: dict[str, float], n_lib: int) -> dict:
     """The index ``build_index`` makes for all rows, queried directly; SQL time added from the
     library (hits: as measured; the folder filter's SQL: scaled by the row count)."""
     n, dim = data.vectors.shape
@@ -467,7 +391,7 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
     busy: dict[str, float] = {}
     print(f"\n=== {n:,} photos ({load()}) ===")
     started = time.perf_counter()
-    data = synthesize(n, args.dim)
+    data = explored(n, args.dim)
     neighbour_stats(data)
     plant_duplicates(data)
     print(
@@ -476,7 +400,8 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
         f"{data.top10_cos:.3f}; {len(data.pairs)} near-duplicate pairs planted"
     )
     with CpuMeter(busy, "write+build"):
-        ids, write_s, build_s = write_library(home, data, args.write_budget)
+        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+        ids, write_s, build_s = write_library(home, args.dim, n, ROOTS, rows, args.write_budget)
     result = SizeResult(n, len(ids), write_s, build_s, busy=busy)
     print(
         f"  write: {len(ids):,} rows in {write_s:.1f} s ({len(ids) / write_s:,.0f} rows/s); "
@@ -496,7 +421,7 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
 
 
 def measure_library(
-    home: Path, data: Synthetic, ids: np.ndarray, args: argparse.Namespace, result: SizeResult
+    home: Path, data: Explored, ids: np.ndarray, args: argparse.Namespace, result: SizeResult
 ) -> None:
     rows = len(ids)
     queries = make_queries(data, rows, args.queries)

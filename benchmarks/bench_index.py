@@ -15,12 +15,19 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import index_folders
+from _common import (
+    CpuMeter,
+    add_model_options,
+    index_folders,
+    pick_photos,
+    save_vit_b16,
+    timed,
+)
 
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
@@ -32,7 +39,6 @@ from vitsearch.model.hardware import (
 )
 from vitsearch.model.runtime import choose_runtime
 from vitsearch.photos.decode import read_photo
-from vitsearch.photos.files import image_extensions, is_photo_name
 from vitsearch.store import open_library
 
 DEFAULT_LIMIT = 400
@@ -108,68 +114,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_model_options(
-    parser: argparse.ArgumentParser, threads_help: str = "torch intra-op threads"
-) -> None:
-    """--batch-size and --threads, with vitsearch's defaults (shared by the benchmarks)."""
-    defaults = Settings()
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help=f"images per forward pass (default {defaults.batch_size})",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=defaults.threads,
-        help=f"{threads_help} (default {defaults.threads})",
-    )
-
-
-def save_vit_b16(directory: Path) -> Path:
-    """A seeded random ViT-B/16 (ViTConfig defaults, 1000 labels) plus its processor config."""
-    import torch
-    import transformers
-    from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
-
-    transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(0)
-    id2label = {i: f"class_{i:03d}" for i in range(1000)}
-    config = ViTConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    ViTForImageClassification(config).save_pretrained(directory)
-    ViTImageProcessorPil(
-        do_resize=True,
-        size={"height": 224, "width": 224},
-        resample=Image.Resampling.BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    ).save_pretrained(directory)
-    return directory
-
-
-def pick_photos(folder: Path, limit: int) -> list[Path]:
-    extensions = image_extensions()
-    names = sorted(n for n in os.listdir(folder) if is_photo_name(n, extensions))
-    return [folder / n for n in (names[:limit] if limit > 0 else names)]
-
-
 def link_photos(photos: Sequence[Path], folder: Path) -> Path:
     """Symlinks to the photos (never copies), in a folder of their own."""
     folder.mkdir(parents=True)
     for photo in photos:
         (folder / photo.name).symlink_to(photo.resolve())
     return folder
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    started = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - started
 
 
 def predecode(embedder, photos: Sequence[Path]) -> tuple[np.ndarray, float]:
@@ -288,45 +238,6 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
-
-
-class CpuMeter:
-    """Records into ``busy[phase]`` the cores other processes kept busy during the block
-    (the most over repeated blocks of one phase)."""
-
-    def __init__(self, busy: dict[str, float], phase: str) -> None:
-        self.busy, self.phase = busy, phase
-
-    def __enter__(self) -> CpuMeter:
-        self._start = (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        wall, machine, own = (
-            a - b
-            for a, b in zip(
-                (time.perf_counter(), _machine_busy_seconds(), _own_cpu_seconds()),
-                self._start,
-                strict=True,
-            )
-        )
-        other = max(0.0, (machine - own) / wall) if wall > 0 else 0.0
-        self.busy[self.phase] = max(other, self.busy.get(self.phase, 0.0))
-
-
-def _machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float:
-    """CPU seconds all processes spent busy since boot (Linux; 0 where unreadable)."""
-    try:
-        fields = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def print_machine(settings: Settings) -> None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_index import CpuMeter, add_model_options, pick_photos, save_vit_b16
+from _common import CpuMeter, add_model_options, pick_photos, save_vit_b16
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitsearch import app

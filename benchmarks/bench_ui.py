@@ -3,36 +3,41 @@
 Run: ``python benchmarks/bench_ui.py [--photos 100000] [--repeats 20] [--keep DIR]
 [--screenshot]``. Target: a warm render (caches filled) under 300 ms.
 
-The library is synthetic but shaped like a real one, and written through the store API as the
-indexer writes it (``write_batch`` in chunks in one writer, whose close builds and saves the
-FAISS cache):
+The library is the benchmarks' synthetic one (``_common.synthesize``: 768-d unit vectors drawn
+as themes -> scenes -> shots, here a few hundred themes and scenes of ~8 shots, not uniform
+noise), written through the store API as the indexer writes it (``write_batch`` in chunks in
+one writer, whose close builds and saves the FAISS cache), with what a page shows added:
 
-* 768-d unit vectors drawn as themes -> scenes -> shots (a few hundred themes, scenes of ~8
-  shots), not uniform noise; 5 ImageNet-style labels per photo, ranked, from its theme;
+* 5 ImageNet-style labels per photo, ranked, from its theme;
 * realistic paths (``Pictures/<year>/<yyyy-mm-dd>/IMG_01234.JPG``) that exist on disk: a few
   dozen real 1600x1200 JPEGs drawn with Pillow, hard-linked cyclically under the 100k paths.
   Many rows share one file's bytes, but every row has its own id, so the thumbnail cache
   (keyed by id and mtime) makes and stores one thumbnail per row, as for distinct photos.
   Content hashes are per row, so the rows are not exact duplicates of each other.
 
-A "render" is the sequence of library calls the page makes server-side (the same functions,
-imported from vitsearch; only Streamlit's element building and the browser are left out):
+A "render" is the sequence of ``App`` calls a page makes server-side, in its order, on one
+``open_app(settings, live=True)`` as ``ui/context.py`` holds it (only Streamlit's element
+building and the browser are left out). Each call takes the app's lock, and the first call
+more than ``REFRESH_SECONDS`` after the last refresh refreshes the library first, as in the UI:
 
-* Search (``ui/views/search.py`` + ``ui/widgets.py``): the empty-library count, the folder
-  list, ``nearest`` (k=48) for a library photo's vector moved a little (the model forward of an
-  uploaded photo is not timed), ``details`` for page 1 (24 results), ``Thumbnails.get`` for each.
-  Every step goes through ``SharedLibrary.run``, so each refreshes the library first.
-* Clusters (``ui/views/clusters.py``): the count, ``clusters(library, k)`` (computed when none
-  are stored: the cold case), then per card ``details`` and 4 thumbnails. ``show_cards`` draws
-  every cluster; both all cards and the first 12 are timed.
+* Search (``ui/views/search.py`` + ``ui/widgets.py``) after "Similar" on a library photo:
+  ``photo_count`` (the empty-library check), ``folders`` (the filter choices), ``details``
+  and ``thumbnail`` of that photo (the "More like" header), ``similar_to_photo`` (k=48),
+  ``details`` for page 1 (24 results) and ``thumbnail`` for each. The library has no model, so
+  the query is an indexed photo, which is what the UI's "Similar" button runs; an upload
+  search (``search_upload``) adds the model forward of the photo to the same FAISS search.
+* Clusters (``ui/views/clusters.py``): ``photo_count``, ``clusters(k)`` (computed on the cold
+  render, as a first render or "Recompute"; stored after), then for page 1 of the cards
+  (``CARDS_PER_PAGE``) one ``details`` of their 4 photos each and a ``thumbnail`` for each.
 
-Cold: the library just opened (its open and FAISS load timed apart), thumbnail cache empty.
+Cold: the app just opened (its open and FAISS load timed apart), thumbnail cache empty.
 The files were just written, so the OS page cache is warm: "cold" is cold in the process, not
 on disk. Warm: the same render repeated ``--repeats`` times; p50 and max are reported.
-Also timed: ``Library.refresh()`` idle and after another handle (a writer) added rows, with and
-without saving its FAISS file. ``--screenshot`` serves the library with ``vitsearch ui`` and
-screenshots the Search page in headless Chromium after a label query (no model weights needed).
-The exit status is 1 when a warm render misses the target.
+Also timed: the first call once a refresh is due, idle and after another handle (a writer)
+committed rows, with and without saving its FAISS file. SQL counts every statement of the
+render (the library's and its derived cache's). ``--screenshot`` serves the library with
+``vitsearch ui`` and screenshots the Search page in headless Chromium after a label query (no
+model weights needed). The exit status is 1 when a warm render misses the target.
 """
 
 from __future__ import annotations
@@ -57,41 +62,35 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from _common import SHOT_NOISE, Shape, noise, synthesize, timed, unit, write_library
 from PIL import Image, ImageDraw
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
+from vitsearch.app import REFRESH_SECONDS, App, open_app
 from vitsearch.config import load_settings
-from vitsearch.explore.clusters import clusters, stored_clusters
 from vitsearch.model.hardware import cpu_name
 from vitsearch.photos.thumbnails import FOLDER as THUMBNAIL_FOLDER
-from vitsearch.photos.thumbnails import Thumbnails
-from vitsearch.records import NO_FILTERS, ImageEntry, Label, ModelInfo
-from vitsearch.search.query import nearest
-from vitsearch.store import Library, open_library
+from vitsearch.records import NO_FILTERS, Cluster, ImageEntry, Label
+from vitsearch.store import open_library
 from vitsearch.store.library import VECTORS_NAME
-from vitsearch.ui.context import SharedLibrary
-from vitsearch.ui.views.clusters import CARD_THUMBNAILS
+from vitsearch.ui.views.clusters import CARD_THUMBNAILS, CARDS_PER_PAGE
 from vitsearch.ui.widgets import PAGE_SIZE
 
 TARGET_MS = 300.0
 K = 48  # the Search page's default "Results"
-FIRST_CARDS = 12
 DIM = 768
 SEED = 20240917
-SCENE_SIZE = 8  # shots per scene (an event, a burst), on average
-THEME_NOISE = 0.55  # scene = theme centre + noise of this norm, normalised
-SHOT_NOISE = 0.45  # photo = scene + noise of this norm, normalised
-QUERY_NOISE = 0.35  # a query is a library photo moved this much (cosine ~0.94)
-YEARS = 10
-START = datetime(2015, 1, 1).timestamp()
+SHAPE = Shape(scene_size=8, photos_per_theme=400, fewest_themes=20, most_themes=2000)
+LIBRARY_VERSION = 2  # of the rows written: a --keep library of another version is rebuilt
 FILE_SIZE = (1600, 1200)
-WRITE_CHUNK = 5000
 NEW_ROWS = 100
 WRITER_ROUNDS = 5
+REFRESH_ROUNDS = 5
 NEW_QUERIES = 5
+REFRESH_DUE = REFRESH_SECONDS + 0.05  # a pause after which the app's next call refreshes
 LINKED = "Pictures"
 UPLOADS = "Camera Uploads"  # the root the "other writer" adds rows to
-MODEL = ModelInfo("synthetic-vit-base", f"synthetic:{DIM}", DIM)
 LABELS = [
     "golden retriever", "Labrador retriever", "tabby, tabby cat", "Egyptian cat",
     "seashore, coast, seacoast, sea-coast", "lakeside, lakeshore", "alp", "valley, vale",
@@ -114,7 +113,9 @@ LABELS = [
 
 
 @dataclass
-class Synthetic:
+class Rows:
+    """The library's rows as a page shows them."""
+
     vectors: np.ndarray  # (n, dim) float32 unit rows, in path order
     taken_at: np.ndarray
     paths: list[str]
@@ -122,38 +123,17 @@ class Synthetic:
     label_scores: np.ndarray  # (n, 5)
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
-    """Gaussian noise of norm ~``size`` per row."""
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(size / np.sqrt(shape[1]))
-
-
-def synthesize(n: int, photos: Path) -> Synthetic:
-    """Themes -> scenes -> shots; a scene is one day's folder, its shots numbered in order."""
-    rng = np.random.default_rng(SEED)
-    themes = unit(rng.standard_normal((int(np.clip(n // 400, 20, 2000)), DIM), dtype=np.float32))
-    scene_theme = rng.integers(0, len(themes), max(1, n // SCENE_SIZE))
-    scene_day = rng.integers(0, YEARS * 365, len(scene_theme))
-    scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), DIM), THEME_NOISE))
-    photo_scene = rng.integers(0, len(scenes), n)
-    taken_at = START + scene_day[photo_scene] * 86400.0 + (8 + 12 * rng.random(n)) * 3600
-    order = np.argsort(taken_at, kind="stable")
-    photo_scene, taken_at = photo_scene[order], taken_at[order]
-    vectors = np.empty((n, DIM), dtype=np.float32)
-    for start in range(0, n, 50_000):
-        part = photo_scene[start : start + 50_000]
-        vectors[start : start + len(part)] = unit(
-            scenes[part] + noise(rng, (len(part), DIM), SHOT_NOISE)
-        )
-    label_ids, label_scores = photo_labels(rng, len(themes), scene_theme[photo_scene])
+def make_rows(n: int, photos: Path) -> Rows:
+    """The synthetic library in the order it was taken; a scene is one day's folder, its shots
+    numbered in order, labelled from its theme."""
+    data = synthesize(n, DIM, SEED, SHAPE)
+    rng = np.random.default_rng(SEED + 3)
+    label_ids, label_scores = photo_labels(rng, int(data.theme.max()) + 1, data.theme)
     paths = [
         f"{photos / LINKED}/{datetime.fromtimestamp(t):%Y/%Y-%m-%d}/IMG_{i:05d}.JPG"
-        for i, t in enumerate(taken_at)
+        for i, t in enumerate(data.taken_at)
     ]
-    return Synthetic(vectors, taken_at, paths, label_ids, label_scores)
+    return Rows(data.vectors, data.taken_at, paths, label_ids, label_scores)
 
 
 def photo_labels(
@@ -201,7 +181,7 @@ def link_files(paths: list[str], files: list[Path]) -> None:
         os.link(files[i % len(files)], path)
 
 
-def entries(data: Synthetic, rows: range, root_id: int, files: list[Path]) -> list[ImageEntry]:
+def entries(data: Rows, rows: range, root_id: int, files: list[Path]) -> list[ImageEntry]:
     stats = [f.stat() for f in files]
     return [
         ImageEntry(
@@ -224,25 +204,9 @@ def entries(data: Synthetic, rows: range, root_id: int, files: list[Path]) -> li
     ]
 
 
-def write_library(home: Path, root: Path, data: Synthetic, files: list[Path]) -> None:
-    """All rows through one writer, as ``vitsearch index`` writes; its close saves FAISS."""
-    n = len(data.paths)
-    library = open_library(home, write=True)
-    try:
-        library.adopt_model(MODEL, "fp32")
-        root_id = library.root_id(str(root))
-        started = time.perf_counter()
-        for start in range(0, n, WRITE_CHUNK):
-            rows = range(start, min(n, start + WRITE_CHUNK))
-            library.write_batch(entries(data, rows, root_id, files), [], update_vectors=False)
-            if (rows.stop // WRITE_CHUNK) % 5 == 0 or rows.stop == n:
-                took = time.perf_counter() - started
-                print(f"  wrote {rows.stop:,}/{n:,} rows ({rows.stop / took:,.0f} rows/s)")
-        built = time.perf_counter()
-        library.vectors  # noqa: B018  builds the FAISS index from SQLite
-    finally:
-        library.close()
-    print(f"  FAISS built and saved in {time.perf_counter() - built:.1f} s")
+def write_rows_of(data: Rows, files: list[Path]) -> Callable[[range, list[int]], list[ImageEntry]]:
+    """The rows for :func:`_common.write_library`, in the one root ``Pictures``."""
+    return lambda chunk, root_ids: entries(data, chunk, root_ids[0], files)
 
 
 # -- the library on disk (built, or reused with --keep) ----------------------------------------
@@ -252,7 +216,7 @@ def write_library(home: Path, root: Path, data: Synthetic, files: list[Path]) ->
 class Setup:
     home: Path
     photos: Path
-    data: Synthetic
+    data: Rows
     files: list[Path]
     notes: list[str] = field(default_factory=list)
 
@@ -261,8 +225,9 @@ def prepare(base: Path, n: int, file_count: int) -> Setup:
     home, photos = base / "home", base / "photos"
     marker = base / "bench_ui.json"
     wanted = {"photos": n, "files": file_count, "seed": SEED, "dim": DIM}
+    wanted["version"] = LIBRARY_VERSION
     started = time.perf_counter()
-    data = synthesize(n, photos)
+    data = make_rows(n, photos)
     print(f"  synthetic vectors and labels: {time.perf_counter() - started:.1f} s")
     found = json.loads(marker.read_text()) if marker.exists() else None
     if found == {**wanted, "complete": True}:
@@ -284,7 +249,9 @@ def prepare(base: Path, n: int, file_count: int) -> Setup:
         f"hard-linked under {n:,} paths: {time.perf_counter() - started:.1f} s"
     )
     started = time.perf_counter()
-    write_library(home, photos / LINKED, data, files)
+    roots = [str(photos / LINKED)]
+    _ids, _write_s, build_s = write_library(home, DIM, n, roots, write_rows_of(data, files))
+    print(f"  FAISS built and saved in {build_s:.1f} s")
     marker.write_text(json.dumps({**wanted, "complete": True}))
     return Setup(home, photos, data, files, [f"built in {time.perf_counter() - started:.0f} s"])
 
@@ -327,11 +294,12 @@ class Sections:
 
 
 class SqlCounter:
-    """Counts the statements a library's engine executes (instrumentation only)."""
+    """Counts the statements SQLAlchemy executes in this process (instrumentation only): the
+    library's engine and its derived cache's, which holds the clusters."""
 
-    def __init__(self, library: Library) -> None:
+    def __init__(self) -> None:
         self.count = 0
-        event.listen(library.engine, "before_cursor_execute", self._seen)
+        event.listen(Engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_args) -> None:
         self.count += 1
@@ -362,10 +330,9 @@ class Row:
         return "PASS" if self.worst < TARGET_MS else "PASS (max over)"
 
 
-def timed(work: Callable[[], object]) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = work()
-    return (time.perf_counter() - started) * 1000, result
+def timed_ms(work: Callable[[], object]) -> tuple[float, object]:
+    result, seconds = timed(work)
+    return seconds * 1000, result
 
 
 # -- the renders -------------------------------------------------------------------------------
@@ -373,65 +340,75 @@ def timed(work: Callable[[], object]) -> tuple[float, object]:
 
 @dataclass
 class Ui:
-    """What the Streamlit process holds: the shared library and the thumbnail cache."""
+    """What the Streamlit process holds: one live app (``ui/context.py``)."""
 
-    shared: SharedLibrary
-    thumbnails: Thumbnails
+    app: App
     sql: SqlCounter
 
 
-def search_render(ui: Ui, query: np.ndarray) -> Sections:
-    """search.render -> filter_controls -> run_query -> show_results -> photo_grid."""
-    t = Sections(ui.sql)
-    with t("count"):  # render(): the empty-library check
-        ui.shared.run(lambda library: library.counts().vectors)
-    with t("roots"):  # filter_controls(): the folder choices
-        ui.shared.run(lambda library: [p for p, _ in library.roots()])
-    with t("nearest"):  # run_query(): search_by_bytes after the model forward
-        hits = ui.shared.run(lambda library: nearest(library, query, K, NO_FILTERS))
+def search_render(ui: Ui, photo_id: int) -> Sections:
+    """search.render after "Similar" on ``photo_id``: too_few_photos -> filter_controls ->
+    run_query (more_like_header, then the query) -> show_results -> photo_grid."""
+    app, t = ui.app, Sections(ui.sql)
+    with t("photo_count"):  # too_few_photos(): the empty-library check
+        app.photo_count()
+    with t("folders"):  # filter_controls(): the folder choices
+        app.folders()
+    with t("more_like"):  # more_like_header(): the photo the results are like
+        photo = app.details([photo_id]).get(photo_id)
+        if photo is not None:
+            app.thumbnail(photo)
+    with t("similar_to_photo"):  # the "Similar" button's query
+        hits = app.similar_to_photo(photo_id, K, NO_FILTERS)
     page = hits[:PAGE_SIZE]  # page_of(): page 1
-    with t("details"):
-        details = ui.shared.run(lambda library: library.details([h.id for h in page]))
+    with t("details"):  # photo_grid()
+        details = app.details([h.id for h in page])
     with t("thumbnails"):
         for hit in page:
             photo = details.get(hit.id)
             if photo is not None:
-                ui.thumbnails.get(photo)
+                app.thumbnail(photo)
     return t
 
 
-def clusters_render(ui: Ui, k: int | str, cards: int | None, recompute: bool = False):
-    """clusters.render -> show_cards (every card, or the first ``cards``)."""
-    t = Sections(ui.sql)
-    with t("count"):
-        ui.shared.run(lambda library: library.counts().vectors)
+def clusters_render(
+    ui: Ui, k: int | str, recompute: bool = False
+) -> tuple[Sections, list[Cluster]]:
+    """clusters.render -> clusters_with_controls -> show_cards (page 1 of the cards)."""
+    app, t = ui.app, Sections(ui.sql)
+    with t("photo_count"):  # too_few_photos()
+        app.photo_count()
     with t("clusters"):
-        found = ui.shared.run(lambda library: clusters(library, k, recompute))
-    for cluster in found if cards is None else found[:cards]:
-        shown = cluster.representatives[:CARD_THUMBNAILS]
-        with t("details"):
-            details = ui.shared.run(lambda library, s=shown: library.details([h.id for h in s]))
-        with t("thumbnails"):
-            for hit in shown:
-                photo = details.get(hit.id)
-                if photo is not None:
-                    ui.thumbnails.get(photo)
+        found = app.clusters(k, recompute)
+    shown = found[:CARDS_PER_PAGE]  # page_of(): page 1
+    ids = [hit.id for cluster in shown for hit in cluster.representatives[:CARD_THUMBNAILS]]
+    with t("details"):
+        details = app.details(ids)
+    with t("thumbnails"):
+        for image_id in ids:
+            photo = details.get(image_id)
+            if photo is not None:
+                app.thumbnail(photo)
     return t, found
 
 
-def repeat(render: Callable[[], Sections], times: int) -> tuple[list[float], Sections, int]:
-    """Totals (ms) of ``times`` renders, their per-section medians, statements per render."""
-    runs = [render() for _ in range(times)]
-    medians = Sections(runs[0].counter)
-    medians.ms = {name: float(np.median([r.ms[name] for r in runs])) for name in runs[0].ms}
-    return [r.total for r in runs], medians, runs[0].statements
+def repeat(render: Callable[[], Sections], times: int) -> list[Sections]:
+    return [render() for _ in range(times)]
 
 
-def queries(data: Synthetic, count: int) -> np.ndarray:
-    """Library photos moved a little: what an upload of a similar photo embeds to."""
+def medians(runs: list[Sections]) -> Sections:
+    """Per-section medians of renders (their statements: the first's)."""
+    out = Sections(runs[0].counter)
+    out.ms = {name: float(np.median([r.ms[name] for r in runs])) for name in runs[0].ms}
+    out.statements = runs[0].statements
+    return out
+
+
+def query_photos(ui: Ui, count: int) -> list[int]:
+    """Library photos to run "Similar" on (the ids, read once from the store)."""
     rng = np.random.default_rng(SEED + 2)
-    rows = rng.choice(len(data.vectors), count, replace=False)
-    return unit(data.vectors[rows] + noise(rng, (count, DIM), QUERY_NOISE))
+    ids = ui.app.library.embedding_ids()
+    return [int(i) for i in rng.choice(ids, count, replace=False)]
 
 
 def breakdown(t: Sections) -> str:
@@ -442,85 +419,92 @@ def breakdown(t: Sections) -> str:
 
 
 def open_ui(home: Path, rows: list[Row]) -> Ui:
-    ms, shared = timed(lambda: SharedLibrary(load_settings(environ={}, home=home)))
-    rows.append(Row("library open (SharedLibrary)", ms, target=False))
-    with shared.fresh() as library:
-        sql = SqlCounter(library)
-        ms, index = timed(lambda: library.vectors)
+    sql = SqlCounter()
+    settings = load_settings(environ={}, home=home)
+    ms, app = timed_ms(lambda: open_app(settings, live=True))
+    rows.append(Row("app open (open_app, live)", ms, target=False))
+    ms, index = timed_ms(lambda: app.library.vectors)  # else the first query's
     name = f"FAISS load + catch-up check ({index.kind}, {len(index):,})"
     rows.append(Row(name, ms, target=False))
-    return Ui(shared, Thumbnails(home), sql)
+    return Ui(app, sql)
 
 
-def bench_search(ui: Ui, data: Synthetic, repeats: int, rows: list[Row]) -> None:
-    first, *others = queries(data, 1 + NEW_QUERIES)
+def bench_search(ui: Ui, repeats: int, rows: list[Row]) -> None:
+    first, *others = query_photos(ui, 1 + NEW_QUERIES)
     cold = search_render(ui, first)
     print(f"  search, cold: {cold.total:.0f} ms ({breakdown(cold)})")
-    warm, medians, statements = repeat(lambda: search_render(ui, first), repeats)
-    print(f"  search, warm medians: {breakdown(medians)}; {statements} SQL statements")
-    name = f"Search render (k={K}, {PAGE_SIZE} thumbnails)"
-    rows.append(Row(name, cold.total, warm, statements, render=lambda: search_render(ui, first)))
-    fresh = [search_render(ui, q) for q in others]
+    runs = repeat(lambda: search_render(ui, first), repeats)
+    warm = medians(runs)
+    print(f"  search, warm medians: {breakdown(warm)}; {warm.statements} SQL statements")
+    name = f"Search render (Similar, k={K}, {PAGE_SIZE} thumbnails)"
+    render = lambda: search_render(ui, first)  # noqa: E731
+    rows.append(Row(name, cold.total, [r.total for r in runs], warm.statements, render=render))
+    fresh = [search_render(ui, photo) for photo in others]
     print(f"  search, new query (thumbnails not cached): {breakdown(fresh[-1])}")
     name = "  new query: warm index, thumbnails to make"
     rows.append(Row(name, None, [f.total for f in fresh], target=False))
 
 
 def bench_clusters(ui: Ui, k: int | str, repeats: int, rows: list[Row]) -> None:
-    with ui.shared.fresh() as library:
-        recompute = library.cluster_state() is not None  # a kept library: as "Recompute"
-    cold, found = clusters_render(ui, k, None, recompute)
-    state = ui.shared.run(lambda library: library.cluster_state())
+    cold, found = clusters_render(ui, k, recompute=True)  # a first render, or "Recompute"
+    cards = min(len(found), CARDS_PER_PAGE)
     print(
         f"  clusters, cold: {cold.total / 1000:.1f} s ({breakdown(cold)}); "
-        f"k={state['k']} (requested {k}), {len(found)} cards"
+        f"k={len(found)} (requested {k}), {cards} cards on page 1"
     )
-    rows.append(Row(f"Clusters compute ({k} -> k={state['k']})", cold.ms["clusters"], target=False))
-    for cards, name in ((FIRST_CARDS, f"first {FIRST_CARDS}"), (None, f"all {len(found)}")):
-        warm, medians, statements = repeat(lambda c=cards: clusters_render(ui, k, c)[0], repeats)
-        print(f"  clusters {name} cards, warm medians: {breakdown(medians)}; {statements} SQL")
-        cold_ms = cold.total - cold.ms["clusters"] if cards is None else None
-        render = lambda c=cards: clusters_render(ui, k, c)  # noqa: E731
-        rows.append(Row(f"Clusters render, {name} cards", cold_ms, warm, statements, True, render))
-    ms = [timed(lambda: ui.shared.run(stored_clusters))[0] for _ in range(repeats)]
-    rows.append(Row(f"  of which stored_clusters ({len(found)})", None, ms, target=False))
+    rows.append(Row(f"Clusters compute ({k} -> k={len(found)})", cold.ms["clusters"], target=False))
+    render = lambda: clusters_render(ui, k)  # noqa: E731
+    runs = repeat(lambda: render()[0], repeats)
+    warm = medians(runs)
+    print(f"  clusters page 1, warm medians: {breakdown(warm)}; {warm.statements} SQL")
+    cold_ms = cold.total - cold.ms["clusters"]
+    name = f"Clusters render, page 1 ({cards} cards)"
+    rows.append(Row(name, cold_ms, [r.total for r in runs], warm.statements, True, render))
+    stored = [r.ms["clusters"] for r in runs]
+    rows.append(Row(f"  of which clusters() ({len(found)} stored)", None, stored, target=False))
 
 
-def fresh_ms(ui: Ui) -> float:
-    """``SharedLibrary.fresh()`` alone: the lock and ``Library.refresh()``, as before each call."""
-    started = time.perf_counter()
-    with ui.shared.fresh():
-        pass
-    return (time.perf_counter() - started) * 1000
+def due_call_ms(ui: Ui) -> float:
+    """The first app call once a refresh is due (``photo_count``: it refreshes first)."""
+    time.sleep(REFRESH_DUE)
+    return timed_ms(ui.app.photo_count)[0]
+
+
+def due_render(ui: Ui, photo_id: int) -> Sections:
+    """A Search render once a refresh is due: its ``photo_count`` refreshes the library."""
+    time.sleep(REFRESH_DUE)
+    return search_render(ui, photo_id)
 
 
 def bench_refresh(ui: Ui, setup: Setup, repeats: int, rows: list[Row]) -> None:
-    idle = [fresh_ms(ui) for _ in range(repeats)]
-    rows.append(Row("Library.refresh(), nothing changed", None, idle, target=False))
-    query = queries(setup.data, 1)[0]
-    caught, after = [], []
+    plain = [timed_ms(ui.app.photo_count)[0] for _ in range(repeats)]
+    rows.append(Row("photo_count, no refresh due", None, plain, target=False))
+    idle = [due_call_ms(ui) for _ in range(REFRESH_ROUNDS)]
+    rows.append(Row("photo_count, refresh due, nothing changed", None, idle, target=False))
+    query = query_photos(ui, 1)[0]
+    after = []
     for round_ in range(WRITER_ROUNDS):
         write_rows(setup, round_, save=False)
-        caught.append(fresh_ms(ui))
-        after.append(search_render(ui, query))
+        after.append(due_render(ui, query))
     slowest = max(after, key=lambda t: t.total)
     print(f"  search right after a writer's rows, slowest of {WRITER_ROUNDS}: {breakdown(slowest)}")
-    name = f"Library.refresh() after a writer added {NEW_ROWS}"
-    rows.append(Row(name, None, caught, target=False))
+    caught = [t.ms["photo_count"] for t in after]
+    rows.append(Row(f"photo_count after a writer added {NEW_ROWS}", None, caught, target=False))
     totals = [t.total for t in after]
     rows.append(Row("  Search render right after that", None, totals, target=False))
     took = write_rows(setup, WRITER_ROUNDS, save=True)
-    dropped = fresh_ms(ui)
-    first = search_render(ui, query)
-    kind = ui.shared.run(lambda library: (library.vectors.kind, len(library.vectors)))
+    first = due_render(ui, query)
+    index = ui.app.library.vectors
     print(
         f"  writer round that saves FAISS: {took:.1f} s in the writer; the reader's next search "
-        f"reloads it: {breakdown(first)} (index now {kind[0]}, {kind[1]:,} vectors)"
+        f"reloads it: {breakdown(first)} (index now {index.kind}, {len(index):,} vectors)"
     )
-    rows.append(Row("Library.refresh() after the writer saved FAISS", dropped, target=False))
-    rows.append(Row(f"  first Search render after: reload ({kind[0]})", first.total, target=False))
-    warm, _, _ = repeat(lambda: search_render(ui, query), repeats)
-    rows.append(Row(f"  Search render, warm again ({kind[0]} index)", None, warm, target=False))
+    dropped = first.ms["photo_count"]
+    rows.append(Row("photo_count after the writer saved FAISS", dropped, target=False))
+    rows.append(Row(f"  that Search render: reload ({index.kind})", first.total, target=False))
+    runs = repeat(lambda: search_render(ui, query), repeats)
+    warm = [r.total for r in runs]
+    rows.append(Row(f"  Search render, warm again ({index.kind} index)", None, warm, target=False))
 
 
 def write_rows(setup: Setup, round_: int, save: bool) -> float:
@@ -529,7 +513,7 @@ def write_rows(setup: Setup, round_: int, save: bool) -> float:
     rng = np.random.default_rng(SEED + 100 + round_)
     picked = rng.choice(len(setup.data.paths), NEW_ROWS, replace=False)
     data = setup.data
-    batch = Synthetic(
+    batch = Rows(
         unit(data.vectors[picked] + noise(rng, (NEW_ROWS, DIM), SHOT_NOISE)),
         np.full(NEW_ROWS, time.time()),
         [str(folder / f"PXL_{i:04d}.jpg") for i in range(NEW_ROWS)],
@@ -674,7 +658,7 @@ def screenshot(home: Path, label: str, out: Path) -> list[str]:
             server.wait()
 
 
-def top_label(data: Synthetic) -> str:
+def top_label(data: Rows) -> str:
     """The first synonym of the most frequent top label: a label query with many results."""
     counts = np.bincount(data.label_ids[:, 0], minlength=len(LABELS))
     return LABELS[int(np.argmax(counts))].split(",")[0]
@@ -724,17 +708,22 @@ def run(args: argparse.Namespace, base: Path, rows: list[Row]) -> list[str]:
     setup = prepare(base, args.photos, args.files)
     print(f"\n== renders ({args.repeats} warm repeats; {uptime()})")
     ui = open_ui(setup.home, rows)
-    bench_search(ui, setup.data, args.repeats, rows)
-    bench_clusters(ui, k, args.repeats, rows)
-    for row in rows:
-        if row.verdict() == "FAIL" and row.render is not None:
-            print(f"\n  profile of one warm '{row.name}':\n{profile(row.render)}")
-    print(f"\n== refresh while a writer adds rows ({uptime()})")
-    bench_refresh(ui, setup, args.repeats, rows)
+    try:
+        bench_search(ui, args.repeats, rows)
+        bench_clusters(ui, k, args.repeats, rows)
+        for row in rows:
+            if row.verdict() == "FAIL" and row.render is not None:
+                print(f"\n  profile of one warm '{row.name}':\n{profile(row.render)}")
+        print(f"\n== refresh while a writer adds rows ({uptime()})")
+        bench_refresh(ui, setup, args.repeats, rows)
+    finally:
+        ui.app.close()
     notes = [
         *setup.notes,
-        "Search render: the model forward of an uploaded photo is not included (no weights are "
-        "loaded); add it for upload searches",
+        'Search render: a query by an indexed photo (the UI\'s "Similar"; no model is loaded); '
+        "an upload search (search_upload) adds the model forward of the photo",
+        f"photo_count rows: the live app refreshes before its first call {REFRESH_SECONDS:g} s "
+        "after the last refresh; warm renders include that refresh when it falls due",
     ]
     if args.screenshot:
         print("\n== browser")

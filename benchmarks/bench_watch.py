@@ -12,7 +12,7 @@ see it: the photo's row is committed in SQLite, and a freshly opened library (wh
 is caught up from SQLite on open) returns the photo's id for its own stored vector.
 
 The default model is a *randomly initialised* full-size ViT-B/16 (seeded, from
-``bench_index.save_vit_b16``): the arithmetic of real weights, meaningless labels.
+``_common.save_vit_b16``): the arithmetic of real weights, meaningless labels.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_index import pick_photos, save_vit_b16
+from _common import pick_photos, save_vit_b16
 
 from vitsearch.config import load_settings
+from vitsearch.model.busy import OtherProcesses
 from vitsearch.store import open_library
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,17 +112,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes spent busy since boot (Linux)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """This process plus its waited-for children (the `vitsearch index` run)."""
+def own_cpu_seconds() -> tuple[float, float]:
+    """(this process, its waited-for children: the `vitsearch index` run)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system, t.children_user + t.children_system
 
 
 @dataclass
@@ -137,22 +131,21 @@ class CpuShare:
 class CpuMeter:
     def __init__(self, watcher_pid: int) -> None:
         self.pid = watcher_pid
+        self._machine = OtherProcesses()  # cores of every process but this one
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, float, float, float]:
-        return (
-            time.monotonic(),
-            machine_busy_seconds(),
-            own_cpu_seconds(),
-            process_cpu_seconds(self.pid),
-        )
+        return (time.monotonic(), *own_cpu_seconds(), process_cpu_seconds(self.pid))
 
     def stop(self) -> CpuShare:
-        wall, machine, own, watcher = (
+        wall, own, children, watcher = (
             b - a for a, b in zip(self.start, self._sample(), strict=True)
         )
         wall = max(wall, 1e-9)
-        return CpuShare(wall, watcher / wall, own / wall, max(0.0, machine - own - watcher) / wall)
+        # 0 for a phase too short to tell (MIN_WINDOW_SECONDS); the phases here last seconds
+        not_ours = self._machine.busy_cores() or 0.0
+        others = max(0.0, not_ours - (children + watcher) / wall)
+        return CpuShare(wall, watcher / wall, (own + children) / wall, others)
 
 
 # -- the watcher subprocess ----------------------------------------------------------------
