@@ -131,7 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_folder(photos: Sequence[Path], copied: int, bursts: int, folder: Path) -> int:
     """Originals and copies in ``folder``; each photo an hour from the next."""
-    (folder / "originals").mkdir()
+    (folder / "originals").mkdir(parents=True)
     copies = folder / "copies"
     copies.mkdir()
     start = time.time() - len(photos) * HOUR
