@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,15 +38,17 @@ from vitsearch.model.hardware import (
     cpu_name,
     has_bf16_hardware,
 )
-from vitsearch.model.runtime import choose_runtime
+from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.photos.decode import read_photo
 from vitsearch.store import open_library
 
 DEFAULT_LIMIT = 400
 DEFAULT_NAIVE_LIMIT = 64
 DEFAULT_REPEAT = 5  # pairs of runs: their median is what the target is judged on
-PIPELINE_TARGET = 0.85  # pipeline / model-only
-NAIVE_TARGET = 4.0  # pipeline / naive, on a CPU with bf16 hardware
+PIPELINE_TARGET = 0.9  # pipeline / model-only, for the backend auto chose
+# pipeline / naive: with bf16 or int8 hardware (AMX, AVX512-bf16/VNNI), and with AVX2 only
+NAIVE_TARGET_FAST_HARDWARE = 5.0
+NAIVE_TARGET_AVX2 = 2.0
 COSINE_TARGET = 0.999  # auto precision vs fp32
 COSINE_IMAGES = 32
 BUSY_WARNING_CORES = 0.1
@@ -185,8 +188,11 @@ def alternate(
     for i in range(repeat):
         with CpuMeter(busy, "model-only"):
             models.append(timed(lambda: embed_all(embedder, pixels, settings.batch_size)))
+        run_home = settings.home / f"run{i}"
+        if (settings.home / EXPORTS_FOLDER).is_dir():  # the chosen export, not made again
+            shutil.copytree(settings.home / EXPORTS_FOLDER, run_home / EXPORTS_FOLDER)
         with CpuMeter(busy, "pipeline"):
-            pipelines.append(run_pipeline(settings.replace(home=settings.home / f"run{i}"), folder))
+            pipelines.append(run_pipeline(settings.replace(home=run_home), folder))
         n = len(pixels)
         print(
             f"  run {i + 1}: model-only {n / models[-1][1]:.2f} images/s, "
@@ -272,6 +278,10 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     print(f"checkpoint saved in {save_s:.1f}s; {len(photos)} photos from {args.path}")
     embedder, load_s = timed(lambda: app.load_model(settings))  # also sets torch threads
     print_machine(settings)
+    # Every run from here on uses the backend auto chose (its timing, and its export, are
+    # made once above): pipeline, model-only and the cosine check all judge that one.
+    settings = settings.replace(backend=embedder.info.backend, precision=embedder.precision)
+    print(f"chosen backend:    {embedder.info.backend} {embedder.precision} (auto, timed)")
     pixels, decode_s = predecode(embedder, photos)  # also warms the page cache
     busy = {}
     (model_vectors, model_s), (summary, wall_s, run_load_s), paired = alternate(
@@ -280,7 +290,7 @@ def run(args: argparse.Namespace, photos: list[Path], temp: Path) -> Results:
     stored = stored_vectors(settings.home / "run0", folder, [p.name for p in photos])
     with CpuMeter(busy, "naive"):
         naive, naive_processor = naive_loop(checkpoint, photos[: args.naive_limit], args.repeat)
-    fp32 = app.load_model(settings.replace(precision="fp32"))
+    fp32 = app.load_model(settings.replace(backend="torch", precision="fp32"))
     auto_vs_fp32 = min_cosine(
         embed_all(embedder, pixels[:COSINE_IMAGES], settings.batch_size),
         embed_all(fp32, pixels[:COSINE_IMAGES], settings.batch_size),
@@ -380,9 +390,10 @@ def report_ratios(r: Results, bf16: bool) -> None:
     best = r.pipeline.rate / r.model.rate
     print(f"pipeline / model-only, fastest of each:  {best:.3f}  (for reference)")
     vs_naive = r.pipeline.rate / r.naive.rate
-    naive_verdict = verdict(vs_naive, NAIVE_TARGET) if bf16 else "n/a (no bf16 hardware)"
+    target = NAIVE_TARGET_FAST_HARDWARE if bf16 else NAIVE_TARGET_AVX2
     print(
-        f"pipeline / naive:      {vs_naive:.2f}x  (target >= {NAIVE_TARGET:.0f}x) {naive_verdict}"
+        f"pipeline / naive:      {vs_naive:.2f}x  (target >= {target:.0f}x on this CPU kind) "
+        f"{verdict(vs_naive, target)}"
     )
 
 
