@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import PINNED_BACKEND, FakeEmbedder, save_tiny_vit
 from vitsearch.config import load_settings
+
+WHOLLY_SLOW = re.compile(r"^pytestmark = pytest\.mark\.slow$", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m "not slow"`` does not even import a module whose every test is slow: those
+    modules import torch and transformers (seconds), which the fast tier never needs."""
+    if config.option.markexpr.replace(" ", "") != "notslow" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    return True if WHOLLY_SLOW.search(collection_path.read_text(encoding="utf-8")) else None
 
 
 @pytest.fixture(autouse=True)
