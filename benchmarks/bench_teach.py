@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-import vitsearch.indexer  # noqa: F401  teach imports the indexer's file helpers: load it first
 from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.labels.classifier import NONE
