@@ -8,6 +8,8 @@ import pytest
 from tests.helpers import PINNED_BACKEND, FakeEmbedder, save_tiny_vit
 from vitsearch.config import load_settings
 
+pytest_plugins = ["tests.server_fixtures"]  # PostgreSQL for the `server` tests (-m server)
+
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
