@@ -9,6 +9,7 @@ tiers stay without a server. Without the wheel they are skipped with that reason
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory):
     root = Path(tmp_path_factory.mktemp("pg"))
     server = embedded.get_server(root / "data", cleanup_mode="delete")
     yield server
-    server.cleanup()
+    try:
+        server.cleanup()
+    except OSError as exc:  # a server killed after a failed stop may still hold a file
+        warnings.warn(
+            f"the test PostgreSQL in {root} was stopped but not removed: {exc}", stacklevel=2
+        )
 
 
 @pytest.fixture

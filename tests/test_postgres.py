@@ -149,8 +149,9 @@ def test_taught_labels(home: Path, pg_store: str) -> None:
 
 def test_other_model_refused(home: Path, pg_store: str) -> None:
     fill(home, pg_store, 2)
-    with open_library(home, write=True, store=pg_store) as library, pytest.raises(
-        ModelMismatchError
+    with (
+        open_library(home, write=True, store=pg_store) as library,
+        pytest.raises(ModelMismatchError),
     ):
         library.adopt_model(ModelInfo(name="other", fingerprint="sha256:def", dim=DIM), "fp32")
 
@@ -222,14 +223,110 @@ def test_duplicates_on_postgres_match_the_embedded_library(tmp_path: Path, pg_st
             Indexer(library, lambda: embedder, batch_size=4).reconcile([tmp_path / "album"])
         with open_library(home, store=store) as library:
             groups = find_duplicates(library)
-            found.append(sorted((g.kind, sorted(Path(p.path).name for p in g.members)) for g in groups))
+            found.append(
+                sorted((g.kind, sorted(Path(p.path).name for p in g.members)) for g in groups)
+            )
     assert found[0] == found[1] and found[0]
 
 
 def test_copy_needs_an_empty_destination(home: Path, pg_store: str, tmp_path: Path) -> None:
     fill(tmp_path / "local", None, 2)
     fill(home, pg_store, 2)
-    with open_library(tmp_path / "local", write=True) as source, open_library(
-        home, write=True, store=pg_store
-    ) as dest, pytest.raises(LibraryNotEmptyError):
+    with (
+        open_library(tmp_path / "local", write=True) as source,
+        open_library(home, write=True, store=pg_store) as dest,
+        pytest.raises(LibraryNotEmptyError),
+    ):
         copy_library(source, dest)
+
+
+def photo_like(count: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around themes, like photo embeddings (uniform ones have no neighbours)."""
+    rng = np.random.default_rng(seed)
+    themes = unit_vectors(max(2, count // 100), seed + 1, dim)
+    picked = themes[rng.integers(0, len(themes), count)]
+    vectors = picked + rng.standard_normal((count, dim)).astype(np.float32) * (0.5 / dim**0.5)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_hnsw_recall_against_exact_also_at_a_10_percent_folder_filter(
+    home: Path, pg_store: str
+) -> None:
+    count, dim = 3000, 32
+    vectors = photo_like(count, dim, seed=3)
+    paths = [f"/photos/{'a' if i % 10 == 0 else 'b'}/p{i}.jpg" for i in range(count)]
+    with open_library(home, write=True, store=pg_store) as library:
+        library.adopt_model(ModelInfo(name="m", fingerprint="f", dim=dim), "fp32")
+        root = library.root_id("/photos")
+        for start in range(0, count, 500):
+            part = slice(start, start + 500)
+            library.write_batch(image_entries(vectors[part], root, paths[part]))
+    noise = np.random.default_rng(4).standard_normal((40, dim)).astype(np.float32) * 0.05
+    queries = vectors[::75][:40] + noise  # near photos of the library, as a search by photo is
+    with open_library(home, store=pg_store) as library:
+        under = library.allowed_ids(Filters(under="/photos/a"))
+        assert len(under) == count // 10
+        for allowed in (None, under):
+            found = truth = 0
+            for query in queries:
+                want = set(library.vectors.search(query, 10, allowed, plan="exact")[0].tolist())
+                got, _ = library.vectors.search(query, 10, allowed, plan="index")
+                assert len(got) == 10  # the iterative scan goes on until the filter is met
+                found, truth = found + len(want & set(got.tolist())), truth + 10
+            assert found / truth >= 0.95, (allowed is not None, found / truth)
+
+
+def snapshot(home: Path, store: str | None) -> tuple:
+    """Everything a copy must keep: per id its path, labels and vector bytes; the taught
+    classifiers, the model and the last write number."""
+    with open_library(home, store=store) as library:
+        vectors = {
+            int(i): v.tobytes()
+            for ids, chunk in library.iter_embeddings()
+            for i, v in zip(ids, chunk, strict=True)
+        }
+        hits = library.hits(sorted(vectors), [1.0] * len(vectors))
+        photos = {hit.id: (hit.path, hit.labels, vectors[hit.id]) for hit in hits}
+        return photos, library.classifier_summaries(), library.model, library.max_seq()
+
+
+def test_migrate_both_ways_keeps_ids_vectors_and_labels(
+    tmp_path: Path, pg_store: str, cli_env: dict
+) -> None:
+    local = tmp_path / "local"
+    ids = fill(local, None, 12)
+    with open_library(local, write=True) as library:
+        library.delete([ids[-1]])  # the highest id ever given is not among the rows left
+        cid = library.save_classifier("pets", b"w", ["cat"], None, INFO.fingerprint)
+        library.write_custom_labels(cid, ids[:3], [Label("pet", 0.7, "custom:pets")] * 3)
+    before = snapshot(local, None)
+    migrate = [sys.executable, "-m", "vitsearch", "migrate", "--home", str(tmp_path / "host")]
+    done = subprocess.run(
+        [*migrate, "--from", str(local), "--to", pg_store],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "copied 11 photos (11 vectors" in done.stdout
+    assert snapshot(tmp_path / "host", pg_store) == before
+    back = tmp_path / "back"
+    subprocess.run(
+        [*migrate, "--from", pg_store, "--to", str(back)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert snapshot(back, None) == before
+    with open_library(back) as library:  # the FAISS cache was built and saved by the copy
+        assert len(library.vectors) == 11
+    for home, store in ((back, None), (tmp_path / "host", pg_store)):
+        assert fill(home, store, 1, seed=9)[0] == ids[-1] + 1  # no id is given twice
+    again = subprocess.run(
+        [*migrate, "--from", str(local), "--to", pg_store],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 1 and "already holds photos" in again.stderr

@@ -57,6 +57,7 @@ HNSW_EF_CONSTRUCTION = 64
 # curve measured by benchmarks/bench_pgvector.py: see the README's "More than one machine".
 EF_SEARCH = 64
 CONNECT_TIMEOUT_SECONDS = 10
+PLANS = {"auto": (), "index": ("enable_sort",), "exact": ("enable_indexscan",)}
 
 
 def pg_url(store: str) -> URL:
@@ -235,11 +236,13 @@ class PgVectors:
         query: np.ndarray,
         k: int,
         allowed: FilteredIds | np.ndarray | None = None,
-        exact: bool = False,
+        plan: str = "auto",
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the k nearest, best first; only ``allowed`` ids when given, the
-        filter in the same SQL query as the vector order. ``exact`` scans every row (the
-        reference the recall checks compare with)."""
+        filter in the same SQL query as the vector order. ``plan``: "auto" leaves the choice
+        to the server's planner (a narrow filter is answered exactly, from the path index);
+        "index" makes it walk the HNSW graph, "exact" compare every row (what recall checks
+        and benchmarks/bench_pgvector.py compare)."""
         if k < 1:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         vector = bindparam("query", blob(query), type_=EmbeddingBytes)
@@ -252,8 +255,8 @@ class PgVectors:
             ids = bindparam("allowed", [int(i) for i in allowed], type_=ARRAY(BigInteger))
             statement = statement.where(EmbeddingRow.image_id == any_(ids))
         with self.library.engine.begin() as conn:
-            if exact:
-                conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
+            for setting in PLANS[plan]:
+                conn.exec_driver_sql(f"SET LOCAL {setting} = off")
             conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(int(self.ef_search), k)}")
             if allowed is not None:  # a filter that rejects the first candidates scans on
                 conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
