@@ -3,6 +3,7 @@ a real server started by the test session (tests/server_fixtures.py), never a mo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -310,6 +311,16 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
     )
     assert "copied 11 photos (11 vectors" in done.stdout
     assert snapshot(tmp_path / "host", pg_store) == before
+    status = subprocess.run(
+        [sys.executable, "-m", "vitsearch", "status", "--json", "--store", pg_store],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown = json.loads(status.stdout)
+    assert (shown["images"], shown["vectors"], shown["writer_pid"]) == (11, 11, None)
+    assert shown["home"].startswith("postgresql://postgres@/vitsearch_test_")  # no password
     back = tmp_path / "back"
     subprocess.run(
         [*migrate, "--from", pg_store, "--to", str(back)],

@@ -74,7 +74,10 @@ def pg_url(store: str) -> URL:
 def shown(url: URL | str) -> str:
     """The URL without its password, for messages."""
     url = make_url(url) if isinstance(url, str) else url
-    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+    url = url.set(drivername=url.get_backend_name())
+    if not url.password:  # "user:@host": no password to hide
+        url = url._replace(password=None)  # URL is a NamedTuple; set() reads None as "keep"
+    return url.render_as_string(hide_password=True)
 
 
 def pg_engine(url: URL, read_only: bool = False, app: str = "vitsearch", **kwargs) -> Engine:
