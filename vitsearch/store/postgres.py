@@ -382,6 +382,8 @@ class PgLibrary(Library):
             if conn.exec_driver_sql(typed).scalar() != f"vector({dim})":
                 alter = f"ALTER TABLE embeddings ALTER COLUMN vector TYPE vector({dim})"
                 conn.exec_driver_sql(alter)
+            if conn.exec_driver_sql(f"SELECT to_regclass('{HNSW_INDEX}')").scalar():
+                return  # (CREATE INDEX IF NOT EXISTS would still lock the table to find out)
             conn.exec_driver_sql(
                 f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON embeddings USING hnsw "
                 f"(vector vector_ip_ops) WITH (m = {HNSW_M}, "
