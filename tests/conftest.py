@@ -9,6 +9,8 @@ import pytest
 from tests.helpers import PINNED_BACKEND, FakeEmbedder, save_tiny_vit
 from vitsearch.config import load_settings
 
+pytest_plugins = ["tests.server_fixtures"]  # PostgreSQL for the `server` tests (-m server)
+
 WHOLLY_SLOW = re.compile(r"^pytestmark = pytest\.mark\.slow$", re.MULTILINE)
 
 

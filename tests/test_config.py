@@ -38,6 +38,7 @@ def test_none_flags_do_not_override_env() -> None:
         ({}, {"precision": "int3"}, "precision must be one of"),
         ({}, {"device": "tpu"}, "device must be one of"),
         ({}, {"threads": 0}, "threads must be at least 1"),
+        ({"VITSEARCH_STORE": "mysql://me@db/photos"}, {}, "store must be empty"),
     ],
 )
 def test_bad_values_are_explained(environ: dict, flags: dict, message: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vitsearch import launch
-from vitsearch.config import ADAPT_THREADS, Settings, available_cores
+from vitsearch.config import ADAPT_THREADS, STORE_SCHEMES, Settings, available_cores
 from vitsearch.errors import (
     EmptyLibraryError,
     LibraryLockedError,
@@ -51,6 +51,7 @@ from vitsearch.photos.thumbnails import Thumbnails
 from vitsearch.records import (
     NO_FILTERS,
     Cluster,
+    CopySummary,
     Filters,
     FolderStatus,
     Hit,
@@ -63,7 +64,7 @@ from vitsearch.records import (
 from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
 from vitsearch.search.labels import LabelCount
 from vitsearch.search.query import search_by_bytes, similar_to_id
-from vitsearch.store import Library, open_library, writer_pid
+from vitsearch.store import Library, copy_library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def open_app(settings: Settings, write: bool = False, live: bool = False) -> App
     """The app over the library at ``settings.home``: a reader, or with ``write`` the writer
     (which takes the library's lock). ``live`` (the UI: one app, many threads, for hours)
     serialises calls and sees what a writer commits meanwhile."""
-    return App(settings, open_library(settings.home, write=write), live=live)
+    library = open_library(settings.home, write=write, store=settings.store or None)
+    return App(settings, library, live=live)
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -298,9 +300,9 @@ class App:
             backend=model.made_by if model else None,
             precision=library.get_meta("precision"),
             device=library.get_meta("device"),
-            home=str(self.settings.home),
+            home=library.location,
             folders=tuple(FolderStatus(path, online) for path, online in library.roots()),
-            writer_pid=writer_pid(self.settings.home),
+            writer_pid=writer_pid(self.settings.home, self.settings.store or None),
             last_commit_at=_iso(library.get_meta("last_commit_at")),
         )
 
@@ -427,9 +429,9 @@ class App:
 
 
 def empty_library_text(library: Library) -> str:
-    where = f"the library at {library.home} is empty"
+    where = f"the library at {library.location} is empty"
     if not library.on_disk:
-        where = f"there is no library at {library.home} yet"
+        where = f"there is no library at {library.location} yet"
     return f"{where}; index some photos with: vitsearch index FOLDER"
 
 
@@ -465,6 +467,20 @@ def _iso(timestamp: str | None) -> str | None:
 
 
 # -- model tooling: no library -------------------------------------------------------------
+
+
+def migrate_library(settings: Settings, source: str, dest: str) -> CopySummary:
+    """Copy the library at ``source`` into the empty one at ``dest`` without re-embedding;
+    each is a home folder or a postgresql:// URL (whose host files stay in ``settings.home``).
+    Both are held as their writer meanwhile, so a watcher on either is waited for."""
+    with _open_location(settings, source) as reading, _open_location(settings, dest) as writing:
+        return copy_library(reading, writing)
+
+
+def _open_location(settings: Settings, where: str) -> Library:
+    if where.startswith(STORE_SCHEMES):
+        return open_library(settings.home, write=True, store=where)
+    return open_library(Path(where).expanduser().absolute(), write=True)
 
 
 def load_model(settings: Settings, built_with: ModelInfo | None = None):

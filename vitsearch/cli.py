@@ -36,6 +36,11 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
             type=click.Path(path_type=Path),
             help="Library directory [env VITSEARCH_HOME].",
         ),
+        click.option(
+            "--store",
+            metavar="URL",
+            help="A PostgreSQL library, postgresql://user@host/db [env VITSEARCH_STORE].",
+        ),
         click.option("--model", help="Hub id or local checkpoint directory [env VITSEARCH_MODEL]."),
         click.option(
             "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Model device."
@@ -61,11 +66,12 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
         command = option(command)
 
     @functools.wraps(command)
-    def wrapper(home, model, device, precision, backend, debug, verbose, quiet, **kwargs):
+    def wrapper(home, store, model, device, precision, backend, debug, verbose, quiet, **kwargs):
         settings = None
         try:
             settings = load_settings(
                 home=home,
+                store=store,
                 model=model,
                 device=device,
                 precision=precision,
@@ -394,6 +400,22 @@ def rebuild_index(settings: Settings) -> None:
     """Rebuild the FAISS index from the database (no model work)."""
     with open_app(settings, write=True) as writer:
         click.echo(f"rebuilt the vector index: {writer.rebuild_vectors()} vectors")
+
+
+@main.command()
+@click.option("--from", "source", required=True, metavar="HOME|URL", help="The library to copy.")
+@click.option(
+    "--to", "dest", required=True, metavar="HOME|URL", help="An empty library to copy it into."
+)
+@library_options()
+def migrate(settings: Settings, source: str, dest: str) -> None:
+    """Copy a library between a home folder and PostgreSQL, either way (no model work)."""
+    done = app.migrate_library(settings, source, dest)
+    click.echo(
+        f"copied {_count(done.photos, 'photo')} ({_count(done.vectors, 'vector')}, "
+        f"{_count(done.labels, 'label')}, {_count(done.classifiers, 'taught classifier')}) "
+        f"from {done.source} to {done.dest}"
+    )
 
 
 @main.command()

@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 ADAPT_THREADS = 0  # watch_threads: follow the machine's load
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 POOLS = ("cls", "mean", "cls+mean")
+STORE_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -42,7 +43,13 @@ class Settings:
 
     home: Path = _setting(
         Path(platformdirs.user_data_dir("vitsearch")),
-        "Directory holding the library (SQLite database, FAISS index).",
+        "Directory holding the library (SQLite database, FAISS index); with a store URL, "
+        "this host's own files (thumbnails, exports, the derived cache).",
+    )
+    store: str = _setting(
+        "",
+        "Where the library lives: empty for the SQLite database in the home, or a PostgreSQL "
+        "URL (postgresql://user@host/db, pgvector installed) shared by several hosts.",
     )
     model: str = _setting(
         DEFAULT_MODEL, "Hugging Face model id or a local checkpoint directory (safetensors)."
@@ -148,5 +155,10 @@ def _validated(settings: Settings) -> Settings:
             raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
     if settings.watch_threads < ADAPT_THREADS:
         raise ConfigError("watch-threads must be 0 (adapt to the machine) or at least 1")
+    if settings.store and not settings.store.startswith(STORE_SCHEMES):
+        raise ConfigError(
+            "store must be empty (the home's SQLite) or a postgresql:// URL, "
+            f"not {settings.store!r}"
+        )
     home = Path(settings.home).expanduser()
     return dataclasses.replace(settings, home=home)

@@ -26,8 +26,16 @@ class LibraryLockedError(VitsearchError):
     """Another process is writing to the library."""
 
 
+class StoreUnavailableError(VitsearchError, ConnectionError):
+    """The library's database server cannot be reached or used."""
+
+
 class LibraryVersionError(VitsearchError):
     """The library was written by a newer vitsearch."""
+
+
+class LibraryNotEmptyError(VitsearchError, FileExistsError):
+    """A library to copy into already holds photos."""
 
 
 class NotIndexedError(VitsearchError, LookupError):

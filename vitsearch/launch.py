@@ -19,7 +19,7 @@ def start_indexing(settings: Settings, folder: Path) -> int:
     folder = folder.expanduser().absolute()
     if not folder.is_dir():
         raise MissingFileError(f"no such folder: {folder}")
-    holder = writer_pid(settings.home)
+    holder = writer_pid(settings.home, settings.store or None)
     if holder is not None:
         raise LibraryLockedError(
             f"another vitsearch process (pid {holder}) is writing to this library; "

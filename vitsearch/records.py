@@ -281,3 +281,15 @@ class LibraryStatus:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["folders"] = [{"path": f.path, "online": f.online} for f in self.folders]
         return out
+
+
+@dataclass(frozen=True)
+class CopySummary:
+    """What ``vitsearch migrate`` copied, and between which libraries."""
+
+    photos: int  # rows of the images table, failed files included
+    vectors: int
+    labels: int
+    classifiers: int
+    source: str
+    dest: str

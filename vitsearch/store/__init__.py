@@ -4,5 +4,6 @@
 """
 
 from vitsearch.store.library import Library, open_library, writer_pid
+from vitsearch.store.transfer import copy_library
 
-__all__ = ["Library", "open_library", "writer_pid"]
+__all__ = ["Library", "copy_library", "open_library", "writer_pid"]

@@ -87,6 +87,11 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
         return self._sql.path is not None
 
     @property
+    def location(self) -> str:
+        """Where the library lives, for messages: its home here, a URL for a server."""
+        return str(self.home)
+
+    @property
     def vectors_path(self) -> Path:
         return self.home / VECTORS_NAME
 
@@ -365,10 +370,20 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def open_library(home: Path, write: bool = False) -> Library:
+def open_library(home: Path, write: bool = False, store: str | None = None) -> Library:
+    """The library at ``home``, or with ``store`` (a postgresql:// URL) the one in that
+    database, with ``home`` as this host's folder for thumbnails and derived results."""
+    if store:
+        from vitsearch.store.postgres import PgLibrary  # psycopg only for a server
+
+        return PgLibrary(Path(home), writable=write, store=store)
     return Library(Path(home), writable=write)
 
 
-def writer_pid(home: Path) -> int | None:
-    """The pid of the process writing to the library at ``home``, if any."""
+def writer_pid(home: Path, store: str | None = None) -> int | None:
+    """The pid of the process writing to the library at ``home`` (or in ``store``), if any."""
+    if store:
+        from vitsearch.store.postgres import pg_writer_pid
+
+        return pg_writer_pid(store)
     return holder_pid(WriterLock(Path(home)).path)

@@ -206,7 +206,8 @@ class PhotoRows:
                     {"image_id": i, "vector": blob(e.vector), "seq": seq + offset}
                     for offset, (i, e) in enumerate(zip(ids, entries, strict=True))
                 ]
-                s.execute(upsert(EmbeddingRow, vectors[0], ["image_id"]), vectors)
+                statement = upsert(EmbeddingRow, vectors[0], ["image_id"], _dialect(s))
+                s.execute(statement, vectors)
                 labels = self._label_rows(s, ids, [e.labels for e in entries])
                 if labels:
                     s.execute(LabelRow.__table__.insert(), labels)
@@ -284,13 +285,17 @@ def _upsert_images(s: Session, rows: list[dict]) -> list[int]:
     """Insert or update images by path; their ids, in the order of ``rows``."""
     if not rows:
         return []
-    s.execute(upsert(ImageRow, rows[0], ["path"]), rows)
+    s.execute(upsert(ImageRow, rows[0], ["path"], _dialect(s)), rows)
     paths = [row["path"] for row in rows]
     found: dict[str, int] = {}
     for chunk in chunks(paths, 500):
         query = select(ImageRow.path, ImageRow.id).where(ImageRow.path.in_(chunk))
         found.update((path, image_id) for path, image_id in s.execute(query))
     return [found[path] for path in paths]
+
+
+def _dialect(s: Session) -> str:
+    return s.get_bind().dialect.name
 
 
 # what only a decoded photo has; a failed file leaves these empty

@@ -14,6 +14,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from vitsearch.store.columns import EmbeddingBytes, big_integer, path_string
+
 # 2: clusters, map; 3: cluster page index; 4: taught classifiers; 5: phash;
 # 6: clusters and map moved to the derived cache (store/derived.py)
 SCHEMA_VERSION = 6
@@ -38,7 +40,7 @@ class Root(Base):
 
     __tablename__ = "roots"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(path_string(), unique=True)
     online: Mapped[bool] = mapped_column(Boolean, default=True)
     last_seen_at: Mapped[float | None] = mapped_column(Float)
 
@@ -49,16 +51,16 @@ class ImageRow(Base):
     __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"), index=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
-    size: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(path_string(), unique=True)
+    size: Mapped[int] = mapped_column(big_integer())
+    mtime_ns: Mapped[int] = mapped_column(big_integer())
     fingerprint: Mapped[str | None] = mapped_column(String, index=True)
     content_hash: Mapped[str | None] = mapped_column(String, index=True)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     taken_at: Mapped[float | None] = mapped_column(Float)
     # perceptual hash for duplicates, as a signed 64-bit integer; NULL: indexed before schema 5
-    phash: Mapped[int | None] = mapped_column(Integer)
+    phash: Mapped[int | None] = mapped_column(big_integer())
     status: Mapped[str] = mapped_column(String, default=STATUS_OK)
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[float] = mapped_column(Float)
@@ -71,7 +73,7 @@ class EmbeddingRow(Base):
     image_id: Mapped[int] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[bytes] = mapped_column(EmbeddingBytes())  # pgvector's vector in PostgreSQL
     seq: Mapped[int] = mapped_column(Integer, index=True)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,9 +82,9 @@ def touch(s: Session) -> None:
     s.merge(Meta(key="last_commit_at", value=repr(time.time())))
 
 
-def upsert(table, example: dict, keys: list[str]):
+def upsert(table, example: dict, keys: list[str], dialect: str = "sqlite"):
     """INSERT .. ON CONFLICT (keys) DO UPDATE: an existing row keeps its id."""
-    statement = sqlite_insert(table)
+    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
     updates = {name: statement.excluded[name] for name in example if name not in keys}
     return statement.on_conflict_do_update(index_elements=keys, set_=updates)
 

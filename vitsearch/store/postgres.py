@@ -1,0 +1,447 @@
+"""A library kept in PostgreSQL (``--store postgresql://user@host/db``), shared by many hosts.
+
+The same tables and noun modules as the embedded library (``schema.py``, ``photos.py``,
+``embeddings.py``, ``labels.py``), the same version table and migrations. What differs:
+
+- The vectors are the ``embeddings.vector`` column itself, pgvector's ``vector(dim)`` (typed
+  when the library learns its model's dimension) with an HNSW index (``vector_ip_ops``: the
+  vectors are unit length, so inner product is cosine). There is no cache to save or catch up:
+  a reader on any host sees a commit at once. A search runs in SQL with the folder/date filter
+  in the same query, ordered by the vector distance (``hnsw.ef_search`` set per query, and an
+  iterative index scan when a filter leaves the first candidates short).
+- Near-duplicate pairs need a range search, which HNSW has not: they come from an exact
+  in-memory FAISS index of the vectors, built on this host when duplicates are first asked for
+  (what the embedded library keeps on disk).
+- One writer per library is a session-level advisory lock, held on its own connection for
+  the writer's life. The server releases it when that connection ends, so a writer that died
+  (even by SIGKILL, or with its host) frees the library; a second writer is refused with the
+  holder's host and pid, read from the lock connection's ``application_name``.
+- Thumbnails, exports and the derived cache (clusters, map) stay in each host's ``--home``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import BigInteger, Float, bindparam, cast, create_engine, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import any_
+
+from vitsearch.errors import ConfigError, LibraryLockedError, StoreUnavailableError
+from vitsearch.records import FailedEntry, Filters, ImageEntry, ModelInfo
+from vitsearch.store.columns import EmbeddingBytes, PgVector
+from vitsearch.store.library import Library
+from vitsearch.store.migrations import check_not_newer, ensure_schema, schema_version
+from vitsearch.store.photos import filter_conditions
+from vitsearch.store.schema import SCHEMA_VERSION, EmbeddingRow, ImageRow
+from vitsearch.store.sql import Sql, blob
+from vitsearch.store.vectors import VectorIndex, build_index, catch_up
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x76697473  # "vits": the advisory lock of the one writer (one library per database)
+WRITER_APP = "vitsearch writer"  # application_name prefix of the lock's connection
+HNSW_INDEX = "ix_embeddings_vector_hnsw"
+HNSW_M = 16  # pgvector's defaults: graph degree and build-time candidate list
+HNSW_EF_CONSTRUCTION = 64
+# Candidates a query keeps (pgvector's hnsw.ef_search); at least k. Chosen from the recall
+# curve measured by benchmarks/bench_pgvector.py: see the README's "More than one machine".
+EF_SEARCH = 64
+CONNECT_TIMEOUT_SECONDS = 10
+PLANS = {"auto": (), "index": ("enable_sort",), "exact": ("enable_indexscan",)}
+
+
+def pg_url(store: str) -> URL:
+    """A SQLAlchemy URL for a ``postgresql://`` store, on the psycopg (3) driver."""
+    try:
+        url = make_url(store)
+    except ArgumentError:
+        raise ConfigError(f"{store!r} is not a database URL: postgresql://user@host/db") from None
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError(f"the store must be a postgresql:// URL, not {shown(url)}")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def shown(url: URL | str) -> str:
+    """The URL without its password, for messages."""
+    url = make_url(url) if isinstance(url, str) else url
+    url = url.set(drivername=url.get_backend_name())
+    if not url.password:  # "user:@host": no password to hide
+        url = url._replace(password=None)  # URL is a NamedTuple; set() reads None as "keep"
+    return url.render_as_string(hide_password=True)
+
+
+def pg_engine(url: URL, read_only: bool = False, app: str = "vitsearch", **kwargs) -> Engine:
+    """An engine on the server; a reader's transactions are read-only (it cannot write the
+    library, whatever it runs)."""
+    args: dict = {"application_name": app[:63], "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    try:
+        return create_engine(url, connect_args=args, pool_pre_ping=True, **kwargs)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "a PostgreSQL library needs psycopg: pip install 'vitsearch[server]'"
+        ) from None
+
+
+class PgSql(Sql):
+    """The library database on a PostgreSQL server: ``Sql``'s sessions and meta table."""
+
+    def __init__(self, url: URL, read_only: bool = False) -> None:
+        self.path = shown(url)  # what messages name (check_not_newer says "the library at ...")
+        self.read_only = read_only
+        self.engine = pg_engine(url, read_only)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except DBAPIError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreUnavailableError(
+                f"cannot open the library database {self.path}: {reason}; check --store "
+                "(VITSEARCH_STORE) and that the server runs"
+            ) from None
+
+    def has_schema(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT to_regclass('meta') IS NOT NULL").scalar()
+
+
+class AdvisoryLock:
+    """The writer lock: ``pg_try_advisory_lock`` on a connection of its own, held open (in
+    autocommit, so it never idles in a transaction) until :meth:`release`."""
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.name = f"{WRITER_APP} {os.getpid()}@{socket.gethostname()}"[:63]
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
+
+    def acquire(self) -> AdvisoryLock:
+        engine = pg_engine(self.url, app=self.name, poolclass=NullPool)
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except DBAPIError as exc:
+            engine.dispose()
+            raise StoreUnavailableError(
+                f"cannot open the library database {shown(self.url)}: {exc.orig}; "
+                "check --store (VITSEARCH_STORE) and that the server runs"
+            ) from None
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar()
+        if not got:
+            conn.close()
+            engine.dispose()
+            holder = lock_holder(conn_url=self.url)
+            who = f"pid {holder[0]} on {holder[1]}" if holder else "pid ?"
+            raise LibraryLockedError(
+                f"another vitsearch process ({who}) is writing to this library; "
+                "wait for it to finish or stop it"
+            )
+        self._engine, self._conn = engine, conn
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            except DBAPIError:
+                pass  # the connection is gone: so is the lock
+            finally:
+                self._conn.close()
+                self._engine.dispose()
+                self._conn = self._engine = None
+
+    def __enter__(self) -> AdvisoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+HOLDER_QUERY = text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key "
+    "AND l.objsubid = 1 AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def lock_holder(conn_url: URL) -> tuple[int, str] | None:
+    """(pid, host) of the writer holding the library's lock, or None when nobody does."""
+    engine = pg_engine(conn_url, app="vitsearch", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            names = [row[0] or "" for row in conn.execute(HOLDER_QUERY, {"key": LOCK_KEY})]
+    except DBAPIError:
+        return None
+    finally:
+        engine.dispose()
+    if not names:
+        return None
+    found = re.fullmatch(rf"{WRITER_APP} (\d+)@(.*)", names[0])
+    return (int(found.group(1)), found.group(2)) if found else (0, "another host")
+
+
+class FilteredIds:
+    """The photos passing folder/date filters, kept as SQL: a search applies the conditions
+    in its own query; they are counted or listed only when asked."""
+
+    def __init__(self, library: PgLibrary, filters: Filters) -> None:
+        self.library = library
+        self.filters = filters
+        self._count: int | None = None
+
+    def conditions(self) -> list:
+        return filter_conditions(self.filters)
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = len(self.library.filtered_ids(self.filters))
+        return self._count
+
+    def tolist(self) -> list[int]:
+        return self.library.filtered_ids(self.filters).tolist()
+
+
+class PgVectors:
+    """The ``VectorIndex`` calls search and duplicates make, answered by PostgreSQL."""
+
+    kind = "hnsw"
+
+    def __init__(self, library: PgLibrary, dim: int) -> None:
+        self.library = library
+        self.dim = dim
+        self.ef_search = EF_SEARCH
+        self._exact: VectorIndex | None = None
+
+    def __len__(self) -> int:
+        return self.library.embedding_count()
+
+    def ids(self) -> np.ndarray:
+        return self.library.embedding_ids()
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        allowed: FilteredIds | np.ndarray | None = None,
+        plan: str = "auto",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the k nearest, best first; only ``allowed`` ids when given, the
+        filter in the same SQL query as the vector order. ``plan``: "auto" leaves the choice
+        to the server's planner (a narrow filter is answered exactly, from the path index);
+        "index" makes it walk the HNSW graph, "exact" compare every row (what recall checks
+        and benchmarks/bench_pgvector.py compare)."""
+        if k < 1:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        vector = bindparam("query", blob(query), type_=EmbeddingBytes)
+        distance = EmbeddingRow.vector.op("<#>", return_type=Float)(cast(vector, PgVector()))
+        statement = select(EmbeddingRow.image_id, distance).order_by(distance).limit(k)
+        if isinstance(allowed, FilteredIds):
+            statement = statement.join(ImageRow, ImageRow.id == EmbeddingRow.image_id)
+            statement = statement.where(*allowed.conditions())
+        elif allowed is not None:
+            ids = bindparam("allowed", [int(i) for i in allowed], type_=ARRAY(BigInteger))
+            statement = statement.where(EmbeddingRow.image_id == any_(ids))
+        with self.library.engine.begin() as conn:
+            for setting in PLANS[plan]:
+                conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+            conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(int(self.ef_search), k)}")
+            if allowed is not None:  # a filter that rejects the first candidates scans on
+                conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            rows = conn.execute(statement).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        scores = -np.array([r[1] for r in rows], dtype=np.float32)  # <#> is the negated product
+        order = np.argsort(-scores, kind="stable")  # relaxed order: nearly sorted already
+        return ids[order], scores[order]
+
+    def pairs_above(
+        self, ids: np.ndarray, vectors: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, score) for every b with cosine >= threshold to a query a, with a < b: a
+        range search, which HNSW lacks, so it runs on an in-memory FAISS index of this host
+        (the embedded library's kind for this size), built on first use."""
+        return self.exact_index().pairs_above(ids, vectors, threshold)
+
+    def exact_index(self) -> VectorIndex:
+        if self._exact is None:
+            self._exact = build_index(self.library, self.dim)
+        return self._exact
+
+    def refresh(self) -> None:
+        """Bring the in-memory index (if any) in step with the rows."""
+        if self._exact is not None:
+            state = self.library.vector_state()
+            if state != (self._exact.seq, len(self._exact)):
+                catch_up(self._exact, self.library)
+
+
+class PgLibrary(Library):
+    """A :class:`Library` whose rows, vectors and writer lock live in PostgreSQL; ``home`` is
+    this host's folder (thumbnails, exports, the derived cache). Open with
+    ``open_library(home, write, store=URL)``."""
+
+    def __init__(self, home, writable: bool, store: str) -> None:
+        self.home = home
+        self.writable = writable
+        self.url = pg_url(store)
+        self._lock = AdvisoryLock(self.url).acquire() if writable else None
+        try:
+            self._sql = self._connect()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self.derived = self._derived_cache()
+        self._vectors: PgVectors | None = None
+        self._allowed: dict = {}
+        self._vectors_dirty = False
+        info = self.model
+        if writable and info is not None:
+            self._type_vectors(info.dim)
+
+    @property
+    def on_disk(self) -> bool:
+        return True
+
+    @property
+    def location(self) -> str:
+        return shown(self.url)
+
+    # -- the vectors: rows of the library, searched by the server ------------------------
+
+    @property
+    def vectors(self) -> PgVectors:
+        if self._vectors is None:
+            info = self.model
+            self._vectors = PgVectors(self, info.dim if info else 1)
+        return self._vectors
+
+    def vector_count(self) -> int:
+        return self.embedding_count()
+
+    def allowed_ids(self, filters: Filters) -> FilteredIds:
+        return FilteredIds(self, filters)
+
+    def adopt_model(self, info: ModelInfo, precision: str) -> None:
+        super().adopt_model(info, precision)
+        self._type_vectors(info.dim)
+
+    def write_batch(
+        self,
+        entries: Sequence[ImageEntry],
+        failures: Sequence[FailedEntry] = (),
+        update_vectors: bool = True,
+    ) -> list[int]:
+        """Store embedded photos and failed files in one transaction: the vectors are rows
+        (and the HNSW index is the server's), so there is nothing else to keep in step."""
+        return self._write_rows(entries, failures)
+
+    def delete(self, ids: Sequence[int]) -> None:
+        ids = list(ids)
+        if ids:
+            self._delete_rows(ids)
+
+    def rebuild_vectors(self) -> int:
+        """Rebuild the HNSW index from the rows (REINDEX); the vectors it holds."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.exec_driver_sql(f"SELECT to_regclass('{HNSW_INDEX}')").scalar():
+                conn.exec_driver_sql(f"REINDEX INDEX {HNSW_INDEX}")
+        self._vectors = None
+        return self.embedding_count()
+
+    def refresh(self) -> None:
+        """Commits are visible at once; only this host's duplicate index may need catching up."""
+        if self._vectors is not None:
+            self._vectors.refresh()
+
+    def save_vectors(self) -> None:
+        """Nothing to save: the vectors were committed with their rows."""
+
+    def _type_vectors(self, dim: int) -> None:
+        """Make the embeddings column ``vector(dim)`` and give it its HNSW index (once)."""
+        typed = (
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'embeddings'::regclass AND attname = 'vector'"
+        )
+        with self.engine.begin() as conn:
+            if conn.exec_driver_sql(typed).scalar() != f"vector({dim})":
+                alter = f"ALTER TABLE embeddings ALTER COLUMN vector TYPE vector({dim})"
+                conn.exec_driver_sql(alter)
+            if conn.exec_driver_sql(f"SELECT to_regclass('{HNSW_INDEX}')").scalar():
+                return  # (CREATE INDEX IF NOT EXISTS would still lock the table to find out)
+            conn.exec_driver_sql(
+                f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON embeddings USING hnsw "
+                f"(vector vector_ip_ops) WITH (m = {HNSW_M}, "
+                f"ef_construction = {HNSW_EF_CONSTRUCTION})"
+            )
+
+    # -- opening and closing ------------------------------------------------------------
+
+    def _connect(self) -> PgSql:
+        if self.writable:
+            sql = PgSql(self.url)
+            _create_schema(sql)
+            return sql
+        sql = PgSql(self.url, read_only=True)
+        version = schema_version(sql) if sql.has_schema() else None
+        check_not_newer(sql, version)
+        if version != SCHEMA_VERSION:
+            self._upgrade()
+        return sql
+
+    def _upgrade(self) -> None:
+        """A database with no library yet, or one from an older vitsearch, read before any
+        writer opened it: made or upgraded once, under the writer lock, as its writer would."""
+        try:
+            with AdvisoryLock(self.url):
+                sql = PgSql(self.url)
+                try:
+                    _create_schema(sql)
+                finally:
+                    sql.close()
+        except LibraryLockedError:
+            pass  # the writer holding it made or upgraded the schema when it opened
+
+    def close(self) -> None:
+        try:
+            self._sql.close()
+            self.derived.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
+def _create_schema(sql: PgSql) -> None:
+    """pgvector, then the library's tables and version (``migrations.ensure_schema``)."""
+    with sql.engine.begin() as conn:
+        if not conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'vector'").first():
+            try:
+                conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
+            except DBAPIError as exc:
+                raise StoreUnavailableError(
+                    f"the database {sql.path} has no pgvector and this user may not add it "
+                    f"({exc.orig}); ask its owner to run: CREATE EXTENSION vector"
+                ) from None
+    ensure_schema(sql)
+
+
+def pg_writer_pid(store: str) -> int | None:
+    """The pid of the process writing to the PostgreSQL library ``store`` (on any host)."""
+    holder = lock_holder(pg_url(store))
+    return holder[0] if holder else None
