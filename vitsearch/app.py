@@ -232,7 +232,8 @@ class App:
         for image in images:
             if not Path(image).is_file():
                 raise MissingFileError(f"no such image file: {image}")
-        return classify(load_model(self.settings), list(images))  # any model: no library check
+        # any model, no library check; the library's own runs on its backend, untimed
+        return classify(load_model(self.settings, self._own_model()), list(images))
 
     def embed_to_file(self, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
         """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to
@@ -400,6 +401,11 @@ class App:
             path = Path(folder).expanduser().absolute()
             if not path.is_dir() and str(path) not in known:
                 raise MissingFileError(f"no such folder: {folder}")
+
+    def _own_model(self) -> ModelInfo | None:
+        """The library's model when the settings name it, else None."""
+        recorded = self.library.model
+        return recorded if recorded is not None and recorded.name == self.settings.model else None
 
     def _check_other_model(self, indexer: Indexer) -> None:
         """A library built with another model name: load the one asked for now, before any

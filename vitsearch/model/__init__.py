@@ -1,7 +1,8 @@
 """The model engine: the only package that imports torch and transformers.
 
 Its names are imported on first use (PEP 562), so that importing the torch-free
-:mod:`vitsearch.model.checkpoint` does not pay seconds for torch. Nothing here reads
+:mod:`vitsearch.model.checkpoint` does not pay seconds for torch, nor ``load_model`` on a
+library that runs an ONNX or OpenVINO export (see :mod:`.runtime`). Nothing here reads
 :class:`vitsearch.config.Settings`: callers pass the checkpoint, backend, precision, device,
 features and threads (``vitsearch.app`` turns settings into them).
 """
@@ -12,14 +13,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vitsearch.model.embedder import Embedder, EmbeddingBatch, Features
+    from vitsearch.model.embedder import Embedder
+    from vitsearch.model.features import EmbeddingBatch, Features
     from vitsearch.model.loader import load_embedder
     from vitsearch.model.runtime import load_model
 
 _HOMES = {
     "Embedder": "vitsearch.model.embedder",
-    "EmbeddingBatch": "vitsearch.model.embedder",
-    "Features": "vitsearch.model.embedder",
+    "EmbeddingBatch": "vitsearch.model.features",
+    "Features": "vitsearch.model.features",
     "load_embedder": "vitsearch.model.loader",
     "load_model": "vitsearch.model.runtime",
 }

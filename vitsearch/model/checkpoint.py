@@ -10,6 +10,7 @@ that need them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import socket
@@ -129,17 +130,17 @@ def _looks_like_path(name: str) -> bool:
 
 def resolve_checkpoint(name: str) -> Path:
     """A local directory holding the checkpoint, downloading it from the hub if needed."""
-    # imported here: the cheap checks above run before any model work, in commands that
-    # never load a model
-    from huggingface_hub import constants as hub_constants
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     path = Path(name).expanduser()
     if path.is_dir():
         return path.resolve()
     if _looks_like_path(name):
         raise ModelNotAvailableError(f"no model checkpoint directory at {name}; {FIX_HINT}")
+    # imported here, for a hub id only: the cheap checks above run before any model work,
+    # and huggingface_hub takes a third of a second to import
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_FILES, local_files_only=True))
     except LocalEntryNotFoundError:
@@ -157,9 +158,29 @@ def resolve_checkpoint(name: str) -> Path:
 
 
 def checkpoint_fingerprint(directory: Path) -> str:
-    """A content hash of the weights and config: the same checkpoint anywhere hashes the same."""
+    """A content hash of the weights and config: the same checkpoint anywhere hashes the same.
+
+    Hashed once per process while the files keep their size and mtime: a ViT-B's weights
+    take a third of a second to hash, and one load asks for the fingerprint more than once
+    (the export's folder, its timings, the embedder's record).
+    """
+    files = [*sorted(directory.glob("*.safetensors")), directory / "config.json"]
+    return _hashed(tuple(files), tuple(_stat(file) for file in files))
+
+
+def _stat(file: Path) -> tuple[int, int]:
+    try:
+        stat = file.stat()
+    except OSError:
+        return (-1, -1)  # hashing it says what is wrong
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed(files: tuple[Path, ...], _stats: tuple[tuple[int, int], ...]) -> str:
+    """The fingerprint of ``files``; ``_stats`` (their sizes and mtimes) keys the cache."""
     digest = hashlib.sha256()
-    for file in [*sorted(directory.glob("*.safetensors")), directory / "config.json"]:
+    for file in files:
         with open(file, "rb") as handle:
             for chunk in iter(lambda h=handle: h.read(1 << 22), b""):
                 digest.update(chunk)

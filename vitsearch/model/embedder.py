@@ -2,85 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
-
 import numpy as np
 import torch
-from PIL import Image
 
-from vitsearch.model.hardware import DTYPES
-from vitsearch.model.pixels import PlainPixels, input_size, plain_pixels
+# Features, EmbeddingBatch and PixelInput are torch-free (exports run without torch); they
+# are imported from here too
+from vitsearch.model.features import (
+    DEFAULT_FEATURES,
+    FINAL_LAYER,
+    TOP_LABELS,
+    EmbeddingBatch,
+    Features,
+)
+from vitsearch.model.pixels import PixelInput
 from vitsearch.records import Label, ModelInfo
 
-TOP_LABELS = 5
-
-
-FINAL_LAYER = -1
-
-
-@dataclass(frozen=True)
-class Features:
-    """Which vector stands for a photo.
-
-    ``layer``: -1 (default) is the encoder's final output after its layer norm, the CLS token
-    the classifier reads; 0..N is ``hidden_states[layer]`` (0: the patch embeddings, N: the last
-    layer before the final norm). ``pool``: the CLS token, the mean of the patch tokens, or both
-    concatenated (twice the dimension).
-    """
-
-    layer: int = FINAL_LAYER
-    pool: str = "cls"
-
-    @property
-    def default(self) -> bool:
-        return self.layer == FINAL_LAYER and self.pool == "cls"
-
-    def tag(self) -> str:
-        """Appended to a model fingerprint, so libraries on other features are kept apart."""
-        return "" if self.default else f"|layer={self.layer}|pool={self.pool}"
-
-
-DEFAULT_FEATURES = Features()  # the final CLS token (for default arguments)
-
-
-@dataclass(frozen=True)
-class EmbeddingBatch:
-    vectors: np.ndarray  # (n, dim) float32, unit length
-    labels: list[tuple[Label, ...]]  # top labels per image; empty without a head
-
-
-class PixelInput:
-    """Preprocessing shared by every backend: needs ``self.info`` and ``self._processor``."""
-
-    info: ModelInfo
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(width, height) the processor resizes to; decoders may draft down to it."""
-        return input_size(self.info.preprocessing.get("size"))
-
-    @property
-    def decode_size(self) -> tuple[int, int]:
-        """Decoders may reduce a photo to this before preprocessing. A JPEG draft keeps at
-        least this size, and its DCT scaling averages pixels as a good downscale does: on
-        12 MP photos it decodes in 13 ms instead of 18 at twice the size, and the model's
-        pixels differ from a full decode by 0.4 grey levels on average."""
-        return self.input_size
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> (3, H, W) float32 pixels, exactly as the checkpoint expects."""
-        if self._plain is not None:
-            return self._plain(image)
-        return self._processor(images=[image], return_tensors="np")["pixel_values"][0]
-
-    @cached_property
-    def _plain(self) -> PlainPixels | None:
-        return plain_pixels(self._processor)
-
-    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch:
-        return self.embed(np.stack([self.preprocess(image) for image in images]))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Embedder(PixelInput):
@@ -96,7 +33,7 @@ class Embedder(PixelInput):
         info: ModelInfo,
         device: str,
         precision: str,
-        features: Features = Features(),
+        features: Features = DEFAULT_FEATURES,
     ) -> None:
         self.info = info
         self.device = device

@@ -8,8 +8,8 @@ the two formats cannot drift apart. An export is written to a staging directory,
 against the PyTorch model on seeded probe images, and only then moved into place: a directory
 holding a manifest always holds a verified export.
 
-Opening an export by its manifest (:func:`open_export`, :func:`load_exported`) is here too:
-this module stands above both backends, which are leaves that never import each other.
+Opening an export by its manifest (:func:`open_export`, :func:`load_exported`) is
+:mod:`.backends`', without torch; its names are here too, beside the exporting.
 """
 
 from __future__ import annotations
@@ -34,32 +34,25 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from vitsearch import __version__
-from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.model.embedder import (
-    DEFAULT_FEATURES,
-    FINAL_LAYER,
-    Embedder,
-    EmbeddingBatch,
-    Features,
-    _pool,
-)
+from vitsearch.errors import ConfigError
+
+# opening an export (.backends) and its error (.exported) need no torch; named here too
+from vitsearch.model.backends import load_exported as load_exported
+from vitsearch.model.backends import load_onnx_embedder as load_onnx_embedder
+from vitsearch.model.backends import open_export
+from vitsearch.model.embedder import FINAL_LAYER, Embedder, EmbeddingBatch, _pool
 from vitsearch.model.exported import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     LOGITS_OUTPUT,
     MANIFEST_FILE,
     OPENVINO_FORMAT,
+    BackendMismatchError,
     ExportedEmbedder,
     ExportManifest,
-    read_manifest,
 )
-from vitsearch.model.onnx_backend import INSTALL_HINT, MODEL_FILE, open_onnx
-from vitsearch.model.openvino_backend import (
-    OPENVINO_INSTALL_HINT,
-    WEIGHTS_FILE,
-    XML_FILE,
-    open_openvino,
-)
+from vitsearch.model.onnx_backend import INSTALL_HINT, MODEL_FILE
+from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
 
 if TYPE_CHECKING:
     import onnx
@@ -82,10 +75,6 @@ PROBE_SCENES = 32  # drawn scenes: shapes, lines, blur; what separates int8 sche
 PROBE_SEED = 0
 INT8_BLOCK = 64  # weights and activations share a scale per 64 values of the inner dimension
 EXAMPLE_BATCH = 2  # torch.export specialises a batch of 1, so trace with 2 to keep it dynamic
-
-
-class BackendMismatchError(VitsearchError, ValueError):
-    """Another backend's embeddings differ from PyTorch fp32 beyond the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -116,95 +105,6 @@ class Verification:
                 f"neighbours kept {self.neighbour_overlap:.3f} (needs {self.min_overlap}); {fix}"
             )
         return self
-
-
-def load_onnx_embedder(
-    model: str,
-    *,
-    threads: int,
-    precision: str = "auto",
-    device: str = "auto",
-    features: Features = DEFAULT_FEATURES,
-) -> ExportedEmbedder:
-    """The ONNX export directory ``model`` on ONNX Runtime (see :func:`load_exported`)."""
-    return load_exported(
-        model,
-        threads=threads,
-        backend="onnx",
-        precision=precision,
-        device=device,
-        features=features,
-    )
-
-
-def load_exported(
-    model: str,
-    *,
-    threads: int,
-    backend: str | None = None,
-    precision: str = "auto",
-    device: str = "auto",
-    features: Features = DEFAULT_FEATURES,
-) -> ExportedEmbedder:
-    """The export directory ``model`` on its backend, with ``threads``.
-
-    Args:
-        model: the export directory, as named (the name a library records).
-        threads: the runtime's intra-op threads.
-        backend: ``onnx`` or ``openvino`` when asked for (the export must be of it); ``None``
-            takes the export's own.
-        precision, device, features: as asked: ``precision`` must be ``auto`` or the export's
-            own, ``device`` ``auto`` or ``cpu``, and ``features`` the defaults or the
-            export's: an export fixes them.
-    """
-    if device not in ("auto", "cpu"):
-        raise ConfigError(f"exports run on the CPU; use --device cpu, not {device}")
-    directory = Path(model).expanduser()
-    manifest = read_manifest(directory)
-    if backend not in (None, manifest.backend):
-        raise ConfigError(
-            f"export {model} is for {manifest.backend}, not {backend}; "
-            f"use --backend {manifest.backend} (or auto) with it"
-        )
-    embedder = _open(directory, manifest, threads, model)
-    if precision not in ("auto", embedder.precision):
-        raise ConfigError(
-            f"export {model} is {embedder.precision}, not {precision}; "
-            f"use --precision auto or export again with the precision you want"
-        )
-    _check_features(model, features, embedder)
-    return embedder
-
-
-def _check_features(model: str, asked: Features, embedder: ExportedEmbedder) -> None:
-    """Default --layer/--pool take the export's own; others must match what it baked in."""
-    if not asked.default and asked != embedder.features:
-        made = embedder.features
-        raise ConfigError(
-            f"export {model} embeds layer {made.layer} with {made.pool} pooling, not "
-            f"layer {asked.layer} with {asked.pool}; export again with the --layer/--pool you want"
-        )
-
-
-def open_export(
-    directory: Path, threads: int, name: str | None = None, *, require_verified: bool = True
-) -> ExportedEmbedder:
-    """An embedder over an export directory (ONNX or OpenVINO), checked to be complete.
-
-    Args:
-        directory: the export directory.
-        threads: the runtime's intra-op threads.
-        name: the model name a library records (default: the directory).
-        require_verified: refuse an export whose agreement with PyTorch was never shown;
-            only the verification itself opens one that is not yet.
-    """
-    manifest = read_manifest(directory, require_verified=require_verified)
-    return _open(directory, manifest, threads, name or str(directory))
-
-
-def _open(directory: Path, manifest: ExportManifest, threads: int, name: str) -> ExportedEmbedder:
-    opener = open_openvino if manifest.backend == "openvino" else open_onnx
-    return opener(directory, manifest, threads, name)
 
 
 def export_onnx(

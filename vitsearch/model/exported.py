@@ -7,7 +7,9 @@ manifest naming the source checkpoint and the format. Its embeddings are fingerp
 ``<source fingerprint>+<backend>-<precision>`` (``+onnx-int8``, ``+openvino-fp32``…), so a
 library never mixes them with the PyTorch ones silently. The backends are leaves below this
 module: :mod:`.onnx_backend` runs ``model.onnx``, :mod:`.openvino_backend` the IR; neither
-imports the other, and :func:`.export.open_export` picks between them.
+imports the other, and :func:`.backends.open_export` picks between them. None of them imports
+torch or transformers: the preprocessing comes from the saved config (see
+:func:`read_processor`) and the labels from the manifest.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import transformers
 
-from vitsearch.errors import ModelNotAvailableError
+from vitsearch.errors import ModelNotAvailableError, VitsearchError
 from vitsearch.model.checkpoint import MANIFEST_FILE, load_processor
-from vitsearch.model.embedder import TOP_LABELS, EmbeddingBatch, Features, PixelInput
+from vitsearch.model.features import TOP_LABELS, EmbeddingBatch, Features
+from vitsearch.model.pixels import PixelInput, PlainPixels, plain_pixels_from_config
 from vitsearch.model.scores import softmax
 from vitsearch.records import Label, ModelInfo
+
+if TYPE_CHECKING:
+    import transformers
 
 __all__ = ["MANIFEST_FILE", "ExportManifest", "ExportedEmbedder", "read_manifest"]
 
@@ -37,6 +43,10 @@ INPUT_NAME = "pixel_values"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 EXPORT_HINT = "create it with: vitsearch export --format onnx (or openvino) --out DIR"
+
+
+class BackendMismatchError(VitsearchError, ValueError):
+    """Another backend's embeddings differ from PyTorch fp32 beyond the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ class ExportedEmbedder(PixelInput):
 
     def __init__(
         self,
-        processor: transformers.BaseImageProcessor,
+        processor: PlainPixels | transformers.BaseImageProcessor,
         manifest: ExportManifest,
         name: str,
         outputs: Sequence[str],
@@ -139,8 +149,16 @@ class ExportedEmbedder(PixelInput):
         ]
 
 
-def read_processor(directory: Path) -> transformers.BaseImageProcessor:
-    """The checkpoint's image processor, saved in the export directory."""
+def read_processor(directory: Path) -> PlainPixels | transformers.BaseImageProcessor:
+    """The checkpoint's preprocessing, saved in the export directory: the quick path read
+    from its config when that is all the processor does (transformers takes seconds to
+    import), else the image processor itself."""
+    try:
+        plain = plain_pixels_from_config(json.loads((directory / PROCESSOR_FILE).read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        plain = None  # loading the processor says what is wrong with its config
+    if plain is not None:
+        return plain
     return load_processor(directory, f"export {directory}", f"; {EXPORT_HINT}")
 
 

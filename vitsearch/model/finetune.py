@@ -38,7 +38,8 @@ from vitsearch.model.checkpoint import (
     load_processor,
     resolve_checkpoint,
 )
-from vitsearch.model.hardware import DTYPES, choose_device, choose_precision
+from vitsearch.model.embedder import DTYPES
+from vitsearch.model.hardware import choose_device, choose_precision
 from vitsearch.model.pixels import input_size
 from vitsearch.photos.decode import read_or_skip
 from vitsearch.photos.fileio import replacing

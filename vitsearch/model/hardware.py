@@ -1,15 +1,14 @@
 """Device and precision choice, from what the machine really has.
 
 bf16 on a CPU without bf16 instructions is several times *slower* than fp32,
-so it is chosen only when the CPU flags say the hardware is there.
+so it is chosen only when the CPU flags say the hardware is there. torch is imported only
+to ask it about devices: a library that runs an export never needs it.
 """
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
-
-import torch
 
 from vitsearch.errors import ConfigError
 
@@ -43,6 +42,8 @@ def has_bf16_hardware(flags: frozenset[str]) -> bool:
 
 
 def choose_device(requested: str) -> str:
+    import torch
+
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -65,6 +66,3 @@ def choose_precision(requested: str, device: str, flags: frozenset[str] | None =
     if device == "cpu" and has_bf16_hardware(cpu_flags() if flags is None else flags):
         return "bf16"
     return "fp32"
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -20,7 +20,8 @@ from vitsearch.model.checkpoint import (
     preprocessing,
     resolve_checkpoint,
 )
-from vitsearch.model.embedder import DEFAULT_FEATURES, Embedder, Features
+from vitsearch.model.embedder import Embedder
+from vitsearch.model.features import DEFAULT_FEATURES, Features
 from vitsearch.model.quantize import quantize_int8
 from vitsearch.records import ModelInfo
 

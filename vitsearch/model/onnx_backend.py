@@ -11,7 +11,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import transformers
 
 from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model.exported import (
@@ -21,9 +20,11 @@ from vitsearch.model.exported import (
     ExportManifest,
     read_processor,
 )
+from vitsearch.model.pixels import PlainPixels
 
 if TYPE_CHECKING:
     import onnxruntime
+    import transformers
 
 MODEL_FILE = "model.onnx"
 # vitsearch depends on these: missing, the install is incomplete
@@ -36,7 +37,7 @@ class OnnxEmbedder(ExportedEmbedder):
     def __init__(
         self,
         session: onnxruntime.InferenceSession,
-        processor: transformers.BaseImageProcessor,
+        processor: PlainPixels | transformers.BaseImageProcessor,
         manifest: ExportManifest,
         name: str,
     ) -> None:

@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import transformers
 
 from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model.exported import (
@@ -25,9 +24,11 @@ from vitsearch.model.exported import (
     ExportManifest,
     read_processor,
 )
+from vitsearch.model.pixels import PlainPixels
 
 if TYPE_CHECKING:
     import openvino
+    import transformers
 
 XML_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -40,7 +41,7 @@ class OpenVinoEmbedder(ExportedEmbedder):
     def __init__(
         self,
         compiled: openvino.CompiledModel,
-        processor: transformers.BaseImageProcessor,
+        processor: PlainPixels | transformers.BaseImageProcessor,
         manifest: ExportManifest,
         name: str,
     ) -> None:

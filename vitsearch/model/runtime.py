@@ -18,6 +18,10 @@ or when the model named is an OpenVINO export directory.
 A library keeps the backend it was built with: ``auto`` measures only the backends whose
 embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library
 runs ONNX int8), so moving a library to another machine never mixes embeddings.
+
+torch and transformers are imported only when a torch backend runs, or an export has to be
+made or checked: a query on a library that runs an export loads the graph, its preprocessing
+config and its manifest without them (seconds of imports saved).
 """
 
 from __future__ import annotations
@@ -30,21 +34,21 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitsearch.errors import ConfigError
+from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
-from vitsearch.model.embedder import DEFAULT_FEATURES, Embedder, Features
-from vitsearch.model.export import (
+from vitsearch.model.exported import (
+    MANIFEST_FILE,
     BackendMismatchError,
-    export_onnx,
-    load_exported,
-    open_export,
-    probe_images,
+    ExportedEmbedder,
+    export_backend,
 )
-from vitsearch.model.exported import MANIFEST_FILE, ExportedEmbedder, export_backend
+from vitsearch.model.features import DEFAULT_FEATURES, Features
 from vitsearch.model.hardware import (
     choose_device,
     choose_precision,
@@ -52,10 +56,12 @@ from vitsearch.model.hardware import (
     cpu_name,
     has_bf16_hardware,
 )
-from vitsearch.model.loader import load_embedder
 from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.photos.fileio import held, write_atomically
 from vitsearch.records import AGREEING, ModelInfo
+
+if TYPE_CHECKING:
+    from vitsearch.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +109,8 @@ class Source:
 
     def torch(self, device: str, precision: str) -> Embedder:
         """The checkpoint in PyTorch on the device and precision decided."""
+        from vitsearch.model.loader import load_embedder  # torch: seconds to import
+
         return load_embedder(
             self.checkpoint,
             threads=self.threads,
@@ -320,6 +328,8 @@ def images_per_second(embedders: dict[str, object], batch_size: int, seconds: fl
     """Each embedder's best probe-batch throughput over rounds that take turns (a passing load
     on the machine then slows every candidate alike, not just one), after a warm-up batch;
     at least two rounds, then more until about ``seconds`` per candidate have passed."""
+    from vitsearch.model.export import probe_images
+
     images = probe_images()[: max(1, min(batch_size, MEASURE_BATCH))]
     pixels = {
         name: np.stack([embedder.preprocess(image) for image in images])
@@ -426,6 +436,8 @@ def _exported(
         if rejected.is_file():
             return None
         if not (directory / MANIFEST_FILE).is_file():
+            from vitsearch.model.export import export_onnx  # torch: only to make the export
+
             log.warning("exporting %s to ONNX %s, once", source.checkpoint, precision)
             fp32 = export_directory(source, "fp32") / MODEL_FILE
             try:
