@@ -115,7 +115,9 @@ class App:
         when its embeddings would not compare with the library's."""
         with self._lock:
             if self._embedder is None:
-                embedder = load_model(self.settings, self.library.model)
+                # a query never waits a minute to time the backends again: the writer does
+                retime = self.library.writable
+                embedder = load_model(self.settings, self.library.model, retime=retime)
                 self.library.check_model(embedder.info)
                 self._embedder = embedder
             return self._embedder
@@ -233,7 +235,8 @@ class App:
             if not Path(image).is_file():
                 raise MissingFileError(f"no such image file: {image}")
         # any model, no library check; the library's own runs on its backend, untimed
-        return classify(load_model(self.settings, self._own_model()), list(images))
+        embedder = load_model(self.settings, self._own_model(), retime=False)
+        return classify(embedder, list(images))
 
     def embed_to_file(self, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
         """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to
@@ -489,9 +492,10 @@ def _open_location(settings: Settings, where: str) -> Library:
     return open_library(Path(where).expanduser().absolute(), write=True)
 
 
-def load_model(settings: Settings, built_with: ModelInfo | None = None):
+def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: bool = True):
     """The embedder for ``settings.model``, on the backend of the library's model
-    ``built_with`` if it has one (imported late: torch takes seconds to import)."""
+    ``built_with`` if it has one (imported late: torch takes seconds to import). Without
+    ``retime`` (a query), a backend timing made on a busy machine is kept, not made again."""
     check_checkpoint(settings.model)
     from vitsearch.model import Features
     from vitsearch.model import load_model as load
@@ -506,6 +510,7 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None):
         features=Features(settings.layer, settings.pool),
         batch_size=settings.batch_size,
         recorded=built_with,
+        retime=retime,
     )
 
 

@@ -197,6 +197,7 @@ def load_model(
     features: Features = DEFAULT_FEATURES,
     batch_size: int = MEASURE_BATCH,
     recorded: ModelInfo | None = None,
+    retime: bool = True,
 ) -> Embedder | ExportedEmbedder:
     """The embedder for ``checkpoint`` on the runtime :func:`choose_runtime` picks.
 
@@ -208,12 +209,14 @@ def load_model(
         features: the layer and pooling asked for.
         batch_size: images per forward; timings use at most ``MEASURE_BATCH``.
         recorded: the library's model, if it has one: its backend is kept.
+        retime: whether a timing made beside a busy program is made again now (an index
+            run can afford the minute it takes; a query keeps the timing it finds).
     """
     source = Source(checkpoint, home, threads, features, batch_size)
     export = export_backend(checkpoint)
     runtime = choose_runtime(backend, precision, device, export=export, recorded=recorded)
     if runtime.backend == "auto":
-        return _fastest(source, runtime)
+        return _fastest(source, runtime, retime)
     log.info(
         "model runs on %s %s %s: %s",
         runtime.backend,
@@ -251,9 +254,10 @@ def load_model(
     return embedder
 
 
-def _fastest(source: Source, runtime: Runtime) -> Embedder | ExportedEmbedder:
+def _fastest(source: Source, runtime: Runtime, retime: bool = True) -> Embedder | ExportedEmbedder:
     """The fastest of the runtime's candidates, from the home's timings for this checkpoint
-    and CPU; the candidates are timed now when any of them never was."""
+    and CPU; the candidates are timed now when any of them never was (or, with ``retime``,
+    when they were timed beside a busy program)."""
     path = measurement_file(source)
     record = read_measurement(path)
     results = {r["candidate"]: r for r in record.get("results", [])}
@@ -263,7 +267,7 @@ def _fastest(source: Source, runtime: Runtime) -> Embedder | ExportedEmbedder:
         for n in wanted
         if "images_per_second" in results.get(n, {})
     }
-    if _disturbed(record):
+    if retime and _disturbed(record):
         log.warning(
             "the backends were timed while other programs kept %.1f cores busy: timing again",
             record["busy_cores"],
