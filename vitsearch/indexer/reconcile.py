@@ -53,6 +53,7 @@ class Summary:
     offline: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: bool = False
+    where: str = ""  # where the model ran, when not on this machine ("2 Ray nodes, ...")
 
     @property
     def images_per_second(self) -> float:
@@ -71,7 +72,8 @@ class Summary:
                 f"{self.removed} removed, {self.failed} failed in {self.seconds:.1f}s"
             )
             if self.embedded:
-                head += f" ({self.images_per_second:.1f} images/s)"
+                on = f" on {self.where}" if self.where else ""
+                head += f" ({self.images_per_second:.1f} images/s{on})"
         if self.reused:
             head += f"; {self.reused} copies reused an embedding"
         if self.offline:
