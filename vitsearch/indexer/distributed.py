@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # --ray auto: the cluster this machine already runs (``ray start``)
 GPU_BATCH_SIZE = 64  # images per forward on a GPU actor (a CPU actor keeps --batch-size)
+DECODE_MEMORY = 256 << 20  # bytes a decode task reserves (a 50 MP photo decodes to 150 MB)
 NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # the image column of a file that failed to decode
 
 ModelLoader = Callable[[int, ModelInfo | None], object]  # (threads, library's model) -> embedder
@@ -246,9 +247,10 @@ class RayIndexer(Indexer):
             decode_rows,
             batch_size=layout.batch_size,
             fn_kwargs={"draft_size": tuple(draft_size)},
-            # Its own tasks on any free CPU: a remote-args function keeps Ray Data from
-            # fusing the decoding into the embedding actors (it would run between forwards).
-            ray_remote_args_fn=_one_cpu,
+            num_cpus=1,
+            # room for a full-size decode; remote args unlike the actors' also keep Ray Data
+            # from fusing the decoding into them (it would run between their forwards)
+            memory=DECODE_MEMORY,
         )
         return decoded.map_batches(
             EmbedActor,
@@ -258,10 +260,6 @@ class RayIndexer(Indexer):
             num_cpus=layout.cpus_per_actor,
             num_gpus=layout.gpus_per_actor,
         )  # Ray Data restarts a lost actor and retries its batch (max_restarts=-1 by default)
-
-
-def _one_cpu() -> dict:
-    return {"num_cpus": 1}
 
 
 def connect(address: str):
