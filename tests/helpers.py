@@ -275,3 +275,9 @@ class once:
                 return getattr(app, name)(*args, **kwargs)
 
         return call
+
+
+def fake_model_loader(threads: int, model=None) -> FakeEmbedder:
+    """What the app's loader is to a Ray actor, for the fake embedder: (threads, model) ->
+    embedder (importable, so a Ray worker unpickles it by name)."""
+    return FakeEmbedder()

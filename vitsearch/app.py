@@ -10,6 +10,7 @@ tooling that needs no library.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -133,7 +134,7 @@ class App:
         """Bring the library in step with ``folders``. Setting ``stop`` (from a signal
         handler, say) ends the run after the batch in hand, committed and saved."""
         check_checkpoint(self.settings.model)  # the model itself loads at the first photo
-        indexer = self._indexer(self.settings, progress)
+        indexer = self._indexer(self.settings, progress, cluster=bool(self.settings.ray))
         if stop is not None:
             indexer.stop = stop
         self._check_folders(folders)
@@ -385,17 +386,25 @@ class App:
                 self._refreshed = time.monotonic()
             yield
 
-    def _indexer(self, settings: Settings, progress: bool = False) -> Indexer:
+    def _indexer(self, settings: Settings, progress: bool = False, cluster: bool = False):
         library = self.library
-        return Indexer(
-            library,
-            embedder_factory=lambda: load_model(settings, library.model),
-            batch_size=settings.batch_size,
-            decode_workers=settings.decode_workers,
-            save_every_seconds=settings.index_save_seconds,
-            progress=progress,
-            model_threads=settings.threads,
-        )
+        options = {
+            "embedder_factory": lambda: load_model(settings, library.model),
+            "batch_size": settings.batch_size,
+            "decode_workers": settings.decode_workers,
+            "save_every_seconds": settings.index_save_seconds,
+            "progress": progress,
+            "model_threads": settings.threads,
+        }
+        if cluster:  # the same plan and commit; the model work on Ray (imported only then)
+            from vitsearch.indexer.distributed import RayIndexer
+
+            loader = functools.partial(cluster_model, settings)
+            gpu_batch = settings.ray_gpu_batch_size
+            return RayIndexer(
+                library, address=settings.ray, loader=loader, gpu_batch_size=gpu_batch, **options
+            )
+        return Indexer(library, **options)
 
     def _check_folders(self, folders: Sequence[Path]) -> None:
         """A folder never indexed must exist; a known one that vanished goes offline."""
@@ -512,6 +521,12 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: 
         recorded=built_with,
         retime=retime,
     )
+
+
+def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None):
+    """:func:`load_model` on a Ray actor (``index --ray``): the actor's cores, the backend
+    the library records."""
+    return load_model(settings.replace(threads=threads), built_with)
 
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):

@@ -109,6 +109,7 @@ SETTINGS_FLAGS = (
     "watch_threads",
     "layer",
     "pool",
+    "ray",
 )
 
 
@@ -165,6 +166,11 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Images per model forward [env VITSEARCH_BATCH_SIZE].")
 @click.option("--threads", type=int, help="Torch threads [env VITSEARCH_THREADS].")
 @click.option("--decode-workers", type=int, help="Decode threads [env VITSEARCH_DECODE_WORKERS].")
+@click.option(
+    "--ray",
+    metavar="ADDRESS",
+    help="Embed on a Ray cluster: HOST:PORT, or auto for a running one [env VITSEARCH_RAY].",
+)
 @layer_option
 @pool_option
 @library_options()

@@ -92,6 +92,14 @@ class Settings:
     watch_rescan_seconds: float = _setting(
         300.0, "watch: walk all folders this often to repair missed events (stat only)."
     )
+    ray: str = _setting(
+        "",
+        "index: embed on the Ray cluster at this address (HOST:PORT, or auto for the one this "
+        "machine runs); empty runs on this machine. The server extra installs Ray.",
+    )
+    ray_gpu_batch_size: int = _setting(
+        64, "index --ray: images per forward on a GPU actor (a CPU actor uses batch_size)."
+    )
     debug: bool = _setting(False, "Show tracebacks instead of one-line errors.")
 
     def replace(self, **overrides: Any) -> Settings:

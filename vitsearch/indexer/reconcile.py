@@ -53,6 +53,7 @@ class Summary:
     offline: tuple[str, ...] = ()
     seconds: float = 0.0
     interrupted: bool = False
+    where: str = ""  # where the model ran, when not on this machine ("2 Ray nodes, ...")
 
     @property
     def images_per_second(self) -> float:
@@ -71,7 +72,8 @@ class Summary:
                 f"{self.removed} removed, {self.failed} failed in {self.seconds:.1f}s"
             )
             if self.embedded:
-                head += f" ({self.images_per_second:.1f} images/s)"
+                on = f" on {self.where}" if self.where else ""
+                head += f" ({self.images_per_second:.1f} images/s{on})"
         if self.reused:
             head += f"; {self.reused} copies reused an embedding"
         if self.offline:
@@ -90,6 +92,24 @@ class _Decoded:
     pixels: np.ndarray | None
     error: str | None
     phash: int | None = None
+
+
+@dataclass
+class Done:
+    """A photo back from the model (its vector and labels), or one that failed to decode."""
+
+    item: _Decoded
+    vector: np.ndarray | None = None
+    labels: tuple = ()
+    reused: bool = False  # the embedding of an identical indexed file, no model call
+
+    @property
+    def error(self) -> str | None:
+        return self.item.error
+
+    def failure(self, root_id: int) -> FailedEntry:
+        stat = self.item.stat
+        return FailedEntry(stat.path, root_id, stat.size, stat.mtime_ns, self.item.error)
 
 
 class Indexer:
@@ -230,21 +250,33 @@ class Indexer:
         summary.removed += len(plan.remove)
 
     def _embed_all(self, plan: Plan, root_id: int, summary: Summary) -> None:
+        """The plan's new and changed files through the model, committed batch by batch."""
+        written = 0
         with tqdm(total=len(plan.embed), unit="img", disable=not self.progress) as bar:
-            batch: list[_Decoded] = []
-            for item in self._decoded(plan.embed):
-                if self.stop.is_set():
-                    summary.interrupted = True
-                    return
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    self._adapt_threads()
-                    self._write(batch, root_id, plan, summary)
-                    bar.update(len(batch))
-                    batch = []
-            if batch:
-                self._write(batch, root_id, plan, summary)
+            for batch in self._embedded(plan.embed):
+                self._commit(batch, root_id, plan, summary)
+                written += len(batch)
                 bar.update(len(batch))
+                if self.stop.is_set():
+                    break
+        if written < len(plan.embed):
+            summary.interrupted = True
+
+    def _embedded(self, files: list[FileStat]) -> Iterator[list[Done]]:
+        """Batches of files through the model, in order; ends early once ``stop`` is set.
+        This machine: decode threads feed the embedder (another runner, e.g. a Ray cluster,
+        overrides this one method: the scan, the plan and the commit stay as they are)."""
+        batch: list[_Decoded] = []
+        for item in self._decoded(files):
+            if self.stop.is_set():
+                return
+            batch.append(item)
+            if len(batch) >= self.batch_size:
+                self._adapt_threads()
+                yield self._through_model(batch)
+                batch = []
+        if batch:
+            yield self._through_model(batch)
 
     def _decoded(self, files: list[FileStat]) -> Iterator[_Decoded]:
         """Decoded photos in order, from worker threads: ahead of the model while it runs
@@ -288,37 +320,48 @@ class Indexer:
             return True
         return self.model_threads < available_cores()
 
-    def _write(self, batch: list[_Decoded], root_id: int, plan: Plan, summary: Summary) -> None:
-        started = time.perf_counter()
-        entries, failures, to_model = [], [], []
+    def _through_model(self, batch: list[_Decoded]) -> list[Done]:
+        """A decoded batch: copies of indexed photos take their embedding, the rest one forward."""
         decoded = [item.photo.content_hash for item in batch if item.error is None]
         known = self.library.indexed_with_hashes(decoded) if decoded else {}
-        for item in batch:
-            if item.error is not None:
-                log.warning("skipping %s: %s", item.stat.path, item.error)
-                failures.append(
-                    FailedEntry(
-                        item.stat.path, root_id, item.stat.size, item.stat.mtime_ns, item.error
-                    )
-                )
-                continue
-            reused = self._reuse(item, root_id, known)
-            if reused is not None:
-                entries.append(reused)
-                summary.reused += 1
-            else:
-                to_model.append(item)
+        done = [
+            Done(item) if item.error is not None else self._reuse(item, known) for item in batch
+        ]
+        to_model = [d for d in done if d.error is None and d.vector is None]
         if to_model:
-            result = self.embedder.embed(np.stack([item.pixels for item in to_model]))
-            taught = custom_labels_for(self._classifiers(), result.vectors)
-            entries += [
-                _entry(item, root_id, vector, custom + labels)
-                for item, vector, labels, custom in zip(
-                    to_model, result.vectors, result.labels, taught, strict=True
-                )
-            ]
-            summary.embedded += len(to_model)
+            result = self.embedder.embed(np.stack([d.item.pixels for d in to_model]))
+            for d, vector, labels in zip(to_model, result.vectors, result.labels, strict=True):
+                d.vector, d.labels = vector, tuple(labels)
+        return done
+
+    def _reuse(self, item: _Decoded, known: dict[str, int]) -> Done:
+        """A byte-identical copy of an indexed photo takes its embedding, with no model call."""
+        source = known.get(item.photo.content_hash)
+        found = self.library.embedding(source) if source is not None else None
+        if found is None:
+            return Done(item)
+        vector, labels = found
+        return Done(item, vector, tuple(labels), reused=True)
+
+    def _commit(self, batch: list[Done], root_id: int, plan: Plan, summary: Summary) -> None:
+        """One transaction for a batch back from the model (here or on a cluster): embedded
+        photos with the taught labels added, failures recorded; idempotent by path."""
+        started = time.perf_counter()
+        failures = [d.failure(root_id) for d in batch if d.error is not None]
+        for d in batch:
+            if d.error is not None:
+                log.warning("skipping %s: %s", d.item.stat.path, d.error)
+        ok = [d for d in batch if d.error is None]
+        fresh = [d for d in ok if not d.reused]
+        vectors = np.stack([d.vector for d in fresh]) if fresh else None
+        taught = iter(custom_labels_for(self._classifiers(), vectors) if fresh else ())
+        entries = [
+            _entry(d.item, root_id, d.vector, (() if d.reused else next(taught)) + d.labels)
+            for d in ok
+        ]
         self.library.write_batch(entries, failures)
+        summary.embedded += len(fresh)
+        summary.reused += len(ok) - len(fresh)
         self._count(entries, failures, plan, summary)
         log.info(
             "committed %d photo%s (%d failed) in %.2fs",
@@ -328,17 +371,6 @@ class Indexer:
             time.perf_counter() - started,
         )
         self._maybe_save()
-
-    def _reuse(self, item: _Decoded, root_id: int, known: dict[str, int]) -> ImageEntry | None:
-        """A byte-identical copy of an indexed photo takes its embedding, with no model call."""
-        source = known.get(item.photo.content_hash)
-        if source is None:
-            return None
-        found = self.library.embedding(source)
-        if found is None:
-            return None
-        vector, labels = found
-        return _entry(item, root_id, vector, labels)
 
     def _classifiers(self):
         """Classifiers taught with ``vitsearch teach``: new photos get their labels too."""
