@@ -24,16 +24,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
-from _common import CpuMeter, Shape, Synthetic, flat_rows, noise, synthesize, unit, write_library
+from _common import (
+    CpuMeter,
+    RssMeter,
+    Shape,
+    Synthetic,
+    build_vectors,
+    flat_rows,
+    gb,
+    noise,
+    peak_rss,
+    synthesize,
+    unit,
+    write_rows,
+)
 
 from vitsearch.explore.clusters import compute_clusters
 from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
@@ -87,9 +100,9 @@ class Latency:
 @dataclass
 class SizeResult:
     n: int
-    written: int
-    write_s: float
-    build_s: float
+    written: int = 0
+    write_s: float = 0.0
+    build_s: float = 0.0
     kind: str = ""
     lists: int = 0
     open_s: float = 0.0
@@ -101,6 +114,18 @@ class SizeResult:
     duplicates: str = "not run"
     full: dict[str, object] = field(default_factory=dict)  # index-only at n when capped
     busy: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)  # peak resident bytes per phase
+    peak: int = 0  # the whole size's
+
+    def memory(self, phase: str) -> str:
+        return f"peak RSS {gb(self.rss[phase])}"
+
+
+@contextmanager
+def phase(result: SizeResult, name: str) -> Iterator[None]:
+    """Cores other processes kept busy and this process's peak memory during the block."""
+    with CpuMeter(result.busy, name), RssMeter(result.rss, name):
+        yield
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -383,39 +408,45 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
 def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
-    busy: dict[str, float] = {}
+    result = SizeResult(n)
     print(f"\n=== {n:,} photos ({load()}) ===")
-    started = time.perf_counter()
-    data = explored(n, args.dim)
-    neighbour_stats(data)
-    plant_duplicates(data)
+    with RssMeter(result.rss, "all"):
+        started = time.perf_counter()
+        with phase(result, "synthetic"):
+            data = explored(n, args.dim)
+            neighbour_stats(data)
+            plant_duplicates(data)
+        print(
+            f"  synthetic: {time.perf_counter() - started:.1f} s; cosine to theme centre "
+            f"{data.centre_cos:.3f}, to nearest other photo {data.top1_cos:.3f}, to 10th "
+            f"{data.top10_cos:.3f}; {len(data.pairs)} near-duplicate pairs planted; "
+            + result.memory("synthetic")
+        )
+        with phase(result, "write"):
+            rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+            ids, result.write_s = write_rows(home, args.dim, n, ROOTS, rows, args.write_budget)
+        result.written = len(ids)
+        print(
+            f"  write: {len(ids):,} rows in {result.write_s:.1f} s "
+            f"({len(ids) / result.write_s:,.0f} rows/s); {result.memory('write')}"
+        )
+        with phase(result, "build"):
+            result.build_s = build_vectors(home)
+        print(
+            f"  build index (read SQLite, train, add, save): {result.build_s:.1f} s; "
+            + result.memory("build")
+        )
+        measure_library(home, data, ids, args, result)
+        if len(ids) < n and result.sql_ms:
+            with phase(result, "index-only"):
+                queries = make_queries(data, n, args.queries)
+                result.full = index_only(data, queries, result.sql_ms, len(ids))
+            print_full(result)
+    result.peak = result.rss["all"]
     print(
-        f"  synthetic: {time.perf_counter() - started:.1f} s; cosine to theme centre "
-        f"{data.centre_cos:.3f}, to nearest other photo {data.top1_cos:.3f}, to 10th "
-        f"{data.top10_cos:.3f}; {len(data.pairs)} near-duplicate pairs planted"
-    )
-    with CpuMeter(busy, "write+build"):
-        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
-        ids, write_s, build_s = write_library(home, args.dim, n, ROOTS, rows, args.write_budget)
-    result = SizeResult(n, len(ids), write_s, build_s, busy=busy)
-    print(
-        f"  write: {len(ids):,} rows in {write_s:.1f} s ({len(ids) / write_s:,.0f} rows/s); "
-        f"build index (read SQLite, train, add, save): {build_s:.1f} s"
-    )
-    measure_library(home, data, ids, args, result)
-    if len(ids) < n and result.sql_ms:
-        with CpuMeter(busy, "index-only"):
-            queries = make_queries(data, n, args.queries)
-            result.full = index_only(data, queries, result.sql_ms, len(ids))
-        print_full(result)
-    print(
-        f"  other processes kept {', '.join(f'{p} {c:.2f}' for p, c in busy.items())} "
-        f"cores busy; peak RSS {peak_rss_gb():.1f} GB; {load()}"
+        f"  other processes kept {', '.join(f'{p} {c:.2f}' for p, c in result.busy.items())} "
+        f"cores busy; peak RSS of this size {gb(result.peak)} (process {gb(peak_rss())}); " + load()
     )
     return result
 
@@ -424,27 +455,31 @@ def measure_library(
     home: Path, data: Explored, ids: np.ndarray, args: argparse.Namespace, result: SizeResult
 ) -> None:
     rows = len(ids)
-    queries = make_queries(data, rows, args.queries)
     under = Filters(under=FOLDER_A)
-    started = time.perf_counter()
-    library = open_library(home)
-    try:
+    with phase(result, "open"):
+        started = time.perf_counter()
+        library = open_library(home)
         index = library.vectors
         result.open_s = time.perf_counter() - started
+    try:
         result.kind, result.lists = index.kind, index_lists(index)
         print(
             f"  reader open + load: {result.open_s:.2f} s; index {index.kind}"
             + (f" ({result.lists} lists, nprobe {NPROBE})" if result.lists else "")
+            + f"; {result.memory('open')}"
         )
-        base = data.vectors[:rows]
-        truth = ids[exact_top(base, queries, K)[0]]
-        truth_a = ids[exact_top(base, queries, K, data.in_a[:rows])[0]]
-        with CpuMeter(result.busy, "queries"):
+        with phase(result, "truth"):
+            queries = make_queries(data, rows, args.queries)
+            base = data.vectors[:rows]
+            truth = ids[exact_top(base, queries, K)[0]]
+            truth_a = ids[exact_top(base, queries, K, data.in_a[:rows])[0]]
+        print(f"  exact top-{K} of {len(queries)} queries: {result.memory('truth')}")
+        with phase(result, "queries"):
             result.plain = latency(*query_library(library, queries, Filters()), truth)
             result.filtered = latency(*query_library(library, queries, under), truth_a)
             result.sql_ms = sql_breakdown(library, queries, under)
         print(f"  nearest():                {result.plain}")
-        print(f"  nearest(under={FOLDER_A}): {result.filtered}")
+        print(f"  nearest(under={FOLDER_A}): {result.filtered}; {result.memory('queries')}")
         print(
             "  median ms inside nearest(): "
             + ", ".join(
@@ -456,18 +491,20 @@ def measure_library(
             f"{result.sql_ms['short_filtered']:.0%} (these fall back to exact via SQLite)"
         )
         if index.kind == "ivf":
-            print_sweep("nprobe sweep (FAISS only):", nprobe_sweep(index, queries, truth))
-            allowed = library.filtered_ids(under)
-            print_sweep(
-                "nprobe sweep, filtered (FAISS only):",
-                nprobe_sweep(index, queries, truth_a, allowed),
-            )
-        with CpuMeter(result.busy, "clusters"):
+            with phase(result, "sweeps"):
+                print_sweep("nprobe sweep (FAISS only):", nprobe_sweep(index, queries, truth))
+                allowed = library.filtered_ids(under)
+                print_sweep(
+                    "nprobe sweep, filtered (FAISS only):",
+                    nprobe_sweep(index, queries, truth_a, allowed),
+                )
+            print(f"  nprobe sweeps: {result.memory('sweeps')}")
+        with phase(result, "clusters"):
             run_clusters(library, rows, args, result)
-        print(f"  clusters: {result.cluster}")
-        with CpuMeter(result.busy, "duplicates"):
+        print(f"  clusters: {result.cluster}; {result.memory('clusters')}")
+        with phase(result, "duplicates"):
             run_duplicates(library, data, ids, args.dup_budget, result)
-        print(f"  near duplicates: {result.duplicates}")
+        print(f"  near duplicates: {result.duplicates}; {result.memory('duplicates')}")
     finally:
         library.close()
 
@@ -499,7 +536,7 @@ def summary(results: list[SizeResult]) -> None:
     header = (
         f"{'photos':>9} {'written':>9} {'rows/s':>7} {'build s':>8} {'index':>10} "
         f"{'open s':>7} {'p50 ms':>7} {'p99 ms':>7} {'recall':>7} {'fp50 ms':>8} "
-        f"{'fp99 ms':>8} {'frecall':>7} {'cluster s':>9}"
+        f"{'fp99 ms':>8} {'frecall':>7} {'cluster s':>9} {'peak GB':>7}"
     )
     print(header)
     for r in results:
@@ -509,9 +546,13 @@ def summary(results: list[SizeResult]) -> None:
             f"{r.n:>9,} {r.written:>9,} {r.written / r.write_s:>7,.0f} {r.build_s:>8.1f} "
             f"{index:>10} {r.open_s:>7.2f} {r.plain.p50_ms:>7.2f} {r.plain.p99_ms:>7.2f} "
             f"{r.plain.recall:>7.4f} {r.filtered.p50_ms:>8.2f} {r.filtered.p99_ms:>8.2f} "
-            f"{r.filtered.recall:>7.4f} {cluster:>9}"
+            f"{r.filtered.recall:>7.4f} {cluster:>9} {r.peak / 1024**3:>7.2f}"
         )
     print("(f = with the folder filter under=/photos/a, 10% of the photos)")
+    print("Peak RSS per phase (GB):")
+    for r in results:
+        phases = ", ".join(f"{p} {v / 1024**3:.2f}" for p, v in r.rss.items() if p != "all")
+        print(f"  {r.n:>9,}: {phases}")
     print("Targets:")
     print("  query p50 < 20 ms at 1M with recall@10 >= 0.95: " + query_verdict(results))
     print("  clustering 100k < 60 s: " + cluster_verdict(results))
