@@ -208,7 +208,8 @@ class Synthetic:
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)  # no copy of a float32 matrix: one result, no more
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
@@ -217,16 +218,22 @@ def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.n
 
 
 def synthesize(
-    n: int, dim: int, seed: int = SEED, shape: Shape = Shape(), chunk: int = 50_000
+    n: int, dim: int, seed: int = SEED, shape: Shape = Shape(), chunk: int = 10_000
 ) -> Synthetic:
-    """Themes -> scenes -> photos on the unit sphere; the photos generated in chunks (bounded
-    memory) in the order they were taken."""
+    """Themes -> scenes -> photos on the unit sphere; scenes and photos generated in chunks
+    (the same draws as all at once: the generator's stream is only cut), so little beyond the
+    (n, dim) result is held, in the order the photos were taken."""
     rng = np.random.default_rng(seed)
     count = int(np.clip(n // shape.photos_per_theme, shape.fewest_themes, shape.most_themes))
     themes = unit(rng.standard_normal((count, dim), dtype=np.float32))
     scene_theme = rng.integers(0, len(themes), max(1, n // shape.scene_size))
     scene_day = rng.integers(0, YEARS * 365, len(scene_theme))
-    scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), dim), THEME_NOISE))
+    scenes = np.empty((len(scene_theme), dim), dtype=np.float32)
+    for start in range(0, len(scenes), chunk):
+        part = scene_theme[start : start + chunk]
+        scenes[start : start + len(part)] = unit(
+            themes[part] + noise(rng, (len(part), dim), THEME_NOISE)
+        )
     photo_scene = rng.integers(0, len(scenes), n)
     taken_at = START + scene_day[photo_scene] * 86400.0 + (8 + 12 * rng.random(n)) * 3600
     order = np.argsort(taken_at, kind="stable")

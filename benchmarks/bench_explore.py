@@ -26,7 +26,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +157,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- synthetic data ----------------------------------------------------------------------------
 
 
+def library_data(n: int, dim: int) -> Explored:
+    """The library of ``n`` photos, duplicates planted (the same for the same n and dim)."""
+    data = explored(n, dim)
+    neighbour_stats(data)
+    plant_duplicates(data)
+    return data
+
+
 def explored(n: int, dim: int) -> Explored:
     """The library's vectors, ~10% of its photos under FOLDER_A and the rest under FOLDER_B."""
     data = Explored(**vars(synthesize(n, dim, SEED + n, SHAPE)))
@@ -179,36 +187,69 @@ def neighbour_stats(data: Explored) -> None:
     """Mean cosine of a sample of photos to their nearest and 10th-nearest other photo."""
     rng = np.random.default_rng(SEED + 2)
     sample = np.sort(rng.choice(len(data.vectors), min(STAT_SAMPLE, len(data.vectors)), False))
-    _rows, scores = exact_top(data.vectors, data.vectors[sample], K + 1)
+    _rows, scores = exact_top(rows_of(data.vectors), data.vectors[sample], K + 1)
     data.top1_cos, data.top10_cos = float(scores[:, 1].mean()), float(scores[:, K].mean())
 
 
-def make_queries(data: Explored, rows: int, count: int) -> np.ndarray:
+def make_queries(vectors_of: Callable[[np.ndarray], np.ndarray], rows: int, count: int):
+    """``count`` library photos (of the first ``rows``, their vectors from ``vectors_of``),
+    each moved by QUERY_NOISE."""
     rng = np.random.default_rng(SEED + 3)
     picked = rng.choice(rows, count, replace=count > rows)
-    return unit(data.vectors[picked] + noise(rng, (count, data.vectors.shape[1]), QUERY_NOISE))
+    base = vectors_of(picked)
+    return unit(base + noise(rng, base.shape, QUERY_NOISE))
+
+
+def stored_vectors(library: Library, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of ``ids``, in that order (repeats allowed), read from SQLite."""
+    found = {}
+    for chunk_ids, vectors in library.iter_embeddings(ids=np.unique(ids).tolist()):
+        found.update(zip(chunk_ids.tolist(), vectors, strict=True))
+    return np.stack([found[i] for i in ids.tolist()])
+
+
+def rows_of(base: np.ndarray, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row numbers, vectors) of an in-memory matrix, in chunks: what ``exact_top`` reads."""
+    for start in range(0, len(base), chunk):
+        part = base[start : start + chunk]
+        yield np.arange(start, start + len(part)), part
+
+
+class TopK:
+    """The exact k best (id, score) per query, over chunks of vectors given one at a time;
+    ``allowed`` ids only when given."""
+
+    def __init__(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> None:
+        self.queries, self.k, self.allowed = queries, k, allowed
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.zeros((len(queries), k), dtype=np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        scores = self.queries @ vectors.T
+        if self.allowed is not None:
+            scores[:, ~np.isin(ids, self.allowed)] = -np.inf
+        found = np.broadcast_to(ids, scores.shape)
+        scores, found = np.hstack([self.scores, scores]), np.hstack([self.ids, found])
+        top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
+        self.scores, self.ids = (np.take_along_axis(x, top, 1) for x in (scores, found))
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), best first."""
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        return np.take_along_axis(self.ids, order, 1), np.take_along_axis(self.scores, order, 1)
 
 
 def exact_top(
-    base: np.ndarray,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     queries: np.ndarray,
     k: int,
     allowed: np.ndarray | None = None,
-    chunk: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, scores) of the exact k best rows of ``base`` per query, best first, in chunks."""
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(base), chunk):
-        scores = queries @ base[start : start + chunk].T
-        if allowed is not None:
-            scores[:, ~allowed[start : start + chunk]] = -np.inf
-        rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        scores, rows = np.hstack([best_scores, scores]), np.hstack([best_rows, rows])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best_scores, best_rows = (np.take_along_axis(x, top, 1) for x in (scores, rows))
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_rows, order, 1), np.take_along_axis(best_scores, order, 1)
+    """(ids, scores) of the exact k best per query over (ids, vectors) chunks, best first."""
+    top = TopK(queries, k, allowed)
+    for ids, vectors in chunks:
+        top.add(ids, vectors)
+    return top.best()
 
 
 # -- the library -------------------------------------------------------------------------------
@@ -320,9 +361,12 @@ def planted_found(groups, pairs_ids: np.ndarray) -> tuple[int, int]:
 def run_duplicates(
     library: Library, data: Explored, ids: np.ndarray, budget: float, result: SizeResult
 ) -> None:
-    rows = np.arange(min(QUERY_CHUNK, len(ids)))
+    first = library.iter_embeddings(chunk=QUERY_CHUNK)
+    chunk_ids, chunk = next(first)
+    first.close()
+    rows = np.arange(len(chunk_ids))
     started = time.perf_counter()
-    library.vectors.pairs_above(ids[rows], data.vectors[rows], 0.95)
+    library.vectors.pairs_above(chunk_ids, chunk, 0.95)
     projected = (time.perf_counter() - started) * len(ids) / len(rows)
     if projected > budget:
         result.duplicates = (
@@ -379,8 +423,8 @@ def index_only(data: Explored, queries: np.ndarray, sql: dict[str, float], n_lib
     index = build_index(ArrayDb(data.vectors), dim)
     built = time.perf_counter() - started
     allowed = np.flatnonzero(data.in_a) + 1
-    truth = exact_top(data.vectors, queries, K)[0] + 1
-    truth_a = exact_top(data.vectors, queries, K, data.in_a)[0] + 1
+    truth = exact_top(rows_of(data.vectors), queries, K)[0] + 1
+    truth_a = exact_top(rows_of(data.vectors), queries, K, allowed - 1)[0] + 1
     plain = latency(*timed_runs(lambda q: index.search(q, K)[0], queries), truth)
     filtered = latency(*timed_runs(lambda q: index.search(q, K, allowed)[0], queries), truth_a)
     with faiss_threads(1):
@@ -414,9 +458,7 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
     with RssMeter(result.rss, "all"):
         started = time.perf_counter()
         with phase(result, "synthetic"):
-            data = explored(n, args.dim)
-            neighbour_stats(data)
-            plant_duplicates(data)
+            data = library_data(n, args.dim)
         print(
             f"  synthetic: {time.perf_counter() - started:.1f} s; cosine to theme centre "
             f"{data.centre_cos:.3f}, to nearest other photo {data.top1_cos:.3f}, to 10th "
@@ -427,6 +469,8 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
             rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
             ids, result.write_s = write_rows(home, args.dim, n, ROOTS, rows, args.write_budget)
         result.written = len(ids)
+        data.vectors = np.empty((0, args.dim), np.float32)  # written: read back from SQLite
+        del rows
         print(
             f"  write: {len(ids):,} rows in {result.write_s:.1f} s "
             f"({len(ids) / result.write_s:,.0f} rows/s); {result.memory('write')}"
@@ -440,8 +484,10 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
         measure_library(home, data, ids, args, result)
         if len(ids) < n and result.sql_ms:
             with phase(result, "index-only"):
-                queries = make_queries(data, n, args.queries)
-                result.full = index_only(data, queries, result.sql_ms, len(ids))
+                full = library_data(n, args.dim)  # made again: nothing else holds it
+                queries = make_queries(full.vectors.__getitem__, n, args.queries)
+                result.full = index_only(full, queries, result.sql_ms, len(ids))
+                del full
             print_full(result)
     result.peak = result.rss["all"]
     print(
@@ -469,11 +515,19 @@ def measure_library(
             + f"; {result.memory('open')}"
         )
         with phase(result, "truth"):
-            queries = make_queries(data, rows, args.queries)
-            base = data.vectors[:rows]
-            truth = ids[exact_top(base, queries, K)[0]]
-            truth_a = ids[exact_top(base, queries, K, data.in_a[:rows])[0]]
-        print(f"  exact top-{K} of {len(queries)} queries: {result.memory('truth')}")
+            started = time.perf_counter()
+            queries = make_queries(
+                lambda rows: stored_vectors(library, ids[rows]), rows, args.queries
+            )
+            top, top_a = TopK(queries, K), TopK(queries, K, library.filtered_ids(under))
+            for chunk_ids, vectors in library.iter_embeddings():
+                top.add(chunk_ids, vectors)
+                top_a.add(chunk_ids, vectors)
+            truth, truth_a = top.best()[0], top_a.best()[0]
+        print(
+            f"  exact top-{K} of {len(queries)} queries, read from SQLite: "
+            f"{time.perf_counter() - started:.1f} s; {result.memory('truth')}"
+        )
         with phase(result, "queries"):
             result.plain = latency(*query_library(library, queries, Filters()), truth)
             result.filtered = latency(*query_library(library, queries, under), truth_a)
