@@ -18,6 +18,10 @@ writer, whose close builds and saves the FAISS cache), so every timing includes 
 goes at ~1k rows/s, so ``--write-budget`` caps the rows written; when it does, the FAISS index
 that ``build_index`` would make for the full size is also built from memory and measured
 (latency and recall of the index alone, plus the SQL time measured on the real library).
+
+Beside every figure is this process's peak resident memory in that phase (the kernel's
+high-water mark, reset per phase). The synthetic matrix is dropped once written: the queries
+and their exact top-10s are read back from SQLite, as everything after the write is.
 """
 
 from __future__ import annotations
