@@ -1,14 +1,16 @@
 """What the benchmark scripts share (run them as ``python benchmarks/bench_X.py``).
 
 Indexing through the app, the model options and the seeded ViT-B/16, picking photos, timing,
-the cores other processes keep busy meanwhile, and one synthetic library: clustered unit
-vectors (themes -> scenes -> shots) written through the store as the indexer writes them.
+the cores other processes keep busy meanwhile, this process's peak memory per phase, and one
+synthetic library: clustered unit vectors (themes -> scenes -> shots) written through the store
+as the indexer writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,6 +120,71 @@ class CpuMeter:
         self.busy[self.phase] = max(other, self.busy.get(self.phase, 0.0))
 
 
+class RssMeter:
+    """Records into ``peaks[phase]`` this process's peak resident memory (bytes) during the
+    block (the most over repeated blocks of one phase). On Linux the kernel's high-water mark
+    is reset at the start (``/proc/self/clear_refs``), so each phase shows its own peak, and an
+    enclosing block still sees the peaks of the blocks inside it; elsewhere every phase shows
+    the process's peak so far."""
+
+    _open: list[RssMeter] = []
+
+    def __init__(self, peaks: dict[str, int], phase: str) -> None:
+        self.peaks, self.phase, self.seen = peaks, phase, 0
+
+    def __enter__(self) -> RssMeter:
+        _seen(_high_water())  # the reset below forgets it: the enclosing blocks keep it
+        _reset_high_water()
+        self.seen = _high_water()
+        RssMeter._open.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        RssMeter._open.remove(self)
+        _seen(_high_water())
+        self.seen = max(self.seen, _high_water())
+        self.peaks[self.phase] = max(self.seen, self.peaks.get(self.phase, 0))
+
+
+_lifetime_peak = 0
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far (bytes), across the meters' resets."""
+    _seen(_high_water())
+    return _lifetime_peak
+
+
+def gb(size: float) -> str:
+    return f"{size / 1024**3:.2f} GB"
+
+
+def _seen(high_water: int) -> None:
+    global _lifetime_peak
+    _lifetime_peak = max(_lifetime_peak, high_water)
+    for meter in RssMeter._open:
+        meter.seen = max(meter.seen, high_water)
+
+
+def _high_water() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _reset_high_water() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # 5: reset the peak resident set size to the current one
+    except OSError:
+        pass
+
+
 # -- the synthetic library ---------------------------------------------------------------------
 
 
@@ -141,7 +208,8 @@ class Synthetic:
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)  # no copy of a float32 matrix: one result, no more
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
@@ -150,16 +218,22 @@ def noise(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.n
 
 
 def synthesize(
-    n: int, dim: int, seed: int = SEED, shape: Shape = Shape(), chunk: int = 50_000
+    n: int, dim: int, seed: int = SEED, shape: Shape = Shape(), chunk: int = 10_000
 ) -> Synthetic:
-    """Themes -> scenes -> photos on the unit sphere; the photos generated in chunks (bounded
-    memory) in the order they were taken."""
+    """Themes -> scenes -> photos on the unit sphere; scenes and photos generated in chunks
+    (the same draws as all at once: the generator's stream is only cut), so little beyond the
+    (n, dim) result is held, in the order the photos were taken."""
     rng = np.random.default_rng(seed)
     count = int(np.clip(n // shape.photos_per_theme, shape.fewest_themes, shape.most_themes))
     themes = unit(rng.standard_normal((count, dim), dtype=np.float32))
     scene_theme = rng.integers(0, len(themes), max(1, n // shape.scene_size))
     scene_day = rng.integers(0, YEARS * 365, len(scene_theme))
-    scenes = unit(themes[scene_theme] + noise(rng, (len(scene_theme), dim), THEME_NOISE))
+    scenes = np.empty((len(scene_theme), dim), dtype=np.float32)
+    for start in range(0, len(scenes), chunk):
+        part = scene_theme[start : start + chunk]
+        scenes[start : start + len(part)] = unit(
+            themes[part] + noise(rng, (len(part), dim), THEME_NOISE)
+        )
     photo_scene = rng.integers(0, len(scenes), n)
     taken_at = START + scene_day[photo_scene] * 86400.0 + (8 + 12 * rng.random(n)) * 3600
     order = np.argsort(taken_at, kind="stable")
@@ -211,10 +285,23 @@ def write_library(
     rows: Callable[[range, list[int]], list[ImageEntry]],
     budget: float = 0.0,
 ) -> tuple[np.ndarray, float, float]:
-    """(ids, write s, build s): ``count`` rows made by ``rows(chunk, root_ids)`` (the ids of
-    ``roots``), written through one writer as ``vitsearch index`` writes them (``write_batch``
-    in chunks), then the FAISS index built from SQLite and saved on its close. Beyond
-    ``budget`` seconds of writes (0: no cap) the library stops short of ``count``."""
+    """(ids, write s, build s): :func:`write_rows`, then :func:`build_vectors`."""
+    ids, write_s = write_rows(home, dim, count, roots, rows, budget)
+    return ids, write_s, build_vectors(home)
+
+
+def write_rows(
+    home: Path,
+    dim: int,
+    count: int,
+    roots: Sequence[str],
+    rows: Callable[[range, list[int]], list[ImageEntry]],
+    budget: float = 0.0,
+) -> tuple[np.ndarray, float]:
+    """(ids, seconds): ``count`` rows made by ``rows(chunk, root_ids)`` (the ids of ``roots``),
+    written through one writer as ``vitsearch index`` writes them (``write_batch`` in chunks),
+    leaving the FAISS cache to :func:`build_vectors`. Beyond ``budget`` seconds of writes
+    (0: no cap) the library stops short of ``count``."""
     ids: list[int] = []
     library = open_library(home, write=True)
     try:
@@ -236,8 +323,18 @@ def write_library(
                 )
                 break
         write_s = time.perf_counter() - started
-        started = time.perf_counter()
-        library.vectors  # noqa: B018  builds the index from SQLite, as a first open would
+    finally:
+        library.close()  # no FAISS index was loaded, so none is saved
+    return np.array(ids, dtype=np.int64), write_s
+
+
+def build_vectors(home: Path) -> float:
+    """Seconds to build the FAISS index from SQLite, as a first open after the writes would,
+    and save it (on the writer's close)."""
+    started = time.perf_counter()
+    library = open_library(home, write=True)
+    try:
+        library.vectors  # noqa: B018  builds the index from SQLite
     finally:
         library.close()  # saves the FAISS file
-    return np.array(ids, dtype=np.int64), write_s, time.perf_counter() - started
+    return time.perf_counter() - started

@@ -18,22 +18,39 @@ writer, whose close builds and saves the FAISS cache), so every timing includes 
 goes at ~1k rows/s, so ``--write-budget`` caps the rows written; when it does, the FAISS index
 that ``build_index`` would make for the full size is also built from memory and measured
 (latency and recall of the index alone, plus the SQL time measured on the real library).
+
+Beside every figure is this process's peak resident memory in that phase (the kernel's
+high-water mark, reset per phase). The synthetic matrix is dropped once written: the queries
+and their exact top-10s are read back from SQLite, as everything after the write is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
-from _common import CpuMeter, Shape, Synthetic, flat_rows, noise, synthesize, unit, write_library
+from _common import (
+    CpuMeter,
+    RssMeter,
+    Shape,
+    Synthetic,
+    build_vectors,
+    flat_rows,
+    gb,
+    noise,
+    peak_rss,
+    synthesize,
+    unit,
+    write_rows,
+)
 
 from vitsearch.explore.clusters import compute_clusters
 from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
@@ -87,9 +104,9 @@ class Latency:
 @dataclass
 class SizeResult:
     n: int
-    written: int
-    write_s: float
-    build_s: float
+    written: int = 0
+    write_s: float = 0.0
+    build_s: float = 0.0
     kind: str = ""
     lists: int = 0
     open_s: float = 0.0
@@ -101,6 +118,18 @@ class SizeResult:
     duplicates: str = "not run"
     full: dict[str, object] = field(default_factory=dict)  # index-only at n when capped
     busy: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)  # peak resident bytes per phase
+    peak: int = 0  # the whole size's
+
+    def memory(self, phase: str) -> str:
+        return f"peak RSS {gb(self.rss[phase])}"
+
+
+@contextmanager
+def phase(result: SizeResult, name: str) -> Iterator[None]:
+    """Cores other processes kept busy and this process's peak memory during the block."""
+    with CpuMeter(result.busy, name), RssMeter(result.rss, name):
+        yield
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -132,6 +161,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- synthetic data ----------------------------------------------------------------------------
 
 
+def library_data(n: int, dim: int) -> Explored:
+    """The library of ``n`` photos, duplicates planted (the same for the same n and dim)."""
+    data = explored(n, dim)
+    neighbour_stats(data)
+    plant_duplicates(data)
+    return data
+
+
 def explored(n: int, dim: int) -> Explored:
     """The library's vectors, ~10% of its photos under FOLDER_A and the rest under FOLDER_B."""
     data = Explored(**vars(synthesize(n, dim, SEED + n, SHAPE)))
@@ -154,36 +191,69 @@ def neighbour_stats(data: Explored) -> None:
     """Mean cosine of a sample of photos to their nearest and 10th-nearest other photo."""
     rng = np.random.default_rng(SEED + 2)
     sample = np.sort(rng.choice(len(data.vectors), min(STAT_SAMPLE, len(data.vectors)), False))
-    _rows, scores = exact_top(data.vectors, data.vectors[sample], K + 1)
+    _rows, scores = exact_top(rows_of(data.vectors), data.vectors[sample], K + 1)
     data.top1_cos, data.top10_cos = float(scores[:, 1].mean()), float(scores[:, K].mean())
 
 
-def make_queries(data: Explored, rows: int, count: int) -> np.ndarray:
+def make_queries(vectors_of: Callable[[np.ndarray], np.ndarray], rows: int, count: int):
+    """``count`` library photos (of the first ``rows``, their vectors from ``vectors_of``),
+    each moved by QUERY_NOISE."""
     rng = np.random.default_rng(SEED + 3)
     picked = rng.choice(rows, count, replace=count > rows)
-    return unit(data.vectors[picked] + noise(rng, (count, data.vectors.shape[1]), QUERY_NOISE))
+    base = vectors_of(picked)
+    return unit(base + noise(rng, base.shape, QUERY_NOISE))
+
+
+def stored_vectors(library: Library, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of ``ids``, in that order (repeats allowed), read from SQLite."""
+    found = {}
+    for chunk_ids, vectors in library.iter_embeddings(ids=np.unique(ids).tolist()):
+        found.update(zip(chunk_ids.tolist(), vectors, strict=True))
+    return np.stack([found[i] for i in ids.tolist()])
+
+
+def rows_of(base: np.ndarray, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row numbers, vectors) of an in-memory matrix, in chunks: what ``exact_top`` reads."""
+    for start in range(0, len(base), chunk):
+        part = base[start : start + chunk]
+        yield np.arange(start, start + len(part)), part
+
+
+class TopK:
+    """The exact k best (id, score) per query, over chunks of vectors given one at a time;
+    ``allowed`` ids only when given."""
+
+    def __init__(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> None:
+        self.queries, self.k, self.allowed = queries, k, allowed
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.zeros((len(queries), k), dtype=np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        scores = self.queries @ vectors.T
+        if self.allowed is not None:
+            scores[:, ~np.isin(ids, self.allowed)] = -np.inf
+        found = np.broadcast_to(ids, scores.shape)
+        scores, found = np.hstack([self.scores, scores]), np.hstack([self.ids, found])
+        top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
+        self.scores, self.ids = (np.take_along_axis(x, top, 1) for x in (scores, found))
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), best first."""
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        return np.take_along_axis(self.ids, order, 1), np.take_along_axis(self.scores, order, 1)
 
 
 def exact_top(
-    base: np.ndarray,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     queries: np.ndarray,
     k: int,
     allowed: np.ndarray | None = None,
-    chunk: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, scores) of the exact k best rows of ``base`` per query, best first, in chunks."""
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(base), chunk):
-        scores = queries @ base[start : start + chunk].T
-        if allowed is not None:
-            scores[:, ~allowed[start : start + chunk]] = -np.inf
-        rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        scores, rows = np.hstack([best_scores, scores]), np.hstack([best_rows, rows])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best_scores, best_rows = (np.take_along_axis(x, top, 1) for x in (scores, rows))
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_rows, order, 1), np.take_along_axis(best_scores, order, 1)
+    """(ids, scores) of the exact k best per query over (ids, vectors) chunks, best first."""
+    top = TopK(queries, k, allowed)
+    for ids, vectors in chunks:
+        top.add(ids, vectors)
+    return top.best()
 
 
 # -- the library -------------------------------------------------------------------------------
@@ -295,9 +365,12 @@ def planted_found(groups, pairs_ids: np.ndarray) -> tuple[int, int]:
 def run_duplicates(
     library: Library, data: Explored, ids: np.ndarray, budget: float, result: SizeResult
 ) -> None:
-    rows = np.arange(min(QUERY_CHUNK, len(ids)))
+    first = library.iter_embeddings(chunk=QUERY_CHUNK)
+    chunk_ids, chunk = next(first)
+    first.close()
+    rows = np.arange(len(chunk_ids))
     started = time.perf_counter()
-    library.vectors.pairs_above(ids[rows], data.vectors[rows], 0.95)
+    library.vectors.pairs_above(chunk_ids, chunk, 0.95)
     projected = (time.perf_counter() - started) * len(ids) / len(rows)
     if projected > budget:
         result.duplicates = (
@@ -354,8 +427,8 @@ def index_only(data: Explored, queries: np.ndarray, sql: dict[str, float], n_lib
     index = build_index(ArrayDb(data.vectors), dim)
     built = time.perf_counter() - started
     allowed = np.flatnonzero(data.in_a) + 1
-    truth = exact_top(data.vectors, queries, K)[0] + 1
-    truth_a = exact_top(data.vectors, queries, K, data.in_a)[0] + 1
+    truth = exact_top(rows_of(data.vectors), queries, K)[0] + 1
+    truth_a = exact_top(rows_of(data.vectors), queries, K, allowed - 1)[0] + 1
     plain = latency(*timed_runs(lambda q: index.search(q, K)[0], queries), truth)
     filtered = latency(*timed_runs(lambda q: index.search(q, K, allowed)[0], queries), truth_a)
     with faiss_threads(1):
@@ -383,39 +456,47 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
 def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
-    busy: dict[str, float] = {}
+    result = SizeResult(n)
     print(f"\n=== {n:,} photos ({load()}) ===")
-    started = time.perf_counter()
-    data = explored(n, args.dim)
-    neighbour_stats(data)
-    plant_duplicates(data)
+    with RssMeter(result.rss, "all"):
+        started = time.perf_counter()
+        with phase(result, "synthetic"):
+            data = library_data(n, args.dim)
+        print(
+            f"  synthetic: {time.perf_counter() - started:.1f} s; cosine to theme centre "
+            f"{data.centre_cos:.3f}, to nearest other photo {data.top1_cos:.3f}, to 10th "
+            f"{data.top10_cos:.3f}; {len(data.pairs)} near-duplicate pairs planted; "
+            + result.memory("synthetic")
+        )
+        with phase(result, "write"):
+            rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+            ids, result.write_s = write_rows(home, args.dim, n, ROOTS, rows, args.write_budget)
+        result.written = len(ids)
+        data.vectors = np.empty((0, args.dim), np.float32)  # written: read back from SQLite
+        del rows
+        print(
+            f"  write: {len(ids):,} rows in {result.write_s:.1f} s "
+            f"({len(ids) / result.write_s:,.0f} rows/s); {result.memory('write')}"
+        )
+        with phase(result, "build"):
+            result.build_s = build_vectors(home)
+        print(
+            f"  build index (read SQLite, train, add, save): {result.build_s:.1f} s; "
+            + result.memory("build")
+        )
+        measure_library(home, data, ids, args, result)
+        if len(ids) < n and result.sql_ms:
+            with phase(result, "index-only"):
+                full = library_data(n, args.dim)  # made again: nothing else holds it
+                queries = make_queries(full.vectors.__getitem__, n, args.queries)
+                result.full = index_only(full, queries, result.sql_ms, len(ids))
+                del full
+            print_full(result)
+    result.peak = result.rss["all"]
     print(
-        f"  synthetic: {time.perf_counter() - started:.1f} s; cosine to theme centre "
-        f"{data.centre_cos:.3f}, to nearest other photo {data.top1_cos:.3f}, to 10th "
-        f"{data.top10_cos:.3f}; {len(data.pairs)} near-duplicate pairs planted"
-    )
-    with CpuMeter(busy, "write+build"):
-        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
-        ids, write_s, build_s = write_library(home, args.dim, n, ROOTS, rows, args.write_budget)
-    result = SizeResult(n, len(ids), write_s, build_s, busy=busy)
-    print(
-        f"  write: {len(ids):,} rows in {write_s:.1f} s ({len(ids) / write_s:,.0f} rows/s); "
-        f"build index (read SQLite, train, add, save): {build_s:.1f} s"
-    )
-    measure_library(home, data, ids, args, result)
-    if len(ids) < n and result.sql_ms:
-        with CpuMeter(busy, "index-only"):
-            queries = make_queries(data, n, args.queries)
-            result.full = index_only(data, queries, result.sql_ms, len(ids))
-        print_full(result)
-    print(
-        f"  other processes kept {', '.join(f'{p} {c:.2f}' for p, c in busy.items())} "
-        f"cores busy; peak RSS {peak_rss_gb():.1f} GB; {load()}"
+        f"  other processes kept {', '.join(f'{p} {c:.2f}' for p, c in result.busy.items())} "
+        f"cores busy; peak RSS of this size {gb(result.peak)} (process {gb(peak_rss())}); " + load()
     )
     return result
 
@@ -424,27 +505,39 @@ def measure_library(
     home: Path, data: Explored, ids: np.ndarray, args: argparse.Namespace, result: SizeResult
 ) -> None:
     rows = len(ids)
-    queries = make_queries(data, rows, args.queries)
     under = Filters(under=FOLDER_A)
-    started = time.perf_counter()
-    library = open_library(home)
-    try:
+    with phase(result, "open"):
+        started = time.perf_counter()
+        library = open_library(home)
         index = library.vectors
         result.open_s = time.perf_counter() - started
+    try:
         result.kind, result.lists = index.kind, index_lists(index)
         print(
             f"  reader open + load: {result.open_s:.2f} s; index {index.kind}"
             + (f" ({result.lists} lists, nprobe {NPROBE})" if result.lists else "")
+            + f"; {result.memory('open')}"
         )
-        base = data.vectors[:rows]
-        truth = ids[exact_top(base, queries, K)[0]]
-        truth_a = ids[exact_top(base, queries, K, data.in_a[:rows])[0]]
-        with CpuMeter(result.busy, "queries"):
+        with phase(result, "truth"):
+            started = time.perf_counter()
+            queries = make_queries(
+                lambda rows: stored_vectors(library, ids[rows]), rows, args.queries
+            )
+            top, top_a = TopK(queries, K), TopK(queries, K, library.filtered_ids(under))
+            for chunk_ids, vectors in library.iter_embeddings():
+                top.add(chunk_ids, vectors)
+                top_a.add(chunk_ids, vectors)
+            truth, truth_a = top.best()[0], top_a.best()[0]
+        print(
+            f"  exact top-{K} of {len(queries)} queries, read from SQLite: "
+            f"{time.perf_counter() - started:.1f} s; {result.memory('truth')}"
+        )
+        with phase(result, "queries"):
             result.plain = latency(*query_library(library, queries, Filters()), truth)
             result.filtered = latency(*query_library(library, queries, under), truth_a)
             result.sql_ms = sql_breakdown(library, queries, under)
         print(f"  nearest():                {result.plain}")
-        print(f"  nearest(under={FOLDER_A}): {result.filtered}")
+        print(f"  nearest(under={FOLDER_A}): {result.filtered}; {result.memory('queries')}")
         print(
             "  median ms inside nearest(): "
             + ", ".join(
@@ -456,18 +549,20 @@ def measure_library(
             f"{result.sql_ms['short_filtered']:.0%} (these fall back to exact via SQLite)"
         )
         if index.kind == "ivf":
-            print_sweep("nprobe sweep (FAISS only):", nprobe_sweep(index, queries, truth))
-            allowed = library.filtered_ids(under)
-            print_sweep(
-                "nprobe sweep, filtered (FAISS only):",
-                nprobe_sweep(index, queries, truth_a, allowed),
-            )
-        with CpuMeter(result.busy, "clusters"):
+            with phase(result, "sweeps"):
+                print_sweep("nprobe sweep (FAISS only):", nprobe_sweep(index, queries, truth))
+                allowed = library.filtered_ids(under)
+                print_sweep(
+                    "nprobe sweep, filtered (FAISS only):",
+                    nprobe_sweep(index, queries, truth_a, allowed),
+                )
+            print(f"  nprobe sweeps: {result.memory('sweeps')}")
+        with phase(result, "clusters"):
             run_clusters(library, rows, args, result)
-        print(f"  clusters: {result.cluster}")
-        with CpuMeter(result.busy, "duplicates"):
+        print(f"  clusters: {result.cluster}; {result.memory('clusters')}")
+        with phase(result, "duplicates"):
             run_duplicates(library, data, ids, args.dup_budget, result)
-        print(f"  near duplicates: {result.duplicates}")
+        print(f"  near duplicates: {result.duplicates}; {result.memory('duplicates')}")
     finally:
         library.close()
 
@@ -499,7 +594,7 @@ def summary(results: list[SizeResult]) -> None:
     header = (
         f"{'photos':>9} {'written':>9} {'rows/s':>7} {'build s':>8} {'index':>10} "
         f"{'open s':>7} {'p50 ms':>7} {'p99 ms':>7} {'recall':>7} {'fp50 ms':>8} "
-        f"{'fp99 ms':>8} {'frecall':>7} {'cluster s':>9}"
+        f"{'fp99 ms':>8} {'frecall':>7} {'cluster s':>9} {'peak GB':>7}"
     )
     print(header)
     for r in results:
@@ -509,9 +604,13 @@ def summary(results: list[SizeResult]) -> None:
             f"{r.n:>9,} {r.written:>9,} {r.written / r.write_s:>7,.0f} {r.build_s:>8.1f} "
             f"{index:>10} {r.open_s:>7.2f} {r.plain.p50_ms:>7.2f} {r.plain.p99_ms:>7.2f} "
             f"{r.plain.recall:>7.4f} {r.filtered.p50_ms:>8.2f} {r.filtered.p99_ms:>8.2f} "
-            f"{r.filtered.recall:>7.4f} {cluster:>9}"
+            f"{r.filtered.recall:>7.4f} {cluster:>9} {r.peak / 1024**3:>7.2f}"
         )
     print("(f = with the folder filter under=/photos/a, 10% of the photos)")
+    print("Peak RSS per phase (GB):")
+    for r in results:
+        phases = ", ".join(f"{p} {v / 1024**3:.2f}" for p, v in r.rss.items() if p != "all")
+        print(f"  {r.n:>9,}: {phases}")
     print("Targets:")
     print("  query p50 < 20 ms at 1M with recall@10 >= 0.95: " + query_verdict(results))
     print("  clustering 100k < 60 s: " + cluster_verdict(results))

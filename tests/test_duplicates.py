@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 
 from tests.helpers import draw_photo, image_entries, once
 from vitsearch.config import load_settings
+from vitsearch.explore import duplicates
 from vitsearch.explore.duplicates import COPY_BITS, find_duplicates
 from vitsearch.indexer.reconcile import Indexer
 from vitsearch.photos import phash
@@ -264,9 +265,11 @@ def test_drawn_copies_are_grouped_by_the_real_pipeline(
     assert all(len({_photo_of(m.path) for m in g.members}) == 1 for g in groups)
 
 
+@pytest.mark.parametrize("rows_at_once", [duplicates.DETAILS_CHUNK, 1])
 def test_an_old_library_without_hashes_still_works(
-    home: Path, tmp_path: Path, fake_embedder, caplog
+    home: Path, tmp_path: Path, fake_embedder, caplog, monkeypatch, rows_at_once
 ) -> None:
+    monkeypatch.setattr(duplicates, "DETAILS_CHUNK", rows_at_once)  # the same, row by row
     original = draw_photo(tmp_path / "album" / "a.jpg", seed=1, size=(192, 144), quality=95)
     Image.open(original).resize((96, 72)).save(tmp_path / "album" / "a.small.jpg", quality=80)
     draw_photo(tmp_path / "album" / "b.jpg", seed=2)

@@ -10,11 +10,14 @@ import pytest
 from tests.helpers import adjusted_rand_index, plant, sphere_groups
 from vitsearch.errors import ConfigError, NoSuchLabelError, VitsearchError
 from vitsearch.explore.clusters import (
+    SILHOUETTE_SAMPLE,
+    assign,
     cluster_name,
     clusters,
     common_kind,
     compute_clusters,
     silhouette,
+    train_centroids,
 )
 from vitsearch.explore.duplicates import find_duplicates
 from vitsearch.records import Filters, Label
@@ -43,6 +46,41 @@ def test_separated_groups_come_back_as_clusters(home: Path, k) -> None:
         assignment = library.cluster_of(ids)
     predicted = np.array([assignment[i] for i in ids])
     assert adjusted_rand_index(truth, predicted) >= 0.9
+
+
+def clusters_of_every_vector(vectors: np.ndarray, k: int | str) -> np.ndarray:
+    """Clustering as it was done on the whole matrix in memory: FAISS subsampling it."""
+    if k == "auto":
+        n, centre = len(vectors), np.sqrt(len(vectors) / 2)
+        candidates = sorted(
+            {int(np.clip(round(centre * f), 2, 200)) for f in (0.5, 0.75, 1, 1.5, 2)}
+        )
+        picked = np.random.default_rng(1234).choice(n, SILHOUETTE_SAMPLE, replace=False)
+        sample = vectors[np.sort(picked)] if n > SILHOUETTE_SAMPLE else vectors
+        scored = [
+            (silhouette(sample, assign(sample, train_centroids(vectors, c))[0]), -c)
+            for c in candidates
+        ]
+        k = -max(scored)[1]
+    return assign(vectors, train_centroids(vectors, int(k)))[0]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "k"),
+    [([400, 300, 300, 200], 3), pytest.param([700, 700, 700], "auto", marks=pytest.mark.slow)],
+)
+def test_clusters_read_in_chunks_are_those_of_the_whole_matrix(home: Path, sizes, k) -> None:
+    # k=3: more photos than k-means trains on (256 per centroid), so FAISS's own subsample is
+    # read; auto: more than the silhouette's sample
+    vectors, _ = sphere_groups(sizes, spread=0.9, seed=8)
+    ids = plant(home, vectors)
+    with open_library(home) as library:
+        compute_clusters(library, k)
+        assignment = library.cluster_of(ids)
+    found = np.array([assignment[i] for i in ids])
+    expected = clusters_of_every_vector(vectors, k)
+    assert len(np.unique(expected)) > 1
+    assert adjusted_rand_index(expected, found) == 1.0
 
 
 def test_clusters_are_named_from_labels_and_stored(home: Path) -> None:

@@ -2,8 +2,10 @@
 
 ``k="auto"`` tries a few k around sqrt(n/2) (halved to doubled, bounded to 2..200) and keeps
 the one with the best silhouette (cosine distance) on a seeded sample of at most 2,000
-photos. The centroids are trained on at most 256 photos per centroid (FAISS subsamples, seeded),
-then every photo is assigned in chunks, so memory stays bounded from 2 photos to millions.
+photos. The centroids are trained on at most 256 photos per centroid: the seeded subsample FAISS
+itself would take, read from SQLite, so the centroids are those of handing FAISS every vector.
+Then every photo is assigned chunk by chunk as it is read, so no step holds the whole matrix
+(3 GB at a million 768-d photos) and memory stays bounded from 2 photos to millions.
 
 A cluster is named after its photos' most frequent top labels, without WordNet ids and with
 their capitals ("golden retriever · Labrador retriever"); placeholder labels of a checkpoint's
@@ -65,13 +67,13 @@ def stored_clusters(library: Library, representatives: int = REPRESENTATIVES) ->
 def compute_clusters(library: Library, k: int | str = "auto") -> dict:
     """Cluster every embedding and store the result; returns the stored state."""
     started = time.perf_counter()
-    ids, vectors = _all_embeddings(library)
+    ids = library.embedding_ids()
     if len(ids) < 2:
         raise VitsearchError("clustering needs at least 2 indexed photos")
-    chosen = choose_k(vectors) if k == "auto" else int(k)
+    chosen = choose_k(library, ids) if k == "auto" else int(k)
     chosen = max(1, min(chosen, len(ids)))
-    centroids = train_centroids(vectors, chosen)
-    assignment, scores = assign(vectors, centroids)
+    centroids = train_centroids(_training_set(library, ids, chosen), chosen)
+    ids, assignment, scores = _assign_all(library, centroids)
     rows = [_cluster_row(library, c, centroids[c], ids, assignment, scores) for c in range(chosen)]
     state = {
         "k": chosen,
@@ -86,9 +88,10 @@ def compute_clusters(library: Library, k: int | str = "auto") -> dict:
     return state
 
 
-def choose_k(vectors: np.ndarray) -> int:
-    """The k with the best silhouette among a few around sqrt(n/2)."""
-    n = len(vectors)
+def choose_k(library: Library, ids: np.ndarray) -> int:
+    """The k with the best silhouette among a few around sqrt(n/2), for the photos ``ids``
+    (every id with a vector, ascending)."""
+    n = len(ids)
     if n < 4:
         return 1 if n < 3 else 2
     centre = max(2.0, np.sqrt(n / 2))
@@ -98,16 +101,18 @@ def choose_k(vectors: np.ndarray) -> int:
             for f in (0.5, 0.75, 1.0, 1.5, 2.0)
         }
     )
-    sample = _sample(vectors, SILHOUETTE_SAMPLE)
+    sample = _rows_at(library, ids, _sample_rows(n, SILHOUETTE_SAMPLE))
     scored = []
     for k in candidates:
-        labels, _ = assign(sample, train_centroids(vectors, k))
+        labels, _ = assign(sample, train_centroids(_training_set(library, ids, k), k))
         scored.append((silhouette(sample, labels), -k))
     best = max(scored)
     return -best[1]
 
 
 def train_centroids(vectors: np.ndarray, k: int) -> np.ndarray:
+    """k spherical centroids of ``vectors`` (FAISS keeps a seeded subsample of at most
+    TRAIN_POINTS_PER_CENTROID per centroid: :func:`training_rows`)."""
     # Seeded restarts: one unlucky random start can split a group and merge two others.
     kmeans = faiss.Kmeans(
         vectors.shape[1],
@@ -225,15 +230,51 @@ def _stale(state: dict | None, count: int, k: int | str) -> bool:
     return abs(count - state["count"]) > STALE_FRACTION * max(state["count"], 1)
 
 
-def _all_embeddings(library: Library) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(library.iter_embeddings())
+def training_rows(n: int, k: int) -> np.ndarray:
+    """Positions among ``n`` vectors of those FAISS's k-means trains ``k`` centroids on, in
+    its order: all of them when there are at most TRAIN_POINTS_PER_CENTROID per centroid,
+    else the head of FAISS's own seeded permutation (``Clustering::subsample_training_set``),
+    so reading only these from SQLite trains the centroids that all n vectors would."""
+    if n <= k * TRAIN_POINTS_PER_CENTROID:
+        return np.arange(n)
+    perm = np.empty(n, dtype=np.int32)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, SEED)
+    return perm[: k * TRAIN_POINTS_PER_CENTROID].astype(np.int64)
+
+
+def _training_set(library: Library, ids: np.ndarray, k: int) -> np.ndarray:
+    return _rows_at(library, ids, training_rows(len(ids), k))
+
+
+def _assign_all(library: Library, centroids: np.ndarray):
+    """(ids, cluster of each, its cosine to that centroid) for every embedding, read and
+    assigned chunk by chunk."""
+    parts = [(ids, *assign(vectors, centroids)) for ids, vectors in library.iter_embeddings()]
     if not parts:
-        return np.empty(0, np.int64), np.empty((0, 1), np.float32)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
-def _sample(vectors: np.ndarray, size: int) -> np.ndarray:
-    if len(vectors) <= size:
-        return vectors
+def _rows_at(library: Library, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The vectors of ``ids[positions]``, in that order (a photo removed meanwhile left out)."""
+    wanted = ids[positions]
+    order = np.argsort(wanted, kind="stable")
+    ascending = wanted[order]
+    rows: np.ndarray | None = None
+    found = np.zeros(len(wanted), dtype=bool)
+    for chunk_ids, vectors in library.iter_embeddings(ids=ascending.tolist()):
+        if rows is None:
+            rows = np.empty((len(wanted), vectors.shape[1]), dtype=np.float32)
+        at = order[np.searchsorted(ascending, chunk_ids)]
+        rows[at], found[at] = vectors, True
+    if rows is None:
+        return np.empty((0, 1), np.float32)
+    return rows if found.all() else rows[found]  # a mask copies: 0.8 GB of training set at 1M
+
+
+def _sample_rows(n: int, size: int) -> np.ndarray:
+    """Positions of a seeded sample of ``size`` of ``n`` rows, ascending (all when fewer)."""
+    if n <= size:
+        return np.arange(n)
     rng = np.random.default_rng(SEED)
-    return vectors[np.sort(rng.choice(len(vectors), size, replace=False))]
+    return np.sort(rng.choice(n, size, replace=False))

@@ -51,6 +51,7 @@ BURST_SECONDS = 30.0
 QUERY_CHUNK = 4096
 HASH_TABLES, HASH_TABLE_BITS = 4, 16  # 4 tables x 16 bits, 1 flip each: exact up to 7 bits
 LAZY_DRAFT = (256, 256)  # decode size for a hash computed at query time
+DETAILS_CHUNK = 5000  # photos whose rows are read at once for lazy hashes
 
 
 @dataclass(frozen=True)
@@ -242,12 +243,13 @@ def _bits(hashes: dict[int, int | None], a: np.ndarray, b: np.ndarray) -> np.nda
 def _lazy_hashes(library: Library, ids: set[int]) -> dict[int, int]:
     """Hashes of photos indexed before they existed, from their files (read-only: kept for
     this run). A file that cannot be read leaves its pairs to the cosine alone."""
-    found, unreadable = {}, 0
-    for image_id, photo in library.details(sorted(ids)).items():
-        try:
-            found[image_id] = phash.photo_hash(read_photo(photo.path, LAZY_DRAFT).image)
-        except ImageDecodeError:
-            unreadable += 1
+    found, unreadable, ordered = {}, 0, sorted(ids)
+    for start in range(0, len(ordered), DETAILS_CHUNK):  # rows in chunks: not a million at once
+        for image_id, photo in library.details(ordered[start : start + DETAILS_CHUNK]).items():
+            try:
+                found[image_id] = phash.photo_hash(read_photo(photo.path, LAZY_DRAFT).image)
+            except ImageDecodeError:
+                unreadable += 1
     if unreadable:
         log.warning(
             "%d photos have no perceptual hash and their files cannot be read; their near "

@@ -195,14 +195,25 @@ def _trained_ivf(db: EmbeddingRows, dim: int, count: int) -> faiss.Index:
     ids = db.embedding_ids()
     rng = np.random.default_rng(SEED)
     sample_ids = rng.choice(ids, min(len(ids), TRAIN_POINTS_PER_LIST * lists), replace=False)
-    sample = np.concatenate([v for _i, v in db.iter_embeddings(ids=np.sort(sample_ids).tolist())])
+    sample = _read_into(db, np.sort(sample_ids), dim)
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = SEED
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.train(sample)
     index.own_fields = True
     quantizer.this.disown()  # the inverted file owns its quantizer from here on
     return index
+
+
+def _read_into(db: EmbeddingRows, ids: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors of ``ids`` in one array filled chunk by chunk (0.5 GB of training sample
+    at a million photos: a list of chunks and its concatenation would hold it twice)."""
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    filled = 0
+    for _ids, vectors in db.iter_embeddings(ids=ids.tolist()):
+        out[filled : filled + len(vectors)] = vectors
+        filled += len(vectors)
+    return out[:filled]
 
 
 def _load(path: Path, dim: int) -> VectorIndex | None:
