@@ -14,13 +14,11 @@ import argparse
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
-from _common import add_model_options, save_vit_b16
+from _common import add_model_options, index_folders, save_vit_b16, timed
 from PIL import Image, ImageDraw
 
-from vitsearch.app import open_app
 from vitsearch.config import available_cores, load_settings
 from vitsearch.model.hardware import cpu_name
 
@@ -38,10 +36,8 @@ def draw_photos(folder: Path, count: int) -> None:
 
 
 def index_once(settings, folder: Path) -> tuple[float, int, str]:
-    started = time.perf_counter()
-    with open_app(settings, write=True) as writer:
-        summary = writer.index([folder])
-    return time.perf_counter() - started, summary.embedded, summary.line()
+    summary, seconds = timed(lambda: index_folders(settings, [folder]))
+    return seconds, summary.embedded, summary.line()
 
 
 def start_cluster(tmp: Path, cpus: int):

@@ -36,16 +36,19 @@ def photos(tmp_path: Path) -> list[Image.Image]:
     return found
 
 
-@pytest.mark.parametrize("name", PROCESSORS)
-def test_plain_path_matches_the_processor(name: str, tmp_path: Path) -> None:
-    processor = PROCESSORS[name]
-    plain = plain_pixels(processor)
+def assert_gives_the_processors_pixels(plain, processor, tmp_path: Path) -> None:
     assert plain is not None
     for image in photos(tmp_path):
         expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
         got = plain(image)
         assert got.shape == expected.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_plain_path_matches_the_processor(name: str, tmp_path: Path) -> None:
+    processor = PROCESSORS[name]
+    assert_gives_the_processors_pixels(plain_pixels(processor), processor, tmp_path)
 
 
 @pytest.mark.parametrize("name", PROCESSORS)
@@ -55,13 +58,7 @@ def test_the_saved_config_gives_the_processors_pixels(name: str, tmp_path: Path)
     processor = PROCESSORS[name]
     processor.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "preprocessor_config.json").read_text())
-    plain = plain_pixels_from_config(config)
-    assert plain is not None
-    for image in photos(tmp_path):
-        expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
-        got = plain(image)
-        assert got.shape == expected.shape and got.dtype == np.float32
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert_gives_the_processors_pixels(plain_pixels_from_config(config), processor, tmp_path)
 
 
 def test_a_config_that_leaves_settings_to_transformers_keeps_the_processor(tmp_path: Path) -> None:

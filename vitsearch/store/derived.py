@@ -294,8 +294,9 @@ class DerivedResults:
     def unmapped_ids(self) -> np.ndarray:
         """Photos with a vector but no place on the map made from it."""
         ids, _xy, seqs = self.derived.map_points()
-        placed = ids[self._placed(ids, seqs)]
-        return np.setdiff1d(self.embedding_ids(), placed, assume_unique=True)
+        now = self.embedding_seqs()  # one read of the table serves both sides
+        placed = ids[self._placed(ids, seqs, now)]
+        return np.setdiff1d(now[0], placed, assume_unique=True)
 
     def upsert_map_points(self, ids: np.ndarray, xy: np.ndarray, state: dict | None = None) -> None:
         """Place photos (those removed meanwhile have no place); with ``state``, a new
@@ -311,12 +312,18 @@ class DerivedResults:
         seqs = np.array([current[int(i)] for i in ids[keep]], dtype=np.int64)
         return ids[keep], seqs, keep
 
-    def _placed(self, ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-        """Which stored points were made from the vector their photo has now."""
-        now_ids, now_seqs = self.embedding_seqs()
-        at = np.clip(np.searchsorted(now_ids, ids), 0, max(len(now_ids) - 1, 0))
+    def _placed(
+        self,
+        ids: np.ndarray,
+        seqs: np.ndarray,
+        now: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Which stored points were made from the vector their photo has now (``now``: the
+        library's (ids, write numbers), read here when not given)."""
+        now_ids, now_seqs = self.embedding_seqs() if now is None else now
         if not len(now_ids):
             return np.zeros(len(ids), dtype=bool)
+        at = np.minimum(np.searchsorted(now_ids, ids), len(now_ids) - 1)
         return (now_ids[at] == ids) & (now_seqs[at] == seqs)
 
     def _valid_hits(self, rows: list[tuple[int, float, int]]) -> list[Hit]:
