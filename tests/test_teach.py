@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import FakeEmbedder, draw_photo, once, sphere_groups
+from tests.helpers import PINNED_BACKEND, FakeEmbedder, draw_photo, once, sphere_groups
 from vitsearch.config import available_cores, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
@@ -231,7 +231,9 @@ def test_teach_through_the_app_with_the_tiny_vit(
     home: Path, tmp_path: Path, tiny_model: Path
 ) -> None:
 
-    settings = load_settings(environ={}, home=home, model=str(tiny_model), threads=1)
+    settings = load_settings(
+        environ={}, home=home, model=str(tiny_model), threads=1, **PINNED_BACKEND
+    )
     colour_folder(tmp_path / "photos", 4)
     once(settings, write=True).index([tmp_path / "photos"])
     colour_folder(tmp_path / "examples", 4, start=30)
