@@ -7,16 +7,17 @@ files (``--wordnet``, default PATH/../wordnet) turn classes into concepts a user
 police van and pickup, "birds" every bird.
 
 This is the user's scenario: a library (a random half of the photos) and a folder of a few
-examples per label taken from it. For each seed, ``teach``'s own functions pick the background
-from that library (``pick_background``) and train (``train``, with its k-fold validation); then
-the classifier labels the other half, which it never saw:
+examples per label taken from it. For each seed, ``teach``'s own functions split that library
+(``split_library``: background, likely members, held-out photos) and train (``train``, with its
+k-fold validation); then the classifier labels the other half, which it never saw:
 
 - recall: members of a concept (not examples) given their own label;
 - false labels: photos outside every concept given any taught label;
 - ECE: expected calibration error of the top score (label or "none") over both.
 
 Each way of keeping the set open is measured: none (the old closed-set softmax), the distance
-gate alone, the background class alone, and both (what ``teach`` ships). Photos are embedded
+gate alone, the background class alone, both, and both with pseudo-labelled likely members
+(what ``teach`` ships); open-set methods give a label at 50% or more. Photos are embedded
 once with the torch fp32 backend and cached in the temp dir, so reruns take seconds.
 """
 
@@ -45,11 +46,12 @@ CONCEPTS = {
     "dogs": ("n02084071",),
     "birds": ("n01503061",),
 }
-METHODS = {  # name -> (use the background class, the gate)
-    "closed-set (before)": (False, None),
-    "gate only": (False, "default"),
-    "background only": (True, None),
-    "background + gate": (True, "default"),
+METHODS = {  # name -> (use the background class, the gate, pseudo-labels)
+    "closed-set (before)": (False, None, False),
+    "gate only": (False, "default", False),
+    "background only": (True, None, False),
+    "background + gate": (True, "default", False),
+    "+ pseudo-labels": (True, "default", True),
 }
 
 
@@ -72,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels", default="cars,cats,dogs", help=f"of {', '.join(CONCEPTS)}")
     parser.add_argument("--examples", type=int, default=6, help="examples per label")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--library-share", type=float, default=0.5, help="of the photos in the library"
+    )
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -110,7 +115,7 @@ def concept_members(photos: list[Path], wordnet: Path, labels: list[str]) -> np.
     return member
 
 
-def run(vectors, member, labels, examples_per_label, seed, method) -> Outcome:
+def run(vectors, member, labels, examples_per_label, seed, method, share=0.5) -> Outcome:
     rng = np.random.default_rng(seed)
     examples = np.concatenate(
         [
@@ -118,21 +123,20 @@ def run(vectors, member, labels, examples_per_label, seed, method) -> Outcome:
             for k in range(len(labels))
         ]
     )
-    in_library = rng.permutation(len(vectors)) < len(vectors) // 2  # and the examples:
+    in_library = rng.permutation(len(vectors)) < len(vectors) * share  # and the examples:
     in_library[examples] = True  # they are the user's photos too
     targets = member[examples]
-    with_background, margin = METHODS[method]
-    background, others = split_library(
-        vectors[in_library], vectors[examples], targets, len(labels), seed
-    )
+    with_background, margin, pseudo = METHODS[method]
+    split = split_library(vectors[in_library], vectors[examples], targets, len(labels), seed)
     options = {} if margin == "default" else {"gate_margin": None}
     classifier, validation = train(
         vectors[examples],
         targets,
         tuple(labels),
-        background if with_background else None,
-        others,
+        split.background if with_background else None,
+        split.others,
         seed,
+        unsorted=split.unsorted if pseudo else None,
         **options,
     )
     unseen = ~in_library
@@ -147,7 +151,7 @@ def run(vectors, member, labels, examples_per_label, seed, method) -> Outcome:
         ece=calibration_error(scores, correct),
         cv_accuracy=validation.accuracy,
         cv_false_labels=validation.false_label_rate,
-        background=len(background) if with_background else 0,
+        background=len(split.background) if with_background else 0,
     )
 
 
@@ -180,12 +184,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = ", ".join(f"{label} {(member == k).sum()}" for k, label in enumerate(labels))
     print(f"CPU: {cpu_name()}\nmodel: {args.model} (torch fp32), {len(photos)} photos")
     print(
-        f"labels: {sizes} photos; {args.examples} examples each, the library: them and a random "
-        f"half of the rest; measured on the other half; {args.seeds} seeds; "
+        f"labels: {sizes} photos; {args.examples} examples each, the library: them and "
+        f"{args.library_share:.0%} of the rest; measured on the others; {args.seeds} seeds; "
         f"{(member < 0).sum()} photos outside every label\n"
     )
     outcomes = {
-        method: [run(vectors, member, labels, args.examples, s, method) for s in range(args.seeds)]
+        method: [
+            run(vectors, member, labels, args.examples, s, method, args.library_share)
+            for s in range(args.seeds)
+        ]
         for method in METHODS
     }
     report(outcomes, labels)
