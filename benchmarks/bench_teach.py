@@ -6,10 +6,11 @@ files (``--wordnet``, default PATH/../wordnet) turn classes into concepts a user
 "dogs" is every dog breed (wnids below n02084071), "cats" every feline, "cars" every car plus
 police van and pickup, "birds" every bird.
 
-This is the user's scenario: a library (a random half of the photos) and a folder of a few
-examples per label taken from it. For each seed, ``teach``'s own functions split that library
-(``split_library``: background, likely members, held-out photos) and train (``train``, with its
-k-fold validation); then the classifier labels the other half, which it never saw:
+This is the user's scenario: a library (a random share of the photos, ``--library-share``, half
+by default) and a folder of a few examples per label taken from it. For each seed, ``teach``'s
+own functions split that library (``split_library``: background, likely members, held-out
+photos) and train (``train``, with its k-fold validation); then the classifier labels the other
+photos, which it never saw:
 
 - recall: members of a concept (not examples) given their own label;
 - false labels: photos outside every concept given any taught label;

@@ -154,9 +154,8 @@ def train(
             logits, far = fit.out_of_fold(x, y, folds)
             temperature = _calibrate(logits, far, y, with_background)
         probs = open_probabilities(logits, far, temperature, with_background)
-        open_set = with_background or gate_margin is not None
         classifier = fit(x, y, temperature)
-        validation = _validate(probs, y, count, folds, open_set)
+        validation = _validate(probs, y, count, folds, classifier.open_set)
     if others is None or len(others) == 0:
         return classifier, validation
     labelled = float((classifier.top(others)[0] != NONE).mean())
@@ -224,7 +223,7 @@ def split_library(
     candidates: np.ndarray, examples: np.ndarray, targets: np.ndarray, count: int, seed: int = SEED
 ) -> LibrarySplit:
     """Library embeddings less copies of the examples: OTHERS_SHARE held out as they are,
-    the rest split by ``pick_background``."""
+    the rest split by ``likely_members`` into background and unsorted."""
     candidates = candidates[(candidates @ examples.T).max(axis=1) < NEAR_COPY]
     shuffled = candidates[np.random.default_rng(seed).permutation(len(candidates))]
     held = round(len(shuffled) * OTHERS_SHARE)
