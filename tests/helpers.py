@@ -7,6 +7,7 @@ import importlib
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -281,3 +282,19 @@ def fake_model_loader(threads: int, model=None) -> FakeEmbedder:
     """What the app's loader is to a Ray actor, for the fake embedder: (threads, model) ->
     embedder (importable, so a Ray worker unpickles it by name)."""
     return FakeEmbedder()
+
+
+class SlowFakeEmbedder(FakeEmbedder):
+    """The fake embedder with a forward as slow as a real model's on a CPU: a job on it
+    lasts long enough for a test to break it part way (same vectors as the fast one)."""
+
+    forward_seconds = 0.25
+
+    def embed(self, pixels: np.ndarray):
+        time.sleep(self.forward_seconds)
+        return super().embed(pixels)
+
+
+def slow_model_loader(threads: int, model=None) -> SlowFakeEmbedder:
+    """:func:`fake_model_loader` for :class:`SlowFakeEmbedder`."""
+    return SlowFakeEmbedder()

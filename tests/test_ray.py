@@ -12,12 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import FakeEmbedder, draw_album, draw_photo, fake_model_loader, vitsearch
+from tests.helpers import (
+    FakeEmbedder,
+    draw_album,
+    draw_photo,
+    fake_model_loader,
+    slow_model_loader,
+    vitsearch,
+)
 from vitsearch.indexer import Indexer
 from vitsearch.store import open_library
 
@@ -174,6 +182,72 @@ def test_a_killed_job_is_resumed_with_nothing_indexed_twice(
     assert len(after) == 160 and len(set(after)) == 160
     assert f"{160 - len(before)} new" in out
     assert all(before[path] == after[path] for path in before), "committed photos kept their ids"
+
+
+def test_a_lost_embedding_actor_is_replaced_with_nothing_lost_or_indexed_twice(
+    ray_cluster, tmp_path: Path
+) -> None:
+    """The worker process of an embedding actor killed (SIGKILL) part way through a job:
+    Ray Data starts the actor again and retries its batch, the job finishes by itself, and
+    the library holds every photo once, with the vectors a single-process run makes."""
+    from vitsearch.indexer.distributed import RayIndexer
+
+    album = tmp_path / "album"
+    photos = draw_album(album, 64)
+    home = tmp_path / "home"
+    with open_library(home, write=True) as library:
+        indexer = RayIndexer(
+            library, FakeEmbedder, slow_model_loader, address=ray_cluster.address, batch_size=2
+        )
+        with ThreadPoolExecutor(1) as pool:
+            killing = pool.submit(kill_an_embedder, home, at_least=8, total=len(photos))
+            summary = indexer.reconcile([album])
+    victim = killing.result()
+    assert 8 <= victim["committed"] < len(photos), "the actor should be killed part way"
+    assert actor_info(victim["ActorID"])["NumRestarts"] >= 1, "Ray should restart the actor"
+    assert (summary.new, summary.embedded, summary.failed) == (64, 64, 0)
+    assert not summary.interrupted
+    rows = photo_rows(home)
+    assert sorted(rows) == sorted(str(p) for p in photos) and len(set(rows.values())) == 64
+    with open_library(tmp_path / "local", write=True) as library:
+        Indexer(library, FakeEmbedder, batch_size=2).reconcile([album])
+    cluster, local = vectors_by_path(home), vectors_by_path(tmp_path / "local")
+    assert cluster.keys() == local.keys()
+    for path, vector in local.items():
+        np.testing.assert_allclose(cluster[path], vector, atol=1e-6)
+    with open_library(home, write=True) as library:
+        assert library.failures() == []
+        rerun = Indexer(library, FakeEmbedder, batch_size=2).reconcile([album])
+    assert (rerun.embedded, rerun.unchanged) == (0, 64), "a rerun finds nothing left to do"
+
+
+def kill_an_embedder(home: Path, at_least: int, total: int) -> dict:
+    """SIGKILL the worker process of a live embedding actor once ``at_least`` photos are
+    committed: the actor as Ray saw it then, and how many photos were committed."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        committed = len(photo_rows(home))
+        assert committed < total, "the job finished before an actor could be killed"
+        alive = [a for a in live_actors() if "EmbedActor" in a["ActorClassName"]]
+        if committed >= at_least and alive:
+            os.kill(alive[0]["Pid"], signal.SIGKILL)  # raises if no such process
+            return {**alive[0], "committed": committed}
+        time.sleep(0.05)
+    raise AssertionError("no embedding actor was alive with photos committed in 60 s")
+
+
+def live_actors() -> list[dict]:
+    """The cluster's live actors, from its control store (the dashboard is not installed,
+    so ``ray.util.state`` has no server to ask)."""
+    from ray._private import state
+
+    return list(state.actors(actor_state_name="ALIVE").values())
+
+
+def actor_info(actor_id: str) -> dict:
+    from ray._private import state
+
+    return state.actors(actor_id=actor_id)
 
 
 def wait_for_photos(home: Path, job: subprocess.Popen, at_least: int) -> int:
