@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -298,3 +300,18 @@ class SlowFakeEmbedder(FakeEmbedder):
 def slow_model_loader(threads: int, model=None) -> SlowFakeEmbedder:
     """:func:`fake_model_loader` for :class:`SlowFakeEmbedder`."""
     return SlowFakeEmbedder()
+
+
+class PoisonedFakeEmbedder(SlowFakeEmbedder):
+    """A worker that dies (SIGKILL, as the kernel's OOM killer kills) on every batch holding
+    an all-black photo: a batch no retry gets through."""
+
+    def embed(self, pixels: np.ndarray):
+        if (pixels.reshape(len(pixels), -1).max(1) < -0.9).any():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().embed(pixels)
+
+
+def poisoned_model_loader(threads: int, model=None) -> PoisonedFakeEmbedder:
+    """:func:`fake_model_loader` for :class:`PoisonedFakeEmbedder`."""
+    return PoisonedFakeEmbedder()

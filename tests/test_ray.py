@@ -17,15 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import (
     FakeEmbedder,
     draw_album,
     draw_photo,
     fake_model_loader,
+    poisoned_model_loader,
     slow_model_loader,
     vitsearch,
 )
+from vitsearch.errors import ClusterError
 from vitsearch.indexer import Indexer
 from vitsearch.store import open_library
 
@@ -219,6 +222,35 @@ def test_a_lost_embedding_actor_is_replaced_with_nothing_lost_or_indexed_twice(
         assert library.failures() == []
         rerun = Indexer(library, FakeEmbedder, batch_size=2).reconcile([album])
     assert (rerun.embedded, rerun.unchanged) == (0, 64), "a rerun finds nothing left to do"
+
+
+def test_a_batch_that_kills_every_actor_it_meets_fails_the_job_in_one_line(
+    ray_cluster, tmp_path: Path
+) -> None:
+    """A batch whose worker dies on every try (here: on an all-black photo) is retried a few
+    times, then fails the job with one line; what was committed stays, once, and a rerun
+    (on a machine where the model does not die) indexes exactly the rest."""
+    from vitsearch.indexer.distributed import EMBED_RETRIES, RayIndexer
+
+    album = tmp_path / "album"
+    photos = [*draw_album(album, 16), album / "black.jpg"]
+    Image.new("RGB", (96, 72)).save(photos[-1])
+    home = tmp_path / "home"
+    with open_library(home, write=True) as library:
+        indexer = RayIndexer(
+            library, FakeEmbedder, poisoned_model_loader, ray_cluster.address, batch_size=2
+        )
+        with pytest.raises(ClusterError, match=f"{EMBED_RETRIES + 1} times") as failed:
+            indexer.reconcile([album])
+    assert "\n" not in str(failed.value)
+    before = photo_rows(home)
+    assert str(photos[-1]) not in before and len(before) < len(photos)
+    with open_library(home, write=True) as library:
+        rerun = Indexer(library, FakeEmbedder, batch_size=2).reconcile([album])
+    after = photo_rows(home)
+    assert rerun.new == len(photos) - len(before) and rerun.unchanged == len(before)
+    assert sorted(after) == sorted(str(p) for p in photos)
+    assert all(before[path] == after[path] for path in before), "committed photos kept their ids"
 
 
 def kill_an_embedder(home: Path, at_least: int, total: int) -> dict:

@@ -60,3 +60,7 @@ class MissingFileError(VitsearchError, FileNotFoundError):
 
 class NoSuchLabelError(VitsearchError, LookupError):
     """No label in the library matches the query."""
+
+
+class ClusterError(VitsearchError, RuntimeError):
+    """The Ray cluster gave up on a batch (its worker died on every try)."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitsearch.errors import ConfigError, ImageDecodeError
+from vitsearch.errors import ClusterError, ConfigError, ImageDecodeError
 from vitsearch.indexer.reconcile import Done, Indexer, Summary, _Decoded
 from vitsearch.photos.decode import Photo, read_photo
 from vitsearch.photos.files import FileStat
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # --ray auto: the cluster this machine already runs (``ray start``)
 GPU_BATCH_SIZE = 64  # images per forward on a GPU actor (a CPU actor keeps --batch-size)
+EMBED_RETRIES = 3  # tries after the first for a batch whose actor dies (Ray's own for tasks)
 DECODE_MEMORY = 256 << 20  # bytes a decode task reserves (a 50 MP photo decodes to 150 MB)
 NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # the image column of a file that failed to decode
 
@@ -233,10 +234,18 @@ class RayIndexer(Indexer):
         results = self._dataset(ray, files, draft_size, layout).iter_batches(
             batch_size=None, batch_format="numpy", prefetch_batches=2
         )
-        for batch in results:
-            yield done_rows(batch)
-            if self.stop.is_set():
-                return
+        try:
+            for batch in results:
+                yield done_rows(batch)
+                if self.stop.is_set():
+                    return
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+            raise ClusterError(
+                f"a batch of photos lost its Ray worker on every try ({EMBED_RETRIES + 1} "
+                f"times, {type(exc).__name__}); the workers' logs say why (often out of "
+                "memory: try smaller batches); the photos committed so far are kept, and "
+                "the next run indexes the rest"
+            ) from exc
         log.info("cluster: %d photos in %.1fs", len(files), time.perf_counter() - started)
 
     def _dataset(self, ray, files: list[FileStat], draft_size, layout: Layout):
@@ -259,7 +268,12 @@ class RayIndexer(Indexer):
             compute=ray.data.ActorPoolStrategy(size=layout.actors),
             num_cpus=layout.cpus_per_actor,
             num_gpus=layout.gpus_per_actor,
-        )  # Ray Data restarts a lost actor and retries its batch (max_restarts=-1 by default)
+            # a lost actor (its worker killed, its node gone) is started again, any number of
+            # times, and its batches sent again; but a batch that loses its actor on every
+            # try fails the job after a few, not loops for ever (Ray Data's default)
+            max_restarts=-1,
+            max_task_retries=EMBED_RETRIES,
+        )
 
 
 def connect(address: str):
