@@ -17,9 +17,11 @@ library must have one writer, and for PostgreSQL the writer's advisory lock, the
 sequence, the taught labels and the summary stay in one process too. A batch back is small
 (a vector is 3 KB for a ViT-B/16), so this costs the cluster little.
 
-A commit is idempotent per photo (the store upserts by path): a job killed or a worker lost
-loses only the batches not yet committed, and the next run's plan holds exactly those files
-(every committed one is unchanged on disk by then), so nothing is indexed twice.
+A commit is idempotent per photo (the store upserts by path): a killed job loses only the
+batches not yet committed, and the next run's plan holds exactly those files (every committed
+one is unchanged on disk by then), so nothing is indexed twice. A lost actor is started again
+and its batches sent again; a batch that loses its actor on every try fails the job
+(:class:`~vitsearch.errors.ClusterError`) with what was committed kept, as when killed.
 """
 
 from __future__ import annotations
