@@ -269,11 +269,13 @@ def kill_an_embedder(home: Path, at_least: int, total: int) -> dict:
 
 
 def live_actors() -> list[dict]:
-    """The cluster's live actors, from its control store (the dashboard is not installed,
-    so ``ray.util.state`` has no server to ask)."""
+    """This driver's live actors, from the cluster's control store (the dashboard is not
+    installed, so ``ray.util.state`` has no server to ask)."""
+    import ray
     from ray._private import state
 
-    return list(state.actors(actor_state_name="ALIVE").values())
+    job = ray.get_runtime_context().get_job_id()
+    return [a for a in state.actors(actor_state_name="ALIVE").values() if a["JobID"] == job]
 
 
 def actor_info(actor_id: str) -> dict:
