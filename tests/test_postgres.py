@@ -226,14 +226,18 @@ def test_a_large_batch_round_trips(home: Path, pg_store: str) -> None:
     count, dim = 2000, 768
     with open_library(home, write=True, store=pg_store) as library:
         library.adopt_model(ModelInfo(name="m", fingerprint="f", dim=dim), "fp32")
-        batch = photos_in(library, count, seed=5, dim=dim)[::-1]  # not in path order
-        ids = library.write_batch(batch)
+        photos = photos_in(library, count, seed=5, dim=dim)
+        first = library.write_batch(photos[::3])
+        earlier = {e.path: i for e, i in zip(photos[::3], first, strict=True)}
+        batch = [photos[i] for i in np.random.default_rng(5).permutation(count)]
+        ids = library.write_batch(batch)  # old and new photos mixed, in no order
         paths = {r.path: r.id for r in library.files_under("/").values()}
         assert paths == {e.path: i for e, i in zip(batch, ids, strict=True)}
         assert len(paths) == count  # every photo its own id, in the batch's order
+        assert {e.path: i for e, i in zip(batch, ids, strict=True) if e.path in earlier} == earlier
         expected = {i: e.vector.tobytes() for e, i in zip(batch, ids, strict=True)}
         assert vector_bytes(library) == expected  # float32, bit for bit
-        assert library.max_seq() == count
+        assert library.max_seq() == len(earlier) + count
         assert library.label_vocabulary() == [("cat", count, count), ("dog", 0, count)]
 
 
