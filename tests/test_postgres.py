@@ -3,6 +3,7 @@ a real server started by the test session (tests/server_fixtures.py), never a mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -176,6 +177,8 @@ def test_the_same_batch_written_twice_leaves_one_row_per_photo(home: Path, pg_st
     with open_library(home, write=True, store=pg_store) as library:
         library.adopt_model(INFO, "fp32")
         batch = photos_in(library, 6, seed=1)
+        odd = "/photos/a\tb, c\\d\ne, \u00e9t\u00e9 \\N.jpg"  # what COPY's text form escapes
+        batch[0] = dataclasses.replace(batch[0], path=odd)
         ids = library.write_batch(batch)
         once, seq = stored(library), library.max_seq()
         assert library.write_batch(batch) == ids and len(set(ids)) == 6
@@ -193,7 +196,8 @@ def test_a_failure_at_a_path_replaces_the_photo_there(home: Path, pg_store: str)
     with open_library(home, write=True, store=pg_store) as library:
         library.adopt_model(INFO, "fp32")
         ids = library.write_batch(photos_in(library, 3, seed=2))
-        broken = FailedEntry("/photos/c2_1.jpg", library.root_id("/photos"), 5, 5, "truncated")
+        error = "truncated\tat byte 5\\n\n"  # COPY's text format escapes tabs, \ and newlines
+        broken = FailedEntry("/photos/c2_1.jpg", library.root_id("/photos"), 5, 5, error)
         library.write_batch(photos_in(library, 1, seed=3), [broken])  # with a new photo
         rows = stored(library)
         assert rows["/photos/c2_1.jpg"] == (ids[1], False, None, ())  # the same id, nothing left
@@ -201,7 +205,7 @@ def test_a_failure_at_a_path_replaces_the_photo_there(home: Path, pg_store: str)
         counts = library.counts()
         assert (counts.images, counts.failed, counts.vectors) == (3, 1, 3)
         assert library.label_vocabulary() == [("cat", 3, 3), ("dog", 0, 3)]
-        assert library.failures() == [("/photos/c2_1.jpg", "truncated")]
+        assert library.failures() == [("/photos/c2_1.jpg", error)]
         found, _ = library.vectors.search(unit_vectors(3, 2)[1], 4)
         assert len(found) == 3 and ids[1] not in found.tolist()
 

@@ -2,8 +2,8 @@
 round trip per table instead of one statement per row (psycopg 3's ``cursor.copy``), on the
 connection of the session's transaction, so the batch still commits or fails as a whole.
 
-- images: COPY into a staging table dropped at commit, then one set-based upsert by path
-  that keeps an existing photo's id (``INSERT .. SELECT .. ON CONFLICT (path) DO UPDATE``);
+- images: COPY into a temporary staging table, then one set-based upsert by path that keeps
+  an existing photo's id (``INSERT .. SELECT .. ON CONFLICT (path) DO UPDATE``);
 - embeddings: COPY in binary, the vectors in pgvector's own binary form built by numpy for
   the whole batch. Text needs each float formatted in Python and parsed by the server: 944
   rows/s (768-d, ``vector_text``) or 1,254 (numpy's ``%.9g``) against 9,756 in binary, COPY
