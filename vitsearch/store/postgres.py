@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,9 +42,10 @@ from vitsearch.records import FailedEntry, Filters, ImageEntry, ModelInfo
 from vitsearch.store.columns import EmbeddingBytes, PgVector
 from vitsearch.store.library import Library
 from vitsearch.store.migrations import check_not_newer, ensure_schema, schema_version
-from vitsearch.store.photos import filter_conditions
-from vitsearch.store.schema import SCHEMA_VERSION, EmbeddingRow, ImageRow
-from vitsearch.store.sql import Sql, blob
+from vitsearch.store.pgcopy import copy_labels, copy_vectors, upsert_images
+from vitsearch.store.photos import _image_values, filter_conditions
+from vitsearch.store.schema import SCHEMA_VERSION, EmbeddingRow, ImageRow, LabelRow
+from vitsearch.store.sql import Sql, blob, delete_where_in, touch
 from vitsearch.store.vectors import VectorIndex, build_index, catch_up
 
 log = logging.getLogger(__name__)
@@ -349,12 +351,33 @@ class PgLibrary(Library):
     ) -> list[int]:
         """Store embedded photos and failed files in one transaction: the vectors are rows
         (and the HNSW index is the server's), so there is nothing else to keep in step."""
-        return self._write_rows(entries, failures)
+        return self._copy_rows(entries, failures)
 
     def delete(self, ids: Sequence[int]) -> None:
         ids = list(ids)
         if ids:
             self._delete_rows(ids)
+
+    def _copy_rows(
+        self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
+    ) -> list[int]:
+        """``_write_rows`` by COPY (``store/pgcopy.py``): the same rows, in a few statements
+        per batch whatever its size. A photo written again gets a new vector and labels; a
+        failed file keeps the row's id and loses both."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            touch(s)
+            found = upsert_images(s, [_image_values(item, now) for item in (*entries, *failures)])
+            ids = [found[e.path] for e in entries]
+            # one writer holds the lock: deleting then inserting, in this transaction, is
+            # the upsert by image_id, with no staging table for the vectors
+            delete_where_in(s, LabelRow, list(found.values()))
+            delete_where_in(s, EmbeddingRow, list(found.values()))
+            if entries:
+                vectors = np.stack([e.vector for e in entries])
+                copy_vectors(s, ids, vectors, self._next_seq(s, len(entries)))
+                copy_labels(s, self._label_rows(s, ids, [e.labels for e in entries]))
+            return ids
 
     def rebuild_vectors(self) -> int:
         """Rebuild the HNSW index from the rows (REINDEX); the vectors it holds."""
