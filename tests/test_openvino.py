@@ -18,7 +18,8 @@ from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
 from vitsearch.model.export import export_model, export_onnx, load_exported
-from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE
+from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE, read_manifest
+from vitsearch.model.runtime import EXPORTS_FOLDER
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +160,7 @@ def test_an_onnx_export_replaced_by_openvino_keeps_no_onnx_model(reference, tmp_
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left behind
 
 
-def test_backend_must_fit_the_export(exports, tiny_model: Path) -> None:
+def test_backend_must_fit_the_export(exports, tiny_model: Path, home: Path) -> None:
     settings = load_settings(environ={}, model=str(exports["int8"]), threads=1)
     assert isinstance(app.load_model(settings), OpenVinoEmbedder)  # auto takes the export's own
     assert isinstance(app.load_model(settings.replace(backend="openvino")), OpenVinoEmbedder)
@@ -167,9 +168,15 @@ def test_backend_must_fit_the_export(exports, tiny_model: Path) -> None:
         app.load_model(settings.replace(backend="onnx"))
     with pytest.raises(ConfigError, match="is int8, not fp32"):
         app.load_model(settings.replace(precision="fp32"))
-    checkpoint = settings.replace(model=str(tiny_model), backend="openvino")
-    with pytest.raises(ConfigError, match="export --format openvino --out DIR"):
-        app.load_model(checkpoint)
+    # with a checkpoint, --backend openvino makes its export in the home, once, as onnx does
+    checkpoint = settings.replace(model=str(tiny_model), backend="openvino", home=home)
+    made = app.load_model(checkpoint)
+    assert isinstance(made, OpenVinoEmbedder) and made.precision == "int8"
+    [export] = [p for p in (home / EXPORTS_FOLDER).iterdir() if p.is_dir() and "openvino" in p.name]
+    assert read_manifest(export).verification["passed"]
+    assert app.load_model(checkpoint.replace(precision="fp32")).precision == "fp32"
+    with pytest.raises(ConfigError, match="OpenVINO runs fp32 or int8 here, not bf16"):
+        app.load_model(checkpoint.replace(precision="bf16"))
 
 
 def test_damaged_or_incomplete_ir_is_a_clear_error(exports, tmp_path: Path) -> None:
@@ -206,9 +213,10 @@ def test_an_openvino_library_refuses_other_backends(exports, home: Path, tmp_pat
     torch = built.replace(model=source, backend="torch")
     with pytest.raises(ModelMismatchError, match=r"built with model .*\+openvino-int8"):
         once(torch).search_image(album[0], k=1)
-    # auto follows the library's backend, which needs the export itself
-    with pytest.raises(ConfigError, match="runs an OpenVINO export"):
-        once(built.replace(model=source)).search_image(album[0], k=1)
+    # auto follows the library's backend: the checkpoint's own OpenVINO int8, made in the
+    # home, embeds as the export did (NNCF's weight compression is data-free)
+    hits = once(built.replace(model=source)).search_image(album[0], k=1)
+    assert hits[0].path == str(album[0]) and hits[0].score > 0.999
 
 
 def test_cli_export_then_index_and_search_with_openvino(cli_env: dict, tmp_path: Path) -> None:

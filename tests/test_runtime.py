@@ -28,6 +28,7 @@ def built_with(backend_suffix: str = "") -> ModelInfo:
 
 def pick(backend="auto", precision="auto", **kwargs) -> tuple[str, str, str]:
     kwargs.setdefault("onnx_installed", True)
+    kwargs.setdefault("openvino_installed", False)
     chosen = choose_runtime(backend, precision, "auto", **kwargs)
     return chosen.backend, chosen.device, chosen.precision
 
@@ -35,6 +36,7 @@ def pick(backend="auto", precision="auto", **kwargs) -> tuple[str, str, str]:
 def timed(**kwargs) -> tuple[str, ...]:
     """The candidates `auto` times on this (faked) CPU."""
     kwargs.setdefault("onnx_installed", True)
+    kwargs.setdefault("openvino_installed", False)
     chosen = choose_runtime("auto", "auto", "auto", **kwargs)
     assert chosen.backend == "auto", chosen
     return tuple(c.name for c in chosen.candidates)
@@ -70,9 +72,19 @@ def test_what_is_asked_for_wins() -> None:
     assert pick("openvino", flags=AMX) == ("openvino", "cpu", "auto")
 
 
-def test_auto_never_picks_openvino_but_keeps_an_openvino_library() -> None:
+def test_auto_times_openvino_int8_where_installed_and_keeps_an_openvino_library() -> None:
     for flags in (AMX, ZEN4, AVX2_ONLY):
+        assert timed(flags=flags, openvino_installed=True)[-1] == "openvino-int8"
         assert "openvino" not in " ".join(timed(flags=flags))
+    # it is converted from the ONNX graph: without ONNX, no OpenVINO either
+    assert timed(flags=ZEN4, onnx_installed=False, openvino_installed=True) == (
+        "torch-fp32",
+        "torch-bf16",
+    )
+    assert timed(recorded=built_with(), flags=AMX, openvino_installed=True) == (
+        "torch-fp32",
+        "torch-bf16",
+    )
     assert pick(recorded=built_with("+openvino-int8"), flags=AMX) == ("openvino", "cpu", "int8")
     assert pick(recorded=built_with("+openvino-fp32"), flags=ZEN4) == ("openvino", "cpu", "fp32")
 
@@ -155,15 +167,19 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     once(auto, write=True).index([folder])
     measured = measurement(auto)
     rates = {r["candidate"]: r["images_per_second"] for r in measured["results"]}
-    assert set(rates) == set(EVERY)
+    openvino = runtime.openvino_available()  # the openvino extra: its int8 is timed too
+    assert set(rates) == set(EVERY) | ({"openvino-int8"} if openvino else set())
     assert measured["fastest"] == max(rates, key=rates.get) and min(rates.values()) > 0
     status = once(auto).status().as_dict()
     assert status["backend"] == BACKEND_OF.get(measured["fastest"], measured["fastest"])
+    made_here = [("fp32", "onnx"), ("int8", "onnx")] + ([("int8", "openvino")] if openvino else [])
+    expected = [export_directory(source(auto), *made) for made in made_here]
     exports = sorted(p for p in (auto.home / EXPORTS_FOLDER).iterdir() if p.is_dir())
-    assert exports == sorted(export_directory(source(auto), p) for p in ("fp32", "int8"))
-    verification = json.loads((exports[1] / "vitsearch-export.json").read_text())["verification"]
-    assert verification["passed"] and verification["neighbour_overlap"] >= 0.95
-    made = {p: (p / "model.onnx").stat().st_mtime_ns for p in exports}
+    assert exports == sorted(expected)
+    for int8 in expected[1:]:
+        verification = json.loads((int8 / "vitsearch-export.json").read_text())["verification"]
+        assert verification["passed"] and verification["neighbour_overlap"] >= 0.95
+    made = {p: (p / "vitsearch-export.json").stat().st_mtime_ns for p in exports}
 
     hits = once(auto).search_image(album[0], k=3)
     assert hits[0].path == str(album[0]) and hits[0].score > 0.99
@@ -177,7 +193,9 @@ def test_auto_times_the_candidates_once_and_keeps_the_fastest(auto, cpu, tmp_pat
     shutil.copytree(auto.home / EXPORTS_FOLDER, torch_home.home / EXPORTS_FOLDER)
     once(torch_home).search_image(album[0], k=1)
     assert measurement(torch_home) == measured
-    assert {p: (p / "model.onnx").stat().st_mtime_ns for p in exports} == made, "exported again"
+    assert {p: (p / "vitsearch-export.json").stat().st_mtime_ns for p in exports} == made, (
+        "exported again"
+    )
     assert once(auto).status().as_dict()["images"] == 7
 
 

@@ -54,8 +54,8 @@ def _with_library_options(command: Callable, log_level: int) -> Callable:
             "--backend",
             type=click.Choice(BACKENDS),
             help=(
-                "auto: the fastest within tolerance here; onnx: ONNX Runtime; openvino: an "
-                "OpenVINO export [VITSEARCH_BACKEND]."
+                "auto: the fastest within tolerance here; onnx: ONNX Runtime; openvino: "
+                "OpenVINO (the openvino extra) [VITSEARCH_BACKEND]."
             ),
         ),
         click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),

@@ -68,7 +68,7 @@ class Settings:
     backend: str = _setting(
         "auto",
         "auto (the fastest within tolerance for this hardware; a library keeps its own), torch, "
-        "onnx (ONNX Runtime), or openvino (an OpenVINO export; auto never picks it).",
+        "onnx (ONNX Runtime), or openvino (OpenVINO; auto times its int8 where installed).",
     )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(

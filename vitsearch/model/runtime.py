@@ -3,17 +3,18 @@ measured.
 
 ``auto`` on a CPU times the candidates that agree with torch fp32 and keeps the fastest: torch
 fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x *slower*),
-ONNX Runtime fp32 and ONNX Runtime block int8, each ONNX one on an export made once per
-checkpoint in the library home and verified against torch fp32 on probe images (min cosine
-and top-10 neighbour overlap, see :mod:`.export`). The measurement takes a few seconds per
+ONNX Runtime fp32 and ONNX Runtime block int8, and OpenVINO with NNCF int8 weights where the
+``openvino`` extra is installed; each export is made once per checkpoint in the library home
+and verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap, see
+:mod:`.export`). The measurement takes a few seconds per
 candidate, is kept in the home per checkpoint and CPU, and is made again on another CPU, so a
 new kind of CPU gets the right answer without a table of names. A timing made while other
 programs kept more than half a core busy (speeds then swing 2-3x and the pick flips) is made
 again at the next start, up to three times. CUDA runs torch fp16, Apple
 MPS torch fp32.
 
-OpenVINO is never picked by ``auto``: it runs only when asked for with ``--backend openvino``
-or when the model named is an OpenVINO export directory.
+OpenVINO fp32 is not timed: on every CPU measured it was slower than its own int8 weights,
+which agree with fp32 as closely as ONNX Runtime's block int8 (``bench_backends.py``).
 
 A library keeps the backend it was built with: ``auto`` measures only the backends whose
 embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library
@@ -71,6 +72,10 @@ OPENVINO = "openvino"
 
 EXPORTS_FOLDER = "exports"
 ONNX_PRECISIONS = ("fp32", "int8")  # fp32 first: int8 is quantized from its graph
+OPENVINO_PRECISIONS = ("fp32", "int8")  # converted from the ONNX fp32 graph
+OPENVINO_TIMED = ("int8",)  # NNCF int8 weights: see the module docstring
+EXPORT_PRECISIONS = {ONNX: ONNX_PRECISIONS, OPENVINO: OPENVINO_PRECISIONS}
+EXPORT_NAMES = {ONNX: "ONNX Runtime", OPENVINO: "OpenVINO"}
 # 2: int8 in blocks with neighbour-checked verification; exports of scheme 1 (per-tensor
 # dynamic int8) are not reused
 EXPORT_SCHEME = 2
@@ -84,7 +89,7 @@ RETIMINGS = 3
 class Candidate:
     """One way to run a checkpoint on the CPU."""
 
-    backend: str  # torch | onnx
+    backend: str  # torch | onnx | openvino
     precision: str
 
     @property
@@ -138,6 +143,7 @@ def choose_runtime(
     recorded: ModelInfo | None = None,
     flags: frozenset[str] | None = None,
     onnx_installed: bool | None = None,
+    openvino_installed: bool | None = None,
 ) -> Runtime:
     """The backend, device and precision to load a checkpoint with, or on a CPU with a
     choice (``backend == "auto"``) the candidates to time.
@@ -149,6 +155,7 @@ def choose_runtime(
         recorded: the library's model, if it has one.
         flags: the CPU flags (read from the machine when None).
         onnx_installed: whether ONNX export and runtime are installed (checked when None).
+        openvino_installed: whether OpenVINO and NNCF are installed (checked when None).
     """
     if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
@@ -164,26 +171,40 @@ def choose_runtime(
     if device != "cpu":
         return Runtime(TORCH, device, choose_precision("auto", device), f"a {device} device")
     onnx_ok = onnx_available() if onnx_installed is None else onnx_installed
-    found = cpu_candidates(flags, onnx=onnx_ok and recorded is None)
+    openvino_ok = openvino_available() if openvino_installed is None else openvino_installed
+    fresh = recorded is None  # a library's embeddings admit only the backends agreeing with them
+    found = cpu_candidates(
+        flags, onnx=onnx_ok and fresh, openvino=onnx_ok and openvino_ok and fresh
+    )
     if len(found) == 1:
         return Runtime(TORCH, "cpu", found[0].precision, "the only candidate on this CPU")
     why = "the fastest agreeing with the library's embeddings" if recorded else "the fastest here"
     return Runtime("auto", "cpu", "auto", why, found)
 
 
-def cpu_candidates(flags: frozenset[str], onnx: bool) -> tuple[Candidate, ...]:
-    """What is worth timing on this CPU: bf16 only with bf16 hardware, ONNX when installed."""
+def cpu_candidates(
+    flags: frozenset[str], onnx: bool, openvino: bool = False
+) -> tuple[Candidate, ...]:
+    """What is worth timing on this CPU: bf16 only with bf16 hardware, ONNX Runtime and
+    OpenVINO when installed."""
     found = [Candidate(TORCH, "fp32")]
     if has_bf16_hardware(flags):
         found.append(Candidate(TORCH, "bf16"))
     if onnx:
         found += [Candidate(ONNX, precision) for precision in ONNX_PRECISIONS]
+    if openvino:
+        found += [Candidate(OPENVINO, precision) for precision in OPENVINO_TIMED]
     return tuple(found)
 
 
 def onnx_available() -> bool:
     """What the automatic export needs: onnx, ONNX Runtime, and onnxscript (torch's exporter)."""
     return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def openvino_available() -> bool:
+    """What an automatic OpenVINO int8 export needs beside ONNX's: the ``openvino`` extra."""
+    return all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
 
 
 def load_model(
@@ -235,21 +256,23 @@ def load_model(
             device=device,
             features=features,
         )
-    if runtime.backend == OPENVINO:
-        # Made only on request, never behind the user's back: see the module docstring.
-        raise ConfigError(
-            f"the openvino backend runs an OpenVINO export, and {checkpoint} is not one; "
-            f"create it with: vitsearch export --format openvino --out DIR, then use --model DIR"
-        )
-    onnx_precision = "int8" if runtime.precision == "auto" else runtime.precision
-    if onnx_precision not in ONNX_PRECISIONS:
-        raise ConfigError(f"ONNX Runtime runs {' or '.join(ONNX_PRECISIONS)}, not {onnx_precision}")
-    embedder = _exported(source, onnx_precision)
+    return _asked_export(source, runtime)
+
+
+def _asked_export(source: Source, runtime: Runtime) -> ExportedEmbedder:
+    """``--backend onnx`` or ``openvino`` with a checkpoint (or a library built with one): its
+    export in the home, made once."""
+    backend, allowed = runtime.backend, EXPORT_PRECISIONS[runtime.backend]
+    precision = "int8" if runtime.precision == "auto" else runtime.precision
+    name = EXPORT_NAMES[backend]
+    if precision not in allowed:
+        raise ConfigError(f"{name} runs {' or '.join(allowed)} here, not {precision}")
+    embedder = _exported(source, precision, backend=backend)
     if embedder is None:
         raise BackendMismatchError(
-            f"ONNX Runtime {onnx_precision} of {checkpoint} did not agree with torch fp32 on "
-            f"this machine (see {_rejected_file(source, onnx_precision)}); use --backend auto "
-            f"or torch (a library built with ONNX Runtime {onnx_precision} needs a new --home)"
+            f"{name} {precision} of {source.checkpoint} did not agree with torch fp32 on "
+            f"this machine (see {_rejected_file(source, precision, backend)}); use --backend "
+            f"auto or torch (a library built with {name} {precision} needs a new --home)"
         )
     return embedder
 
@@ -294,8 +317,8 @@ def measure(
         source.checkpoint,
         cpu_name(),
         ", ".join(c.name for c in candidates),
-        " (exporting a ViT-B to ONNX takes about a minute)"
-        if any(c.backend == ONNX for c in candidates)
+        " (exporting a ViT-B takes about a minute)"
+        if any(c.backend != TORCH for c in candidates)
         else "",
     )
     reference = _Reference(source)  # one fp32 model: a candidate and every export's check
@@ -375,7 +398,7 @@ def _load_candidate(
         return reference()
     if candidate.backend == TORCH:
         return source.torch("cpu", candidate.precision)
-    return _exported(source, candidate.precision, reference)
+    return _exported(source, candidate.precision, reference, candidate.backend)
 
 
 def _candidate(name: str) -> Candidate:
@@ -430,41 +453,48 @@ def _disturbed(record: dict) -> bool:
 
 
 def _exported(
-    source: Source, precision: str, reference: _Reference | None = None
+    source: Source, precision: str, reference: _Reference | None = None, backend: str = ONNX
 ) -> ExportedEmbedder | None:
-    """The checkpoint on ONNX Runtime, from an export made once and kept in the home; None when
-    that export cannot stay within tolerance on this machine (remembered, not retried)."""
-    directory = export_directory(source, precision)
-    rejected = _rejected_file(source, precision)
+    """The checkpoint on ONNX Runtime or OpenVINO, from an export made once and kept in the
+    home; None when that export cannot stay within tolerance on this machine (remembered, not
+    retried)."""
+    directory = export_directory(source, precision, backend)
+    rejected = _rejected_file(source, precision, backend)
     with held(directory.with_name(directory.name + ".lock")):  # the app and `watch` alike
         if rejected.is_file():
             return None
         if not (directory / MANIFEST_FILE).is_file():
-            from vitsearch.model.export import export_onnx  # torch: only to make the export
+            from vitsearch.model.export import export_model  # torch: only to make the export
 
-            log.warning("exporting %s to ONNX %s, once", source.checkpoint, precision)
+            name = EXPORT_NAMES[backend]
+            log.warning("exporting %s to %s %s, once", source.checkpoint, name, precision)
+            # every export starts from the ONNX fp32 graph, when this home already has it
             fp32 = export_directory(source, "fp32") / MODEL_FILE
+            reuse = fp32.is_file() and (backend, precision) != (ONNX, "fp32")
             try:
-                export_onnx(
+                export_model(
                     (reference or _Reference(source))(),
                     directory,
+                    fmt=backend,
                     quantize=None if precision == "fp32" else precision,
-                    graph=fp32 if fp32.is_file() and precision != "fp32" else None,
+                    graph=fp32 if reuse else None,
                 )
             except BackendMismatchError as exc:
-                log.warning("not using ONNX Runtime %s: %s", precision, exc)
+                log.warning("not using %s %s: %s", name, precision, exc)
                 rejected.write_text(json.dumps({"reason": str(exc)}) + "\n")
                 return None
     return open_export(directory, source.threads, name=source.checkpoint)
 
 
-def _rejected_file(source: Source, precision: str) -> Path:
-    directory = export_directory(source, precision)
+def _rejected_file(source: Source, precision: str, backend: str = ONNX) -> Path:
+    directory = export_directory(source, precision, backend)
     return directory.with_name(directory.name + ".rejected.json")
 
 
-def export_directory(source: Source, precision: str) -> Path:
-    """Where the home keeps the automatic export of this checkpoint, layer and pooling."""
+def export_directory(source: Source, precision: str, backend: str = ONNX) -> Path:
+    """Where the home keeps the automatic export of this checkpoint, layer and pooling (ONNX
+    exports keep the names earlier homes gave them)."""
     identity = source.fingerprint() + f"|scheme={EXPORT_SCHEME}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return source.home / EXPORTS_FOLDER / f"{key}-{precision}"
+    kind = precision if backend == ONNX else f"{backend}-{precision}"
+    return source.home / EXPORTS_FOLDER / f"{key}-{kind}"
