@@ -7,12 +7,12 @@ of real photos (e.g. an ImageNet sample, read in place), DIR a trained checkpoin
 ViT-Ti/16); everything else lives in a temporary directory.
 
 Candidates: torch fp32 (the reference), torch bf16 (CPUs with bf16 instructions only), torch
-dynamic int8 (``--precision int8``), ONNX Runtime fp32 and block int8 (what ``auto`` times),
+dynamic int8 (``--precision int8``), ONNX Runtime fp32 and block int8 (which ``auto`` times),
 ONNX Runtime per-tensor dynamic int8 (the scheme vitsearch shipped before, quantized here only,
-as the reference it replaced), and OpenVINO fp32 and NNCF int8 when ``openvino`` (and ``nncf``)
-are installed. The shipped variants are made by vitsearch's own code (``load_embedder``,
-``quantize_int8``, ``export_model``); one the shipped check refuses is rebuilt unverified by the
-same code, so it is still measured, and marked FAIL.
+as the reference it replaced), and OpenVINO fp32 and NNCF int8 (``auto`` times the int8) when
+``openvino`` (and ``nncf``) are installed. The shipped variants are made by vitsearch's own
+code (``load_embedder``, ``quantize_int8``, ``export_model``); one the shipped check refuses is
+rebuilt unverified by the same code, so it is still measured, and marked FAIL.
 
 1. Agreement, on DIR's trained weights over N real photos: top-10 neighbour overlap among the
    photos, min and mean cosine and top-1 label agreement with torch fp32, and whether the
@@ -119,11 +119,11 @@ VARIANTS = (
     Variant(
         "onnx-int8-dynamic", "ONNX Runtime int8, per-tensor dynamic (old)", "benchmark only", "int8"
     ),
-    Variant("openvino-fp32", "OpenVINO fp32", "`export --format openvino`", "fp32"),
+    Variant("openvino-fp32", "OpenVINO fp32", "`--backend openvino --precision fp32`", "fp32"),
     Variant(
         "openvino-int8",
         "OpenVINO NNCF int8 weights",
-        "`export --format openvino --quantize int8`",
+        "`--backend openvino`; `auto` candidate (openvino extra)",
         "int8",
     ),
 )
