@@ -1,12 +1,13 @@
 """Cold start: one CLI query as a whole process, as a user's shell starts it.
 
 Run: ``python benchmarks/bench_cli.py PATH [--model DIR] [--home DIR] [--photos N]
-[--repeat R]``. PATH is a folder of photos (e.g. an ImageNet sample). Two libraries of the
-first N photos are built (or reused from ``--home``): one with ONNX Runtime int8 and one with
-torch fp32. Then ``search PHOTO``, ``similar PHOTO``, ``status`` and ``classify`` of 5 photos
-are timed on each as whole processes, the median of R, beside ``python -c pass`` and
-``python -c "import torch"`` timed in the same rounds (each round runs every command once, so
-a load that comes and goes slows them alike). The target: a query on an existing library
+[--repeat R]``. PATH is a folder of photos (e.g. an ImageNet sample). Three libraries of the
+first N photos are built (or reused from ``--home``): one with the backend ``auto`` picks on
+this machine (what a user gets), one with ONNX Runtime int8 and one with torch. Then
+``search PHOTO``, ``similar PHOTO``, ``status`` and ``classify`` of 5 photos are timed on each
+as whole processes, the median of R, beside ``python -c pass`` and ``python -c "import
+torch"`` timed in the same rounds (each round runs every command once, so a load that comes
+and goes slows them alike). The target: a query on an existing library
 answers in 3 s or less.
 
 Without ``--model`` the checkpoint is a seeded random ViT-B/16 (``bench_index.save_vit_b16``):
@@ -37,6 +38,7 @@ DEFAULT_REPEAT = 5
 TARGET_SECONDS = 3.0
 CLASSIFIED = 5
 LIBRARIES = {
+    "auto": ("--backend", "auto", "--precision", "auto"),
     "onnx-int8": ("--backend", "onnx", "--precision", "int8"),
     "torch": ("--backend", "torch"),
 }
@@ -76,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             *(cmd for name in homes for cmd in queries(name, photos)),
         ]
         envs = {name: environment(home, model) for name, home in homes.items()}
+        print(f"auto's library runs {runs_on(envs['auto'])}", flush=True)
         for command in commands:
             if command.library:
                 settle(command, envs[command.library])
@@ -125,6 +128,12 @@ def build(home: Path, model: Path, photos: Path, flags: Sequence[str]) -> Path:
         print(f"indexing {photos} into {home} ({' '.join(flags)})", flush=True)
         vitsearch("index", str(photos), *flags, env=environment(home, model))
     return home
+
+
+def runs_on(env: dict) -> str:
+    """The backend and precision a library records, as ``status --json`` shows them."""
+    shown = json.loads(vitsearch("status", "--json", env=env).stdout)
+    return f"{shown['backend']} {shown['precision']}"
 
 
 def queries(library: str, photos: Sequence[Path]) -> list[Command]:
