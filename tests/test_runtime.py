@@ -231,8 +231,8 @@ def test_another_cpu_is_measured_again_within_the_librarys_backend(
 @pytest.mark.slow
 def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_path: Path) -> None:
     cpu(AVX2_ONLY)
-    for precision in ("fp32", "int8"):
-        rejected = export_directory(source(auto), precision)
+    for precision, backend in [("fp32", "onnx"), ("int8", "onnx"), ("int8", "openvino")]:
+        rejected = export_directory(source(auto), precision, backend)
         rejected = rejected.with_name(rejected.name + ".rejected.json")
         rejected.parent.mkdir(parents=True, exist_ok=True)
         rejected.write_text('{"reason": "top-10 neighbours kept 0.72"}\n')
