@@ -191,17 +191,42 @@ class TreeMemory:
 
 def tree_pss(pid: int) -> int:
     """Pss (bytes) of ``pid`` and all its descendants now; 0 where /proc is not readable."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
+    total = 0
+    for current in process_tree(pid):
         try:
             with open(f"/proc/{current}/smaps_rollup") as rollup:
                 total += next(int(line.split()[1]) * 1024 for line in rollup if line[:4] == "Pss:")
-            with open(f"/proc/{current}/task/{current}/children") as children:
-                todo += [int(child) for child in children.read().split()]
         except (OSError, StopIteration, ValueError):
             continue  # it ended meanwhile (a parallel worker), or no /proc here
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its descendants, those that ended included
+    (their time is in their parent's cutime/cstime once reaped); 0 without /proc."""
+    ticks = 0
+    for current in process_tree(pid):
+        try:
+            with open(f"/proc/{current}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (Linux /proc; just ``pid`` elsewhere)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                todo += [int(child) for child in children.read().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _seen(high_water: int) -> None:
