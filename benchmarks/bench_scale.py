@@ -40,7 +40,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,35 +190,50 @@ def drop_hnsw(library: Library) -> None:
         conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
 
 
-def load_pg(home: Path, store: str, server_pid: int, args, rows, engine: Engine) -> np.ndarray:
-    bulk = args.pg_load == "bulk"
-    with others_busy(engine, "load", server_pid), TreeMemory(server_pid) as memory:
-        ids, engine.load_s = write_rows(
-            home, args.dim, args.n, ROOTS, rows, store=store, ready=drop_hnsw if bulk else None
+@dataclass
+class PgLibrary:
+    """One PostgreSQL library of the size: its database, this host's folder, how it loads."""
+
+    load: str  # "indexed" or "bulk"
+    home: Path
+    store: str
+    server_pid: int
+    engine: Engine
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def load_pg(pg: PgLibrary, n: int, dim: int, rows: Callable) -> None:
+    bulk = pg.load == "bulk"
+    with others_busy(pg.engine, "load", pg.server_pid), TreeMemory(pg.server_pid) as memory:
+        pg.ids, pg.engine.load_s = write_rows(
+            pg.home, dim, n, ROOTS, rows, store=pg.store, ready=drop_hnsw if bulk else None
         )
     if not bulk:
-        engine.build_memory = memory.peak  # the index grew with the rows
-    return ids
+        pg.engine.build_memory = memory.peak  # the index grew with the rows
 
 
-def measure_pg(home: Path, store: str, server_pid: int, queries: Queries, ids, engine) -> None:
+def measure_pg(pg: PgLibrary, queries: Queries) -> None:
     """Build the HNSW index if the load left it out, then query through a reader."""
-    if engine.build_s is None and not index_exists(store):
-        with others_busy(engine, "build", server_pid), TreeMemory(server_pid) as memory:
+    engine = pg.engine
+    if not index_exists(pg.store):
+        with others_busy(engine, "build", pg.server_pid), TreeMemory(pg.server_pid) as memory:
             started = time.perf_counter()
-            open_library(home, write=True, store=store).close()  # creates the missing index
+            open_library(pg.home, write=True, store=pg.store).close()  # creates the index
             engine.build_s = time.perf_counter() - started
         engine.build_memory = memory.peak
-    analyze(store)
-    engine.index_bytes = relation_size(store, HNSW_INDEX)
-    with others_busy(engine, "queries", server_pid), open_library(home, store=store) as library:
+    analyze(pg.store)
+    engine.index_bytes = relation_size(pg.store, HNSW_INDEX)
+    with (
+        others_busy(engine, "queries", pg.server_pid),
+        open_library(pg.home, store=pg.store) as library,
+    ):
         ef = library.vectors.ef_search
         engine.index = f"hnsw, m {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION}, ef_search {ef}"
-        query_both(library, queries, ids, engine)
-        engine.query_memory = tree_pss(server_pid)  # the reader's backend still connected
+        query_both(library, queries, pg.ids, engine)
+        engine.query_memory = tree_pss(pg.server_pid)  # the reader's backend still connected
 
 
-def server_query(store: str, sql: str, *params):
+def server_query(store: str, sql: str, *params: object) -> object:
     import psycopg
 
     with psycopg.connect(store, autocommit=True) as conn:
@@ -226,7 +241,7 @@ def server_query(store: str, sql: str, *params):
 
 
 def index_exists(store: str) -> bool:
-    return server_query(store, "SELECT to_regclass(%s) IS NOT NULL", HNSW_INDEX)
+    return bool(server_query(store, "SELECT to_regclass(%s) IS NOT NULL", HNSW_INDEX))
 
 
 def relation_size(store: str, name: str) -> int:
@@ -234,28 +249,39 @@ def relation_size(store: str, name: str) -> int:
 
 
 def measure_size(n: int, args: argparse.Namespace, server, folder: Path) -> list[Engine]:
-    """Both libraries of ``n`` photos from the same vectors; the matrix is freed once written."""
-    args = argparse.Namespace(**{**vars(args), "n": n})
+    """FAISS and each ``--pg-load`` library of ``n`` photos, from the same vectors (the
+    matrix is freed once all are written); their figures, FAISS first."""
     started = time.perf_counter()
     data = explored(n, args.dim)  # ~10% of the photos under FOLDER_A
     queries = exact_queries(data, args.queries, args.warmup)
     print(f"  synthetic vectors and exact top-{K}s: {time.perf_counter() - started:.1f} s")
     rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
-    faiss, pg = Engine("FAISS"), Engine("pgvector HNSW")
-    database = f"scale_{n}"
-    store = create_database(server, database)
+    faiss = Engine("FAISS")
+    print("  FAISS library (SQLite rows):")
+    with others_busy(faiss, "load"):
+        faiss_ids, faiss.load_s = write_rows(folder / "faiss", args.dim, n, ROOTS, rows)
+    pgs = [
+        PgLibrary(
+            load,
+            folder / f"pg-{load}",
+            create_database(server, f"scale_{n}_{load}"),
+            server.get_pid(),
+            Engine(f"pgvector {load}"),
+        )
+        for load in args.pg_load.split(",")
+    ]
     try:
-        print("  FAISS library (SQLite rows):")
-        with others_busy(faiss, "load"):
-            faiss_ids, faiss.load_s = write_rows(folder / "faiss", args.dim, n, ROOTS, rows)
-        print(f"  PostgreSQL library ({args.pg_load} load):")
-        pg_ids = load_pg(folder / "pg", store, server.get_pid(), args, rows, pg)
+        for pg in pgs:
+            print(f"  PostgreSQL library ({pg.load} load):")
+            load_pg(pg, n, args.dim, rows)
         del data, rows  # written: the libraries hold the vectors now
         measure_faiss(folder / "faiss", queries, faiss_ids, faiss)
-        measure_pg(folder / "pg", store, server.get_pid(), queries, pg_ids, pg)
+        for pg in pgs:
+            measure_pg(pg, queries)
     finally:
-        drop_database(server, database)
-    return [faiss, pg]
+        for pg in pgs:
+            drop_database(server, f"scale_{n}_{pg.load}")
+    return [faiss] + [pg.engine for pg in pgs]
 
 
 def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None:
@@ -264,7 +290,7 @@ def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None
         f"{args.warmup} warm-up; {cpu_name()}, {available_cores()} cores; {load()}"
     )
     print(
-        f"{'':14} {'load s':>7} {'rows/s':>6} {'build s':>8} {'index GB':>8} {'build GB':>8} "
+        f"{'':16} {'load s':>7} {'rows/s':>6} {'build s':>8} {'index GB':>8} {'build GB':>8} "
         f"{'query GB':>8} {'p50 ms':>7} {'p99 ms':>7} {'recall':>6} {'fp50 ms':>7} "
         f"{'fp99 ms':>7} {'frecall':>7}"
     )
@@ -272,14 +298,14 @@ def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None
         build = "in load" if e.build_s is None else f"{e.build_s:.1f}"
         plain, filtered = e.plain, e.filtered
         print(
-            f"{e.name:14} {e.load_s:7.1f} {n / e.load_s:6.0f} {build:>8} "
+            f"{e.name:16} {e.load_s:7.1f} {n / e.load_s:6.0f} {build:>8} "
             f"{e.index_bytes / GB:8.2f} {e.build_memory / GB:8.2f} {e.query_memory / GB:8.2f} "
             f"{plain.p50_ms:7.2f} {plain.p99_ms:7.2f} {plain.recall:6.4f} "
             f"{filtered.p50_ms:7.2f} {filtered.p99_ms:7.2f} {filtered.recall:7.4f}"
         )
     print(
         f"f: under {FOLDER_A} (~10% of the photos). Load: rows through write_batch "
-        f"(pgvector {args.pg_load}). Index GB: the FAISS file, the HNSW index's "
+        "(pgvector indexed: HNSW inserts too). Index GB: the FAISS file, the HNSW index's "
         "pg_relation_size. Build/query GB: FAISS this process's peak RSS, PostgreSQL the "
         "server's Pss (all its processes)."
     )
@@ -385,6 +411,13 @@ def part_b(args: argparse.Namespace) -> None:
         print(f"cluster / single process: {plain[0] / ray[0]:.2f}x")
 
 
+def pg_loads(value: str) -> str:
+    loads = [load.strip() for load in value.split(",")]
+    if not loads or set(loads) - {"indexed", "bulk"} or len(set(loads)) < len(loads):
+        raise argparse.ArgumentTypeError("indexed, bulk or indexed,bulk")
+    return ",".join(loads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("a", "b", "both"), default="both")
@@ -395,9 +428,10 @@ def main() -> None:
     search.add_argument("--dim", type=int, default=768)
     search.add_argument(
         "--pg-load",
-        choices=("indexed", "bulk"),
+        type=pg_loads,
         default="indexed",
-        help="HNSW index filled row by row (what index does) or built after the rows (migrate)",
+        help="how each PostgreSQL library gets its HNSW index: indexed (filled row by row, what "
+        "index does), bulk (built once the rows are in, as migrate does) or indexed,bulk",
     )
     search.add_argument("--shared-buffers", default="4GB", help="the server's shared_buffers")
     search.add_argument(
