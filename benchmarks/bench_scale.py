@@ -2,8 +2,8 @@
 FAISS) beside the PostgreSQL one (pgvector HNSW); (b) indexing in one process and on Ray.
 
 Run: ``python benchmarks/bench_scale.py [--part a|b|both] [--sizes 100000,1000000]
-[--queries 200] [--pg-load indexed|bulk] [--photos 2000] [--batch-size B]``; (a) needs the
-server extra (``pip install -e ".[server]"``), (b) Ray from it.
+[--queries 200] [--pg-load indexed|bulk|indexed,bulk] [--photos 2000] [--batch-size B]``;
+(a) needs the server extra (``pip install -e ".[server]"``), (b) Ray from it.
 
 (a) Query latency (p50, p99) and recall@10 against exact search, unfiltered and under a folder
 holding ~10% of the photos, plus each index's build time and memory. The vectors are
@@ -38,9 +38,10 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,16 +68,19 @@ from _common import (
 from bench_explore import (
     FOLDER_A,
     ROOTS,
+    Explored,
     K,
     Latency,
     exact_top,
     explored,
     index_lists,
     latency,
-    load,
     make_queries,
     query_library,
     rows_of,
+)
+from bench_explore import (
+    load as load_average,
 )
 from PIL import Image, ImageDraw
 
@@ -202,8 +206,11 @@ class PgLibrary:
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
-def load_pg(pg: PgLibrary, n: int, dim: int, rows: Callable) -> None:
+def load_pg(pg: PgLibrary, n: int, dim: int, data: Explored) -> None:
+    """Write ``data`` (then freed) to the library, its HNSW index dropped first for bulk."""
     bulk = pg.load == "bulk"
+    rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+    del data  # the rows hold it until they are written
     with others_busy(pg.engine, "load", pg.server_pid), TreeMemory(pg.server_pid) as memory:
         pg.ids, pg.engine.load_s = write_rows(
             pg.home, dim, n, ROOTS, rows, store=pg.store, ready=drop_hnsw if bulk else None
@@ -249,60 +256,79 @@ def relation_size(store: str, name: str) -> int:
 
 
 def measure_size(n: int, args: argparse.Namespace, server, folder: Path) -> list[Engine]:
-    """FAISS and each ``--pg-load`` library of ``n`` photos, from the same vectors (the
-    matrix is freed once all are written); their figures, FAISS first."""
+    """FAISS, then each ``--pg-load`` PostgreSQL library, of ``n`` photos with the same
+    vectors (made again for each: the matrix is freed once written, before any index is
+    built or queried); their figures, each printed as it is done."""
     started = time.perf_counter()
     data = explored(n, args.dim)  # ~10% of the photos under FOLDER_A
     queries = exact_queries(data, args.queries, args.warmup)
     print(f"  synthetic vectors and exact top-{K}s: {time.perf_counter() - started:.1f} s")
-    rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
     faiss = Engine("FAISS")
     print("  FAISS library (SQLite rows):")
     with others_busy(faiss, "load"):
-        faiss_ids, faiss.load_s = write_rows(folder / "faiss", args.dim, n, ROOTS, rows)
-    pgs = [
-        PgLibrary(
+        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+        ids, faiss.load_s = write_rows(folder / "faiss", args.dim, n, ROOTS, rows)
+    del data, rows  # written: the library holds the vectors now
+    measure_faiss(folder / "faiss", queries, ids, faiss)
+    print_engine(n, faiss)
+    engines = [faiss]
+    for load in args.pg_load.split(","):
+        database = f"scale_{n}_{load}"
+        pg = PgLibrary(
             load,
             folder / f"pg-{load}",
-            create_database(server, f"scale_{n}_{load}"),
+            create_database(server, database),
             server.get_pid(),
             Engine(f"pgvector {load}"),
         )
-        for load in args.pg_load.split(",")
-    ]
-    try:
-        for pg in pgs:
-            print(f"  PostgreSQL library ({pg.load} load):")
-            load_pg(pg, n, args.dim, rows)
-        del data, rows  # written: the libraries hold the vectors now
-        measure_faiss(folder / "faiss", queries, faiss_ids, faiss)
-        for pg in pgs:
+        try:
+            print(f"  PostgreSQL library ({load} load):")
+            load_pg(pg, n, args.dim, explored(n, args.dim))
             measure_pg(pg, queries)
-    finally:
-        for pg in pgs:
-            drop_database(server, f"scale_{n}_{pg.load}")
-    return [faiss] + [pg.engine for pg in pgs]
+        finally:
+            drop_database(server, database)
+        print_engine(n, pg.engine)
+        engines.append(pg.engine)
+    return engines
+
+
+HEADER = (
+    f"{'':16} {'load s':>7} {'rows/s':>6} {'build s':>8} {'index GB':>8} {'build GB':>8} "
+    f"{'query GB':>8} {'p50 ms':>7} {'p99 ms':>7} {'recall':>6} {'fp50 ms':>7} "
+    f"{'fp99 ms':>7} {'frecall':>7}"
+)
+
+
+def row(n: int, e: Engine) -> str:
+    build = "in load" if e.build_s is None else f"{e.build_s:.1f}"
+    plain, filtered = e.plain, e.filtered
+    return (
+        f"{e.name:16} {e.load_s:7.1f} {n / e.load_s:6.0f} {build:>8} "
+        f"{e.index_bytes / GB:8.2f} {e.build_memory / GB:8.2f} {e.query_memory / GB:8.2f} "
+        f"{plain.p50_ms:7.2f} {plain.p99_ms:7.2f} {plain.recall:6.4f} "
+        f"{filtered.p50_ms:7.2f} {filtered.p99_ms:7.2f} {filtered.recall:7.4f}"
+    )
+
+
+def details(e: Engine) -> str:
+    alone = ", ".join(f"{ms:.2f}" for ms in e.search_ms)
+    busy = ", ".join(f"{phase} {cores:.2f}" for phase, cores in e.busy.items())
+    return f"{e.name}: {e.index}; vector search alone p50 {alone} ms; others busy {busy}"
+
+
+def print_engine(n: int, e: Engine) -> None:
+    """One library's row as soon as it is measured (a long run cut short keeps it)."""
+    print(f"  {HEADER}\n  {row(n, e)}\n  {details(e)}")
 
 
 def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None:
     print(
         f"\n(a) {n:,} photos, dim {args.dim}, k={K}, {args.queries} timed queries after "
-        f"{args.warmup} warm-up; {cpu_name()}, {available_cores()} cores; {load()}"
+        f"{args.warmup} warm-up; {cpu_name()}, {available_cores()} cores; {load_average()}"
     )
-    print(
-        f"{'':16} {'load s':>7} {'rows/s':>6} {'build s':>8} {'index GB':>8} {'build GB':>8} "
-        f"{'query GB':>8} {'p50 ms':>7} {'p99 ms':>7} {'recall':>6} {'fp50 ms':>7} "
-        f"{'fp99 ms':>7} {'frecall':>7}"
-    )
+    print(HEADER)
     for e in engines:
-        build = "in load" if e.build_s is None else f"{e.build_s:.1f}"
-        plain, filtered = e.plain, e.filtered
-        print(
-            f"{e.name:16} {e.load_s:7.1f} {n / e.load_s:6.0f} {build:>8} "
-            f"{e.index_bytes / GB:8.2f} {e.build_memory / GB:8.2f} {e.query_memory / GB:8.2f} "
-            f"{plain.p50_ms:7.2f} {plain.p99_ms:7.2f} {plain.recall:6.4f} "
-            f"{filtered.p50_ms:7.2f} {filtered.p99_ms:7.2f} {filtered.recall:7.4f}"
-        )
+        print(row(n, e))
     print(
         f"f: under {FOLDER_A} (~10% of the photos). Load: rows through write_batch "
         "(pgvector indexed: HNSW inserts too). Index GB: the FAISS file, the HNSW index's "
@@ -310,9 +336,7 @@ def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None
         "server's Pss (all its processes)."
     )
     for e in engines:
-        alone = ", ".join(f"{ms:.2f}" for ms in e.search_ms)
-        busy = ", ".join(f"{phase} {cores:.2f}" for phase, cores in e.busy.items())
-        print(f"  {e.name}: {e.index}; vector search alone p50 {alone} ms; others busy {busy}")
+        print(f"  {details(e)}")
 
 
 def server_line(server) -> str:
@@ -337,7 +361,7 @@ def part_a(args: argparse.Namespace) -> None:
     ):
         print(f"(a) {cpu_name()}, {available_cores()} cores; {server_line(server)}")
         for n in sizes:
-            print(f"\n=== (a) {n:,} photos ({load()}) ===")
+            print(f"\n=== (a) {n:,} photos ({load_average()}) ===")
             folder = Path(tmp) / f"libraries-{n}"
             folder.mkdir()
             engines = measure_size(n, args, server, folder)
@@ -418,6 +442,10 @@ def pg_loads(value: str) -> str:
     return ",".join(loads)
 
 
+def stopped(signum: int, _frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("a", "b", "both"), default="both")
@@ -441,6 +469,9 @@ def main() -> None:
     indexing.add_argument("--photos", type=int, default=2000)
     add_model_options(indexing)
     args = parser.parse_args()
+    # A run left in the background (nohup: SIGINT ignored) stopped with kill still leaves
+    # through its finally blocks: the server stopped, the temporary folder removed.
+    signal.signal(signal.SIGTERM, stopped)
     if args.part in ("a", "both"):
         part_a(args)
     if args.part in ("b", "both"):
