@@ -107,6 +107,33 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
+class Paused:
+    """Seconds this process was stopped during the block (SIGSTOP: another job on a shared
+    machine that wants it quiet): a thread waking every ``tick`` s sees the gap when it runs
+    again. A figure measured across a pause includes it."""
+
+    def __init__(self, tick: float = 0.05, gap: float = 0.5) -> None:
+        self.tick, self.gap, self.seconds = tick, gap, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Paused:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            if now - last > self.gap:  # a busy machine delays a wake-up by far less
+                self.seconds += now - last - self.tick
+            last = now
+
+
 class CpuMeter:
     """Records into ``busy[phase]`` the cores other processes kept busy during the block
     (the most over repeated blocks of one phase; 0 for a block too short to tell)."""

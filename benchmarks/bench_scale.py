@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     CpuMeter,
+    Paused,
     RssMeter,
     TreeMemory,
     add_model_options,
@@ -125,6 +126,7 @@ class Engine:
     filtered: Latency | None = None
     search_ms: tuple[float, float] = (0.0, 0.0)  # p50 of the vector search alone (plain, 10%)
     busy: dict[str, float] = field(default_factory=dict)
+    paused: dict[str, float] = field(default_factory=dict)  # s this process was stopped
 
 
 def exact_queries(data, count: int, warmup: int) -> Queries:
@@ -139,15 +141,18 @@ def exact_queries(data, count: int, warmup: int) -> Queries:
 
 @contextmanager
 def others_busy(engine: Engine, phase: str, server_pid: int | None = None) -> Iterator[None]:
-    """Records the cores other processes kept busy in the block, the server's own excluded."""
+    """Records the cores other processes kept busy in the block, the server's own excluded,
+    and how long this process was stopped meanwhile (if at all)."""
     busy: dict[str, float] = {}
     server_cpu, started = tree_cpu_seconds(server_pid) if server_pid else 0.0, time.perf_counter()
-    with CpuMeter(busy, phase):
+    with CpuMeter(busy, phase), Paused() as paused:
         yield
     if server_pid:
         server = (tree_cpu_seconds(server_pid) - server_cpu) / (time.perf_counter() - started)
         busy[phase] = max(0.0, busy[phase] - server)
     engine.busy[phase] = busy[phase]
+    if paused.seconds:
+        engine.paused[phase] = paused.seconds
 
 
 def query_both(library: Library, queries: Queries, ids: np.ndarray, engine: Engine) -> None:
@@ -309,7 +314,10 @@ def row(n: int, e: Engine) -> str:
 def details(e: Engine) -> str:
     alone = ", ".join(f"{ms:.2f}" for ms in e.search_ms)
     busy = ", ".join(f"{phase} {cores:.2f}" for phase, cores in e.busy.items())
-    return f"{e.name}: {e.index}; vector search alone p50 {alone} ms; others busy {busy}"
+    paused = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in e.paused.items())
+    return f"{e.name}: {e.index}; vector search alone p50 {alone} ms; others busy {busy}" + (
+        f"; STOPPED by another job during {paused} (those figures include it)" if paused else ""
+    )
 
 
 def print_engine(n: int, e: Engine) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.helpers import benchmark_module
+from tests.helpers import BENCHMARKS, benchmark_module
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,23 @@ def test_the_server_tree_is_read_from_proc(bench) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_stopped_process_counts_its_pause(bench) -> None:
+    script = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from _common import Paused\n"
+        "with Paused() as paused:\n    print('in', flush=True); time.sleep(1.5)\n"
+        "print(paused.seconds)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(BENCHMARKS)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline() == "in\n"
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(1.0)
+    os.kill(child.pid, signal.SIGCONT)
+    out, _ = child.communicate(timeout=30)
+    assert 0.8 < float(out) < 1.5
 
 
 def test_pg_load_takes_indexed_bulk_or_both(bench) -> None:
