@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -110,27 +111,36 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 class Paused:
     """Seconds this process was stopped during the block (SIGSTOP: another job on a shared
     machine that wants it quiet): a thread waking every ``tick`` s sees the gap when it runs
-    again. A figure measured across a pause includes it."""
+    again, and the SIGCONT that resumed it tells such a gap from a long call that only held
+    the GIL. A figure measured across a pause includes it. Set up in the main thread."""
 
     def __init__(self, tick: float = 0.05, gap: float = 0.5) -> None:
         self.tick, self.gap, self.seconds = tick, gap, 0.0
+        self._gaps: list[float] = []
+        self._continued = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> Paused:
+        self._previous = signal.signal(signal.SIGCONT, self._resumed)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        signal.signal(signal.SIGCONT, self._previous)
+        self.seconds = sum(self._gaps) if self._continued else 0.0
+
+    def _resumed(self, _signum: int, _frame: object) -> None:
+        self._continued += 1
 
     def _watch(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(self.tick):
             now = time.monotonic()
             if now - last > self.gap:  # a busy machine delays a wake-up by far less
-                self.seconds += now - last - self.tick
+                self._gaps.append(now - last - self.tick)
             last = now
 
 

@@ -50,6 +50,14 @@ def test_a_stopped_process_counts_its_pause(bench) -> None:
     assert 0.8 < float(out) < 1.5
 
 
+def test_a_call_holding_the_gil_is_no_pause(bench) -> None:
+    common = sys.modules["_common"]
+    with common.Paused() as paused:
+        started = time.monotonic()
+        sum(range(100_000_000))  # one C call: the watcher thread waits for the GIL throughout
+    assert paused.seconds == 0.0 and time.monotonic() - started > 0.6  # past the gap
+
+
 def test_pg_load_takes_indexed_bulk_or_both(bench) -> None:
     assert bench.pg_loads("indexed, bulk") == "indexed,bulk"
     for wrong in ("fast", "bulk,bulk", ""):
