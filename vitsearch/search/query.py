@@ -61,8 +61,9 @@ def nearest(
     """The k nearest photos that pass ``filters``, best first."""
     allowed = library.allowed_ids(filters) if filters.restricts_ids else None
     ids, scores = library.vectors.search(vector, k, allowed)
-    if allowed is not None and len(ids) < min(k, len(allowed)):
-        # An approximate index probes only some lists; a narrow filter can leave them short.
+    # An approximate index probes only some lists; a narrow filter can leave them short.
+    # (len(allowed) last: in PostgreSQL it fetches every id under the filter, ~60x the search)
+    if allowed is not None and len(ids) < k and len(ids) < len(allowed):
         ids, scores = _exact_among(library, vector, k, allowed)
     if filters.min_score is not None:
         keep = scores >= filters.min_score
