@@ -6,20 +6,21 @@ fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x 
 ONNX Runtime fp32 and ONNX Runtime block int8, and OpenVINO with NNCF int8 weights where the
 ``openvino`` extra is installed; each export is made once per checkpoint in the library home
 and verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap, see
-:mod:`.export`). The measurement takes a few seconds per
-candidate, is kept in the home per checkpoint and CPU, and is made again on another CPU, so a
-new kind of CPU gets the right answer without a table of names. An export (ONNX Runtime or
-OpenVINO) within 10% of the fastest candidate is kept instead of it: a query on a library
-that runs an export starts without importing torch, seconds sooner every command, which is
-worth more than a few percent of indexing speed (on AVX2-only CPUs torch fp32 and ONNX
-Runtime fp32 run within 1% of each other). A timing made while other
+:mod:`.export`). The measurement takes a few seconds per candidate, is kept in the home per
+checkpoint and CPU, and is made again on another CPU, so a new kind of CPU gets the right
+answer without a table of names. An export (ONNX Runtime or OpenVINO) within 10% of the
+fastest candidate is kept instead of it: a query on a library that runs an export starts
+without importing torch, seconds sooner every command, which is worth more than a few percent
+of indexing speed (on AVX2-only CPUs torch fp32 and ONNX Runtime fp32 run within 1% of each
+other). A timing made while other
 programs kept more than half a core busy (speeds then swing 2-3x and the pick flips) is made
 again at the next start, up to three times. CUDA runs torch fp16, Apple
 MPS torch fp32.
 
 OpenVINO fp32 is not timed: it would cost another full-size export, and in
 ``bench_backends.py`` it was slower than the fastest other candidate on every CPU measured but
-AVX2-only ones, where all four fp32 and int8 candidates ran within ~10% of torch fp32.
+AVX2-only ones, where it ran within ~10% of torch fp32 and ONNX Runtime fp32 (1.12x, 1.00x
+and 1.08x median on a Zen 3).
 
 A library keeps the backend it was built with: ``auto`` measures only the backends whose
 embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library
