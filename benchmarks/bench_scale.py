@@ -2,7 +2,8 @@
 FAISS) beside the PostgreSQL one (pgvector HNSW); (b) indexing in one process and on Ray.
 
 Run: ``python benchmarks/bench_scale.py [--part a|b|both] [--sizes 100000,1000000]
-[--queries 200] [--pg-load indexed|bulk|indexed,bulk] [--photos 2000] [--batch-size B]``;
+[--queries 200] [--pg-load indexed|bulk|indexed,bulk] [--ef-sweep 40,64,...] [--photos 2000]
+[--batch-size B]``;
 (a) needs the server extra (``pip install -e ".[server]"``), (b) Ray from it.
 
 (a) Query latency (p50, p99) and recall@10 against exact search, unfiltered and under a folder
@@ -15,7 +16,9 @@ the hits' rows), after untimed warm-up queries of other photos; the truth is bru
 over the same vectors and filter. FAISS builds its cache from SQLite, as a writer's first open
 does. pgvector's HNSW index is filled as the rows go in (``--pg-load indexed``, what ``vitsearch
 index`` does) or built once they are in (``bulk``: dropped before the load and created by the
-next writer's open, with the code ``vitsearch migrate`` runs). Memory: for FAISS this
+next writer's open, with the code ``vitsearch migrate`` runs); each PostgreSQL library is then
+timed again at every ``--ef-sweep`` value of ``hnsw.ef_search``: the recall curve the store's
+choice of ef_search comes from. Memory: for FAISS this
 process's peak RSS (Python and SQLite included; the synthetic matrix is freed first) while
 building, and while loading and querying; for PostgreSQL the HNSW index on disk
 (``pg_relation_size``) and the server's resident memory summed over its processes (Pss, so
@@ -125,6 +128,7 @@ class Engine:
     plain: Latency | None = None
     filtered: Latency | None = None
     search_ms: tuple[float, float] = (0.0, 0.0)  # p50 of the vector search alone (plain, 10%)
+    curve: list[tuple[int, Latency, Latency]] = field(default_factory=list)  # (ef_search, ...)
     busy: dict[str, float] = field(default_factory=dict)
     paused: dict[str, float] = field(default_factory=dict)  # s this process was stopped
 
@@ -220,7 +224,7 @@ def load_pg(pg: PgLibrary, n: int, dim: int, data: Explored) -> None:
         pg.engine.build_memory = memory.peak  # the index grew with the rows
 
 
-def measure_pg(pg: PgLibrary, queries: Queries) -> None:
+def measure_pg(pg: PgLibrary, queries: Queries, ef_values: list[int]) -> None:
     """Build the HNSW index if the load left it out, then query through a reader."""
     engine = pg.engine
     if not index_exists(pg.store):
@@ -239,6 +243,24 @@ def measure_pg(pg: PgLibrary, queries: Queries) -> None:
         engine.index = f"hnsw, m {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION}, ef_search {ef}"
         query_both(library, queries, pg.ids, engine)
         engine.query_memory = tree_pss(pg.server_pid)  # the reader's backend still connected
+        engine.curve = ef_curve(library, queries, pg.ids, ef_values)
+
+
+def ef_curve(
+    library: Library, queries: Queries, ids: np.ndarray, ef_values: list[int]
+) -> list[tuple[int, Latency, Latency]]:
+    """The recall curve EF_SEARCH is chosen from: ``nearest``'s latency and recall at each
+    ``hnsw.ef_search``, unfiltered and under FOLDER_A (warmed up by the main measurement)."""
+    curve, chosen = [], library.vectors.ef_search
+    try:
+        for ef in ef_values:
+            library.vectors.ef_search = ef
+            plain = latency(*query_library(library, queries.timed, NO_FILTERS), ids[queries.rows])
+            found = query_library(library, queries.timed, UNDER_A)
+            curve.append((ef, plain, latency(*found, ids[queries.rows_a])))
+    finally:
+        library.vectors.ef_search = chosen
+    return curve
 
 
 def server_query(store: str, sql: str, *params: object) -> object:
@@ -285,7 +307,7 @@ def measure_size(n: int, args: argparse.Namespace, server, folder: Path) -> list
         try:
             print(f"  PostgreSQL library ({load} load):")
             load_pg(pg, n, args.dim, explored(n, args.dim))
-            measure_pg(pg, queries)
+            measure_pg(pg, queries, args.ef_sweep)
         finally:
             drop_database(server, database)
         print_engine(n, pg.engine)
@@ -323,6 +345,14 @@ def details(e: Engine) -> str:
 def print_engine(n: int, e: Engine) -> None:
     """One library's row as soon as it is measured (a long run cut short keeps it)."""
     print(f"  {HEADER}\n  {row(n, e)}\n  {details(e)}")
+    print_curve(e)
+
+
+def print_curve(e: Engine) -> None:
+    if e.curve:
+        print(f"  {e.name}, recall@{K} against hnsw.ef_search (all photos | under a 10% folder):")
+    for ef, plain, filtered in e.curve:
+        print(f"    ef_search {ef:4d}  {plain}  |  {filtered}")
 
 
 def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None:
@@ -341,6 +371,8 @@ def print_table(n: int, engines: list[Engine], args: argparse.Namespace) -> None
     )
     for e in engines:
         print(f"  {details(e)}")
+    for e in engines:
+        print_curve(e)
 
 
 def server_line(server) -> str:
@@ -446,6 +478,16 @@ def pg_loads(value: str) -> str:
     return ",".join(loads)
 
 
+def ef_values(value: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        values = [0]
+    if any(v < 1 or v > 1000 for v in values):  # pgvector's range
+        raise argparse.ArgumentTypeError("comma-separated integers from 1 to 1000")
+    return values
+
+
 def stopped(signum: int, _frame: object) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
@@ -464,6 +506,12 @@ def main() -> None:
         default="indexed",
         help="how each PostgreSQL library gets its HNSW index: indexed (filled row by row, what "
         "index does), bulk (built once the rows are in, as migrate does) or indexed,bulk",
+    )
+    search.add_argument(
+        "--ef-sweep",
+        type=ef_values,
+        default="40,64,100,200,400,800",
+        help="hnsw.ef_search values each PostgreSQL library is also timed at (empty: none)",
     )
     search.add_argument("--shared-buffers", default="4GB", help="the server's shared_buffers")
     search.add_argument(

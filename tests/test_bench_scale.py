@@ -58,6 +58,13 @@ def test_a_call_holding_the_gil_is_no_pause(bench) -> None:
     assert paused.seconds == 0.0 and time.monotonic() - started > 0.6  # past the gap
 
 
+def test_ef_sweep_takes_pgvectors_range(bench) -> None:
+    assert bench.ef_values("40, 64,") == [40, 64] and bench.ef_values("") == []
+    for wrong in ("0", "1001", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.ef_values(wrong)
+
+
 def test_pg_load_takes_indexed_bulk_or_both(bench) -> None:
     assert bench.pg_loads("indexed, bulk") == "indexed,bulk"
     for wrong in ("fast", "bulk,bulk", ""):
@@ -67,7 +74,9 @@ def test_pg_load_takes_indexed_bulk_or_both(bench) -> None:
 
 @pytest.mark.server
 def test_part_a_measures_faiss_and_both_pgvector_loads(bench, pg_server, tmp_path) -> None:
-    args = argparse.Namespace(dim=32, queries=20, warmup=5, pg_load="indexed,bulk")
+    args = argparse.Namespace(
+        dim=32, queries=20, warmup=5, pg_load="indexed,bulk", ef_sweep=[10, 40]
+    )
     faiss, indexed, bulk = bench.measure_size(600, args, pg_server, tmp_path)
     assert [e.name for e in (faiss, indexed, bulk)] == [
         "FAISS",
@@ -78,3 +87,8 @@ def test_part_a_measures_faiss_and_both_pgvector_loads(bench, pg_server, tmp_pat
     for engine in (faiss, indexed, bulk):
         assert engine.plain.recall >= 0.95 and engine.filtered.recall >= 0.95
         assert engine.index_bytes > 0 and engine.build_memory > 0 and engine.query_memory > 0
+    for engine in (indexed, bulk):
+        assert [ef for ef, _, _ in engine.curve] == [10, 40]
+        (_, small, _), (_, large, large_filtered) = engine.curve
+        assert large.recall >= small.recall and large_filtered.recall >= 0.95
+    assert faiss.curve == []
