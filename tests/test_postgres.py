@@ -375,8 +375,8 @@ def test_hnsw_recall_against_exact_also_at_a_10_percent_folder_filter(
 
 
 def snapshot(home: Path, store: str | None) -> tuple:
-    """Everything a copy must keep: per id its path, labels and vector bytes; the taught
-    classifiers, the model and the last write number."""
+    """Everything a copy must keep: per id its path, labels, vector bytes and details; the
+    failed files, the taught classifiers, the model and the last write number."""
     with open_library(home, store=store) as library:
         vectors = {
             int(i): v.tobytes()
@@ -384,8 +384,10 @@ def snapshot(home: Path, store: str | None) -> tuple:
             for i, v in zip(ids, chunk, strict=True)
         }
         hits = library.hits(sorted(vectors), [1.0] * len(vectors))
-        photos = {hit.id: (hit.path, hit.labels, vectors[hit.id]) for hit in hits}
-        return photos, library.classifier_summaries(), library.model, library.max_seq()
+        details = library.details(sorted(vectors))
+        photos = {hit.id: (hit.path, hit.labels, vectors[hit.id], details[hit.id]) for hit in hits}
+        failed = library.failures()
+        return photos, failed, library.classifier_summaries(), library.model, library.max_seq()
 
 
 def test_migrate_both_ways_keeps_ids_vectors_and_labels(
@@ -395,6 +397,10 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
     ids = fill(local, None, 12)
     with open_library(local, write=True) as library:
         library.delete([ids[-1]])  # the highest id ever given is not among the rows left
+        error = 'cannot identify image file "a\tb\\c"\nline two'  # COPY's text escapes
+        library.write_batch(
+            [], [FailedEntry("/photos/bad.jpg", library.root_id("/photos"), 5, 5, error)]
+        )
         cid = library.save_classifier("pets", b"w", ["cat"], None, INFO.fingerprint)
         library.write_custom_labels(cid, ids[:3], [Label("pet", 0.7, "custom:pets")] * 3)
     before = snapshot(local, None)
@@ -406,7 +412,7 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
         text=True,
         check=True,
     )
-    assert "copied 11 photos (11 vectors" in done.stdout
+    assert "copied 12 photos (11 vectors" in done.stdout  # the failed file's row too
     assert snapshot(tmp_path / "host", pg_store) == before
     status = subprocess.run(
         [sys.executable, "-m", "vitsearch", "status", "--json", "--store", pg_store],
@@ -416,7 +422,8 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
         check=True,
     )
     shown = json.loads(status.stdout)
-    assert (shown["images"], shown["vectors"], shown["writer_pid"]) == (11, 11, None)
+    assert (shown["images"], shown["failed"], shown["vectors"]) == (11, 1, 11)
+    assert shown["writer_pid"] is None
     assert shown["home"].startswith("postgresql://postgres@/vitsearch_test_")  # no password
     back = tmp_path / "back"
     subprocess.run(
@@ -430,7 +437,7 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
     with open_library(back) as library:  # the FAISS cache was built and saved by the copy
         assert len(library.vectors) == 11
     for home, store in ((back, None), (tmp_path / "host", pg_store)):
-        assert fill(home, store, 1, seed=9)[0] == ids[-1] + 1  # no id is given twice
+        assert fill(home, store, 1, seed=9)[0] == ids[-1] + 2  # after the failed file: no id twice
     again = subprocess.run(
         [*migrate, "--from", str(local), "--to", pg_store],
         env=cli_env,

@@ -9,11 +9,14 @@ connection of the session's transaction, so the batch still commits or fails as 
   rows/s (768-d, ``vector_text``) or 1,254 (numpy's ``%.9g``) against 9,756 in binary, COPY
   into a table without the HNSW index, 2 shared cores;
 - labels: COPY, after the photos' old ones were deleted.
+
+``copy_rows`` is the same path for whole tables (``vitsearch migrate`` into PostgreSQL).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 STAGED_IMAGES = "staged_images"
@@ -61,6 +64,22 @@ def copy_labels(s: Session, rows: list[dict]) -> None:
         _copy_dicts(cursor, "labels", rows)
 
 
+def copy_rows(conn: Connection, table: str, rows: list[dict]) -> None:
+    """Rows of one table as the database gave them (an embedding's vector as float32 bytes),
+    ids included, by COPY on ``conn``'s transaction: the embeddings in binary."""
+    if not rows:
+        return
+    with _cursor(conn) as cursor:
+        if table != "embeddings":
+            _copy_dicts(cursor, table, rows)
+            return
+        ids, seqs = (np.array([row[c] for row in rows]) for c in ("image_id", "seq"))
+        vectors = np.stack([np.frombuffer(row["vector"], dtype=np.float32) for row in rows])
+        statement = "COPY embeddings (image_id, vector, seq) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(statement) as copy:
+            copy.write(binary_embeddings(ids, vectors, seqs))
+
+
 def binary_embeddings(ids: np.ndarray, vectors: np.ndarray, seqs: np.ndarray) -> bytes:
     """(image_id, vector, seq) rows in COPY's binary format, all at once: per row the field
     count, then each field's length and big-endian value. A pgvector ``vector`` is int16
@@ -98,6 +117,7 @@ def _copy_dicts(cursor, table: str, rows: list[dict]) -> None:
             copy.write_row([row[c] for c in columns])
 
 
-def _cursor(s: Session):
-    """A psycopg cursor on the connection of the session's transaction."""
-    return s.connection().connection.driver_connection.cursor()
+def _cursor(s: Session | Connection):
+    """A psycopg cursor on the connection of the session's (or connection's) transaction."""
+    conn = s.connection() if isinstance(s, Session) else s
+    return conn.connection.driver_connection.cursor()
