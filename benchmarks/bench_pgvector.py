@@ -1,5 +1,5 @@
 """A PostgreSQL library's search: recall@10 and latency of pgvector's HNSW against ``ef_search``,
-unfiltered and with a 10% folder filter, the curve ``store/postgres.py``'s EF_SEARCH is read from.
+unfiltered and with a 10% folder filter, on one library (bench_scale.py sweeps 100k and 1M).
 
 Run: ``python benchmarks/bench_pgvector.py [--n 20000] [--dim 768] [--queries 100]`` with the
 server extra installed (``pip install -e ".[server]"``): it starts a PostgreSQL 18 from the

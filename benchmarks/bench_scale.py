@@ -239,7 +239,7 @@ def measure_pg(pg: PgLibrary, queries: Queries, ef_values: list[int]) -> None:
         others_busy(engine, "queries", pg.server_pid),
         open_library(pg.home, store=pg.store) as library,
     ):
-        ef = library.vectors.ef_search
+        ef = library.vectors.candidates(K)
         engine.index = f"hnsw, m {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION}, ef_search {ef}"
         query_both(library, queries, pg.ids, engine)
         engine.query_memory = tree_pss(pg.server_pid)  # the reader's backend still connected

@@ -362,6 +362,8 @@ def test_hnsw_recall_against_exact_also_at_a_10_percent_folder_filter(
     noise = np.random.default_rng(4).standard_normal((40, dim)).astype(np.float32) * 0.05
     queries = vectors[::75][:40] + noise  # near photos of the library, as a search by photo is
     with open_library(home, store=pg_store) as library:
+        assert library.estimated_vectors() == count  # (counted, or the server's estimate)
+        assert library.vectors.candidates(10) == 64 and library.vectors.candidates(100) == 100
         under = library.allowed_ids(Filters(under="/photos/a"))
         assert len(under) == count // 10
         for allowed in (None, under):

@@ -7,8 +7,9 @@ The same tables and noun modules as the embedded library (``schema.py``, ``photo
   when the library learns its model's dimension) with an HNSW index (``vector_ip_ops``: the
   vectors are unit length, so inner product is cosine). There is no cache to save or catch up:
   a reader on any host sees a commit at once. A search runs in SQL with the folder/date filter
-  in the same query, ordered by the vector distance (``hnsw.ef_search`` set per query, and an
-  iterative index scan when a filter leaves the first candidates short).
+  in the same query, ordered by the vector distance (``hnsw.ef_search`` set per query, grown
+  with the library's size, and an iterative index scan when a filter leaves the first
+  candidates short).
 - Near-duplicate pairs need a range search, which HNSW has not: they come from an exact
   in-memory FAISS index of the vectors, built on this host when duplicates are first asked for
   (what the embedded library keeps on disk).
@@ -22,6 +23,7 @@ The same tables and noun modules as the embedded library (``schema.py``, ``photo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -55,11 +57,20 @@ WRITER_APP = "vitsearch writer"  # application_name prefix of the lock's connect
 HNSW_INDEX = "ix_embeddings_vector_hnsw"
 HNSW_M = 16  # pgvector's defaults: graph degree and build-time candidate list
 HNSW_EF_CONSTRUCTION = 64
-# Candidates a query keeps (pgvector's hnsw.ef_search); at least k. Chosen from the recall
-# curve measured by benchmarks/bench_pgvector.py: see the README's "More than one machine".
-EF_SEARCH = 64
+# Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library: with
+# m 16 and ef_construction 64, recall@10 on bench_scale.py's photo-like vectors reached 0.95 at
+# 64 for 100k photos and only at 800 for 1M (0.71 at 64): about one per 1,250 photos. The
+# curves are in the README's "FAISS beside pgvector".
+EF_SEARCH_MIN = 64
+PHOTOS_PER_CANDIDATE = 1250
+EF_SEARCH_MAX = 1000  # pgvector's limit
 CONNECT_TIMEOUT_SECONDS = 10
 PLANS = {"auto": (), "index": ("enable_sort",), "exact": ("enable_indexscan",)}
+
+
+def ef_search_for(photos: int) -> int:
+    """pgvector's ``hnsw.ef_search`` for a library of ``photos`` vectors."""
+    return min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, math.ceil(photos / PHOTOS_PER_CANDIDATE)))
 
 
 def pg_url(store: str) -> URL:
@@ -227,7 +238,8 @@ class PgVectors:
     def __init__(self, library: PgLibrary, dim: int) -> None:
         self.library = library
         self.dim = dim
-        self.ef_search = EF_SEARCH
+        self.ef_search: int | None = None  # None: by the library's size (ef_search_for)
+        self._sized: int | None = None
         self._exact: VectorIndex | None = None
 
     def __len__(self) -> int:
@@ -235,6 +247,14 @@ class PgVectors:
 
     def ids(self) -> np.ndarray:
         return self.library.embedding_ids()
+
+    def candidates(self, k: int) -> int:
+        """The ``hnsw.ef_search`` a query for k photos runs with."""
+        if self.ef_search is not None:
+            return max(self.ef_search, k)
+        if self._sized is None:
+            self._sized = ef_search_for(self.library.estimated_vectors())
+        return max(self._sized, k)
 
     def search(
         self,
@@ -262,7 +282,7 @@ class PgVectors:
         with self.library.engine.begin() as conn:
             for setting in PLANS[plan]:
                 conn.exec_driver_sql(f"SET LOCAL {setting} = off")
-            conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(int(self.ef_search), k)}")
+            conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {int(self.candidates(k))}")
             if allowed is not None:  # a filter that rejects the first candidates scans on
                 conn.exec_driver_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
             rows = conn.execute(statement).all()
@@ -285,7 +305,9 @@ class PgVectors:
         return self._exact
 
     def refresh(self) -> None:
-        """Bring the in-memory index (if any) in step with the rows."""
+        """Bring the in-memory index (if any) in step with the rows, and ef_search with the
+        library's size."""
+        self._sized = None
         if self._exact is not None:
             state = self.library.vector_state()
             if state != (self._exact.seq, len(self._exact)):
@@ -335,6 +357,16 @@ class PgLibrary(Library):
 
     def vector_count(self) -> int:
         return self.embedding_count()
+
+    def estimated_vectors(self) -> int:
+        """The server's estimate of the embeddings rows (``pg_class.reltuples``, kept by
+        ANALYZE, autovacuum and index builds; free to read, where a count scans the table),
+        counted while it has none."""
+        with self.engine.connect() as conn:
+            estimate = conn.exec_driver_sql(
+                "SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass"
+            ).scalar()
+        return int(estimate) if estimate is not None and estimate >= 0 else self.embedding_count()
 
     def allowed_ids(self, filters: Filters) -> FilteredIds:
         return FilteredIds(self, filters)
@@ -388,7 +420,8 @@ class PgLibrary(Library):
         return self.embedding_count()
 
     def refresh(self) -> None:
-        """Commits are visible at once; only this host's duplicate index may need catching up."""
+        """Commits are visible at once; only this host's duplicate index (and the size its
+        ef_search follows) may need catching up."""
         if self._vectors is not None:
             self._vectors.refresh()
 
