@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -263,19 +264,23 @@ class RayIndexer(Indexer):
             # from fusing the decoding into them (it would run between their forwards)
             memory=DECODE_MEMORY,
         )
-        return decoded.map_batches(
-            EmbedActor,
-            batch_size=layout.batch_size,
-            fn_constructor_args=(self.loader, int(layout.cpus_per_actor), self.library.model),
-            compute=ray.data.ActorPoolStrategy(size=layout.actors),
-            num_cpus=layout.cpus_per_actor,
-            num_gpus=layout.gpus_per_actor,
-            # a lost actor (its worker killed, its node gone) is started again, any number of
-            # times, and its batches sent again; but a batch that loses its actor on every
-            # try fails the job after a few, not loops for ever (Ray Data's default)
-            max_restarts=-1,
-            max_task_retries=EMBED_RETRIES,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 warns that remote args are deprecated, but names no parameter for the
+            # two below yet: a user of `index --ray` would see a warning they cannot act on
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            return decoded.map_batches(
+                EmbedActor,
+                batch_size=layout.batch_size,
+                fn_constructor_args=(self.loader, int(layout.cpus_per_actor), self.library.model),
+                compute=ray.data.ActorPoolStrategy(size=layout.actors),
+                num_cpus=layout.cpus_per_actor,
+                num_gpus=layout.gpus_per_actor,
+                # a lost actor (its worker killed, its node gone) is started again, any number
+                # of times, and its batches sent again; but a batch that loses its actor on
+                # every try fails the job after a few, not loops for ever (Ray Data's default)
+                max_restarts=-1,
+                max_task_retries=EMBED_RETRIES,
+            )
 
 
 def connect(address: str):
