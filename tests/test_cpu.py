@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -52,6 +53,17 @@ def test_another_busy_process_is_seen() -> None:
         spinner.wait()
     assert busy is not None and busy > 0.5
     assert again is None, "a reading right after another is too short to trust"
+
+
+@pytest.mark.skipif(not PROC_STAT.exists(), reason="needs Linux /proc/stat")
+def test_our_own_finished_subprocesses_are_not_other_processes() -> None:
+    if os.getloadavg()[0] > 0.5:
+        pytest.skip("other programs keep this machine busy: the reading would show them")
+    others = OtherProcesses()
+    spin = "import time\nend = time.time() + 1.2\nwhile time.time() < end: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)  # waited for: its CPU time is ours
+    busy = others.busy_cores()
+    assert busy is not None and busy < 0.5
 
 
 class CountedThreads(FakeEmbedder):
