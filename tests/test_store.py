@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import image_entries
 from vitsearch.errors import LibraryLockedError, LibraryVersionError, ModelMismatchError
-from vitsearch.records import FailedEntry, ImageEntry, Label, ModelInfo
+from vitsearch.records import FailedEntry, Filters, ImageEntry, Label, ModelInfo
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.library import interrupts_deferred
 
@@ -215,3 +215,21 @@ def test_pgvector_candidates_grow_with_the_library() -> None:
 
     sizes = (0, 20_000, 100_000, 300_000, 1_000_000, 5_000_000)
     assert [ef_search_for(n) for n in sizes] == [64, 64, 80, 240, 800, 1000]
+
+
+@pytest.mark.parametrize("how", ["one file", "a folder"])
+def test_a_readers_folder_filter_follows_photos_moved_into_the_folder(home: Path, how: str) -> None:
+    """A long-lived reader (the app) remembers a filter's ids; a move changes which photos
+    pass it without changing any embedding, and must be seen."""
+    ids = fill(home, 4)
+    under = Filters(under="/photos/kept")
+    with open_library(home) as reader:
+        assert reader.allowed_ids(under).tolist() == []
+        with open_library(home, write=True) as writer:
+            root = writer.root_id("/photos")
+            if how == "one file":
+                writer.move(ids[0], "/photos/kept/s0_0.jpg", root, 1)
+            else:
+                writer.move_tree("/photos/s0_1.jpg", "/photos/kept/s0_1.jpg", root)
+        reader.refresh()
+        assert reader.allowed_ids(under).tolist() == [ids[0] if how == "one file" else ids[1]]

@@ -216,6 +216,7 @@ class PhotoRows:
     def _move_row(self, image_id: int, path: str, root_id: int, mtime_ns: int) -> None:
         """A renamed or moved file keeps its id and embedding."""
         with self.session() as s, s.begin():
+            touch(s)
             s.execute(
                 update(ImageRow)
                 .where(ImageRow.id == image_id)
