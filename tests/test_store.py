@@ -187,14 +187,19 @@ def test_save_includes_rows_committed_but_not_yet_added(home: Path) -> None:
 
 
 def test_ctrl_c_while_saving_takes_effect_after_the_file_is_whole() -> None:
-
-    finished = False
-    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # Python runs signal handlers between bytecodes: here, if at all
-        finished = True
-    assert finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, even where the suite was started in the background (a
+    # shell without job control starts it with SIGINT ignored, which interrupts_deferred keeps)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        finished = False
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs signal handlers between bytecodes: here, if at all
+            finished = True
+        assert finished
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_vector_count_reads_the_sidecar_only_when_it_is_in_step(home: Path) -> None:
