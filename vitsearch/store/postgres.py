@@ -65,9 +65,9 @@ HNSW_EF_CONSTRUCTION = 128
 PGVECTOR_EF_CONSTRUCTION = 64  # what an index built without the option has
 # Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library, at a
 # rate set by the graph the library's index was built with (ef_construction -> photos per
-# candidate), each from the same curves: the graph of 128 keeps recall@10 >= 0.99 at one
-# candidate per 5,000 photos (64 at 100k: 0.995; 200 at 1M: 0.995), the graph of 64 needed one
-# per 1,250 to reach 0.95 (800 at 1M).
+# candidate), each from the same curves: the graph of 128 kept recall@10 >= 0.99 at one
+# candidate per 5,000 photos at the sizes measured (64 at 100k: 0.995; 200 at 1M: 0.995); the
+# graph of 64 needed one per 1,250 to reach 0.95 (800 at 1M).
 EF_SEARCH_MIN = 64
 PHOTOS_PER_CANDIDATE = {HNSW_EF_CONSTRUCTION: 5000, PGVECTOR_EF_CONSTRUCTION: 1250}
 EF_SEARCH_MAX = 1000  # pgvector's limit
@@ -477,13 +477,14 @@ class PgLibrary(Library):
             )
 
     def _suggest_denser_graph(self) -> None:
-        """A writer of a library indexed by an older vitsearch: say once what it gains."""
+        """A writer of a library indexed by an older vitsearch: say, as it opens, what a
+        rebuild gains."""
         built = self.graph_options().get("ef_construction")
         if built is not None and built < HNSW_EF_CONSTRUCTION:
             log.info(
                 "this library's HNSW index was built with ef_construction %d; "
                 "`vitsearch rebuild-index` rebuilds it with %d, for better recall on large "
-                "libraries (searches stay correct meanwhile, with more candidates per query)",
+                "libraries (meanwhile its searches take the candidates that graph needs)",
                 built,
                 HNSW_EF_CONSTRUCTION,
             )
