@@ -62,7 +62,7 @@ HNSW_M = 16  # pgvector's default graph degree
 # (7 ms), for twice the build time (1,082 s against 558 s on 2 cores). The curves are in the
 # README's "FAISS beside pgvector".
 HNSW_EF_CONSTRUCTION = 128
-PGVECTOR_EF_CONSTRUCTION = 64  # what an index built without the option has
+PGVECTOR_M, PGVECTOR_EF_CONSTRUCTION = 16, 64  # what an index built without the options has
 # Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library, at a
 # rate set by the graph the library's index was built with (ef_construction -> photos per
 # candidate), each from the same curves: the graph of 128 kept recall@10 >= 0.99 at one
@@ -393,7 +393,7 @@ class PgLibrary(Library):
             return {}
         found = dict(option.split("=", 1) for option in options)
         return {
-            "m": int(found.get("m", 16)),
+            "m": int(found.get("m", PGVECTOR_M)),
             "ef_construction": int(found.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)),
         }
 
