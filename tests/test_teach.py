@@ -306,7 +306,9 @@ WORDNET = SAMPLE.parent / "wordnet" / "wordnet.is_a.txt"
 )
 def test_open_set_quality_on_trained_weights() -> None:
     """cars/cats/dogs, then birds too, from 6 examples each: <= 10% false labels on unrelated
-    photos, >= 60% of unseen members labelled right, in bench_teach.py's scenario (30 seeds)."""
+    photos, >= 60% of unseen members labelled right, in bench_teach.py's scenario. 15 seeds:
+    their means are within 0.02 of 30 seeds' on ViT-Ti (false 0.042/0.093, recall 0.633/0.659
+    against 0.045/0.091, 0.617/0.650), at half the time."""
     from vitsearch.model import load_embedder
     from vitsearch.model.feature_files import embed_files
 
@@ -317,7 +319,7 @@ def test_open_set_quality_on_trained_weights() -> None:
     with benchmark_module("bench_teach") as bench:
         for labels in (["cars", "cats", "dogs"], ["cars", "cats", "dogs", "birds"]):
             member = bench.concept_members(every, WORDNET.parent, labels)
-            runs = [bench.run(vectors, member, labels, 6, s, "+ pseudo-labels") for s in range(30)]
+            runs = [bench.run(vectors, member, labels, 6, s, "+ pseudo-labels") for s in range(15)]
             false_rate = np.mean([r.false_labels for r in runs])
             recall = np.mean([r.recall for r in runs])
             assert false_rate <= 0.10, (labels, false_rate)
