@@ -28,7 +28,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never touch the user's library, model cache or network."""
     for name in list(os.environ):
-        if name.startswith("VITSEARCH_") and name != "VITSEARCH_TEST_MODEL":
+        if name.startswith("VITSEARCH_") and not name.startswith("VITSEARCH_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

@@ -23,6 +23,17 @@ from vitsearch.records import Label, ModelInfo
 # the backend pins torch fp32 (tests about it ask for "auto" themselves).
 PINNED_BACKEND = {"backend": "torch", "precision": "fp32"}
 
+# Quality on trained weights: a local checkpoint, and the shared data beside the clone
+# (1000 ImageNet photos, one per class, and WordNet). Without them those tests skip.
+REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
+SHARED_DATA = Path(
+    os.environ.get("VITSEARCH_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
+WORDNET = SHARED_DATA / "wordnet"
+NO_REAL_MODEL = "set VITSEARCH_TEST_MODEL to a trained checkpoint (e.g. a saved ViT)"
+NO_SAMPLE = f"no ImageNet sample at {IMAGENET_SAMPLE} (VITSEARCH_TEST_DATA names its parent)"
+
 TINY_LABELS = {
     0: "tabby, tabby cat",
     1: "golden retriever",

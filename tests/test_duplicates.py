@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.helpers import draw_photo, image_entries, once
+from tests.helpers import (
+    IMAGENET_SAMPLE,
+    NO_REAL_MODEL,
+    NO_SAMPLE,
+    REAL_MODEL,
+    draw_photo,
+    image_entries,
+    once,
+)
 from vitsearch.config import load_settings
 from vitsearch.explore import duplicates
 from vitsearch.explore.duplicates import COPY_BITS, find_duplicates
@@ -23,8 +31,6 @@ from vitsearch.records import ModelInfo
 from vitsearch.store import open_library
 
 TURNS = [None, *Image.Transpose]  # the 8 orientations (and the two diagonal flips)
-REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
-SAMPLE = Path(os.environ.get("VITSEARCH_TEST_PHOTOS", "/work/shared/data/imagenet-sample"))
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -296,13 +302,15 @@ def test_an_old_library_without_hashes_still_works(
 
 @pytest.mark.slow
 @pytest.mark.real_model
-@pytest.mark.skipif(not REAL_MODEL, reason="set VITSEARCH_TEST_MODEL to a trained checkpoint")
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"no ImageNet sample at {SAMPLE}")
+@pytest.mark.skipif(not REAL_MODEL, reason=NO_REAL_MODEL)
+@pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason=NO_SAMPLE)
 def test_copies_of_real_photos_on_trained_weights(home: Path, tmp_path: Path) -> None:
     album = tmp_path / "album"
     album.mkdir()
     made = []
-    for n, photo in enumerate(sorted(SAMPLE.glob("*.JPEG"))[::50]):  # 20 classes, far apart
+    for n, photo in enumerate(
+        sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[::50]
+    ):  # 20 classes, far apart
         image = ImageOps.exif_transpose(Image.open(photo)).convert("RGB")
         original = album / f"{n}.jpg"
         image.save(original, quality=95)

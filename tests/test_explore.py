@@ -141,6 +141,24 @@ def test_common_kind_is_the_narrowest_that_holds_most() -> None:
     assert common_kind({"my cat Tom": 5, "my cat Ann": 5}, 10) is None  # not ImageNet labels
 
 
+def test_representatives_of_many_clusters_are_each_clusters_closest_photos(home: Path) -> None:
+    """150 clusters, more than one statement reads: each card shows its cluster's first page,
+    and a photo deleted since the clustering drops out of its card."""
+    vectors, _ = sphere_groups([8] * 150, dim=64, spread=0.05, seed=6)
+    ids = plant(home, vectors)
+    with open_library(home, write=True) as library:
+        compute_clusters(library, 150)
+        closest = library.cluster_members(library.clusters()[0][0], 0, 1)[0]
+        library.delete([closest.id])
+        cards = library.cluster_representatives(3)
+        sizes = {cluster: size for cluster, _name, size, _cohesion in library.clusters()}
+        assert len(cards) == len(sizes) > 100 and len(ids) == 1200
+        for cluster, shown in cards.items():
+            assert shown == library.cluster_members(cluster, 0, 3)
+            assert closest.id not in {hit.id for hit in shown}
+        assert sum(map(len, cards.values())) == sum(min(3, n) for n in sizes.values()) - 1
+
+
 def test_clusters_recomputed_when_library_grew(home: Path) -> None:
     vectors, _ = sphere_groups([20, 20], seed=4)
     plant(home, vectors)

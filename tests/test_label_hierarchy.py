@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TINY_LABELS, once, plant, sphere_groups, vitsearch
+from tests.helpers import (
+    IMAGENET_SAMPLE,
+    NO_REAL_MODEL,
+    NO_SAMPLE,
+    REAL_MODEL,
+    TINY_LABELS,
+    WORDNET,
+    once,
+    plant,
+    sphere_groups,
+    vitsearch,
+)
 from vitsearch.errors import NoSuchLabelError
 from vitsearch.explore.clusters import cluster_name
 from vitsearch.records import Filters, Hit, Label, display_label, short_label, split_wnid
@@ -27,7 +38,6 @@ from vitsearch.search.labels import (
 from vitsearch.store import open_library
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 DOG = "n02084071"  # dog, domestic dog, Canis familiaris
 
 # Labels as real-vit-tiny writes them: "<wnid> <name>".
@@ -95,12 +105,12 @@ def test_table_is_small_carries_the_wordnet_licence_and_is_package_data() -> Non
     assert "search/imagenet_hierarchy.json" in (ROOT / "pyproject.toml").read_text()
 
 
-@pytest.mark.skipif(not (SHARED / "wordnet").is_dir(), reason="no shared WordNet folder here")
+@pytest.mark.skipif(not WORDNET.is_dir(), reason=f"no WordNet folder at {WORDNET}")
 def test_shipped_table_is_what_the_script_makes(tmp_path: Path) -> None:
     out = tmp_path / "table.json"
     shipped = ROOT / "vitsearch" / "search" / TABLE
     out.write_text(shipped.read_text(encoding="utf-8"))  # its classes are kept
-    load_script().main([str(SHARED / "wordnet"), "--out", str(out)])
+    load_script().main([str(WORDNET), "--out", str(out)])
     assert out.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")
 
 
@@ -306,19 +316,16 @@ def test_cli_shows_labels_without_wnids(home: Path) -> None:
 
 # -- on real weights ------------------------------------------------------------------------
 
-REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
-SAMPLE = SHARED / "imagenet-sample"
-
 
 @pytest.mark.slow
 @pytest.mark.real_model
-@pytest.mark.skipif(not REAL_MODEL, reason="set VITSEARCH_TEST_MODEL to a real checkpoint")
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"no ImageNet sample at {SAMPLE}")
+@pytest.mark.skipif(not REAL_MODEL, reason=NO_REAL_MODEL)
+@pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason=NO_SAMPLE)
 def test_dog_search_on_real_photos_reaches_the_models_own_precision(tmp_path: Path) -> None:
     from vitsearch.config import load_settings
 
     table = imagenet_hierarchy()
-    photos = sorted(SAMPLE.glob("n*.JPEG"))
+    photos = sorted(IMAGENET_SAMPLE.glob("n*.JPEG"))
     dogs = [p for p in photos if DOG in table.ancestors.get(p.name[:9], ())]
     others = [p for p in photos if p not in dogs]
     chosen = random.Random(0).sample(dogs, 40) + random.Random(1).sample(others, 110)

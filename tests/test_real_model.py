@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import draw_photo
+from tests.helpers import IMAGENET_SAMPLE, REAL_MODEL, draw_photo
 from vitsearch.config import available_cores
 from vitsearch.model import load_embedder
 from vitsearch.model.runtime import choose_runtime
 
-REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
 pytestmark = [
     pytest.mark.real_model,
     pytest.mark.skipif(
@@ -45,14 +43,11 @@ def test_real_checkpoint_labels_and_precision(tmp_path: Path) -> None:
     assert np.allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-4)
 
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
-
-
 def real_photos(count: int) -> list[Image.Image]:
     """Real photos when the shared sample is here, else the export check's own probes."""
     from vitsearch.model.export import probe_images
 
-    files = sorted(SAMPLE.glob("*.JPEG"))[:: max(1, 1000 // count)][:count]
+    files = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[:: max(1, 1000 // count)][:count]
     if not files:
         return probe_images()
     return [Image.open(f).convert("RGB") for f in files]

@@ -7,7 +7,6 @@ and the model's own labels stay next to a taught one.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers import (
+    IMAGENET_SAMPLE,
     PINNED_BACKEND,
+    REAL_MODEL,
+    WORDNET,
     FakeEmbedder,
     benchmark_module,
     draw_photo,
@@ -292,17 +294,12 @@ def test_teach_through_the_app_with_the_tiny_vit(
     assert hits and all(any(lab.custom for lab in h.labels) for h in hits)
 
 
-REAL_MODEL = os.environ.get("VITSEARCH_TEST_MODEL")
-SAMPLE = Path(os.environ.get("VITSEARCH_TEST_IMAGENET", "/work/shared/data/imagenet-sample"))
-WORDNET = SAMPLE.parent / "wordnet" / "wordnet.is_a.txt"
-
-
 @pytest.mark.real_model
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not REAL_MODEL or not WORDNET.exists(),
+    not REAL_MODEL or not (WORDNET / "wordnet.is_a.txt").exists(),
     reason="needs trained weights (VITSEARCH_TEST_MODEL) and the ImageNet sample with WordNet "
-    f"(VITSEARCH_TEST_IMAGENET, default {SAMPLE})",
+    f"at {IMAGENET_SAMPLE.parent} (VITSEARCH_TEST_DATA)",
 )
 def test_open_set_quality_on_trained_weights() -> None:
     """cars/cats/dogs, then birds too, from 6 examples each: <= 10% false labels on unrelated
@@ -312,13 +309,13 @@ def test_open_set_quality_on_trained_weights() -> None:
     from vitsearch.model import load_embedder
     from vitsearch.model.feature_files import embed_files
 
-    every = sorted(SAMPLE.glob("*.JPEG"))
+    every = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))
     _, vectors = embed_files(
         load_embedder(REAL_MODEL, threads=available_cores()), [str(p) for p in every], 32
     )
     with benchmark_module("bench_teach") as bench:
         for labels in (["cars", "cats", "dogs"], ["cars", "cats", "dogs", "birds"]):
-            member = bench.concept_members(every, WORDNET.parent, labels)
+            member = bench.concept_members(every, WORDNET, labels)
             runs = [bench.run(vectors, member, labels, 6, s, "+ pseudo-labels") for s in range(15)]
             false_rate = np.mean([r.false_labels for r in runs])
             recall = np.mean([r.recall for r in runs])

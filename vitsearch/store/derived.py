@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Float, Index, Integer, LargeBinary, String, Text, delete, select
+from sqlalchemy import Float, Index, Integer, LargeBinary, String, Text, delete, select, union_all
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vitsearch.records import Hit
@@ -23,6 +23,7 @@ from vitsearch.store.sql import Sql, chunks
 
 DERIVED_NAME = "derived.sqlite3"
 DERIVED_VERSION = 1
+CLUSTERS_PER_QUERY = 100  # SQLite allows 500 parts in one UNION ALL
 
 
 class DerivedBase(DeclarativeBase):
@@ -132,21 +133,25 @@ class DerivedCache:
         """(id, score, seq) of a cluster's photos, closest to its centre first (paged)."""
         if not self._exists():
             return []
-        query = (
-            select(ClusterMemberRow.image_id, ClusterMemberRow.score, ClusterMemberRow.seq)
-            .where(ClusterMemberRow.cluster_id == cluster_id)
-            .order_by(ClusterMemberRow.score.desc(), ClusterMemberRow.image_id)
-            .offset(offset)
-            .limit(limit)
-        )
+        query = _closest_first(cluster_id).offset(offset).limit(limit)
         with self._open().session() as s:
-            return [tuple(row) for row in s.execute(query)]
+            return [(i, score, seq) for _cluster, i, score, seq in s.execute(query)]
 
-    def cluster_ids(self) -> list[int]:
+    def cluster_tops(self, per_cluster: int) -> dict[int, list[tuple[int, float, int]]]:
+        """(id, score, seq) of every cluster's ``per_cluster`` photos closest to its centre:
+        one index seek per cluster, a hundred clusters to a statement (a statement per
+        cluster cost a 200-cluster page ~0.5 s in round trips alone)."""
+        tops: dict[int, list[tuple[int, float, int]]] = {}
         if not self._exists():
-            return []
+            return tops
         with self._open().session() as s:
-            return list(s.scalars(select(ClusterRow.id)))
+            for part in chunks(list(s.scalars(select(ClusterRow.id))), CLUSTERS_PER_QUERY):
+                firsts = [select(_closest_first(c).limit(per_cluster).subquery()) for c in part]
+                for cluster, i, score, seq in s.execute(union_all(*firsts)):
+                    tops.setdefault(cluster, []).append((i, score, seq))
+        for members in tops.values():  # a UNION ALL promises no order
+            members.sort(key=lambda row: (-row[1], row[0]))
+        return tops
 
     def membership(self, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
         """id -> (its cluster, the write number of the vector clustered)."""
@@ -272,9 +277,12 @@ class DerivedResults:
 
     def cluster_representatives(self, per_cluster: int) -> dict[int, list[Hit]]:
         """The ``per_cluster`` photos closest to each centre, for every cluster."""
+        tops = self.derived.cluster_tops(per_cluster)
+        every = [row for rows in tops.values() for row in rows]
+        hits = {hit.id: hit for hit in self._valid_hits(every)}
         return {
-            cluster_id: self._valid_hits(self.derived.cluster_members(cluster_id, 0, per_cluster))
-            for cluster_id in self.derived.cluster_ids()
+            cluster: [hits[i] for i, _score, _seq in rows if i in hits]
+            for cluster, rows in tops.items()
         }
 
     def cluster_of(self, ids: Sequence[int]) -> dict[int, int]:
@@ -330,6 +338,16 @@ class DerivedResults:
         current = self.seqs_of([row[0] for row in rows])
         valid = [(i, score) for i, score, seq in rows if current.get(i) == seq]
         return self.hits([i for i, _ in valid], [score for _, score in valid])
+
+
+def _closest_first(cluster_id: int):
+    """A cluster's members, closest to its centre first (the order of its index)."""
+    member = ClusterMemberRow
+    return (
+        select(member.cluster_id, member.image_id, member.score, member.seq)
+        .where(member.cluster_id == cluster_id)
+        .order_by(member.score.desc(), member.image_id)
+    )
 
 
 def _start_over(sql: Sql, library_id: str) -> None:

@@ -89,15 +89,15 @@ class PhotoRows:
 
     def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
         """Hits in the given order, dropping ids that vanished meanwhile."""
+        rows: dict[int, tuple[str, bool]] = {}
         with self.session() as s:
-            rows = {
-                row.id: (row.path, online)
-                for row, online in s.execute(
+            for chunk in chunks(list(ids), 500):
+                query = (
                     select(ImageRow, Root.online)
                     .join(Root, Root.id == ImageRow.root_id)
-                    .where(ImageRow.id.in_(list(ids)))
+                    .where(ImageRow.id.in_(chunk))
                 )
-            }
+                rows.update((row.id, (row.path, online)) for row, online in s.execute(query))
             labels = self._labels(s, list(rows))
         return [
             Hit(id=i, path=rows[i][0], score=float(sc), labels=labels[i], online=rows[i][1])
