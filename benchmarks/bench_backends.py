@@ -59,7 +59,6 @@ from vitsearch import app
 from vitsearch.config import Settings, load_settings
 from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.model import Embedder
-from vitsearch.model.embedder import EmbeddingBatch
 from vitsearch.model.export import (
     NEIGHBOURS,
     TOLERANCES,
@@ -71,6 +70,7 @@ from vitsearch.model.export import (
     open_export,
 )
 from vitsearch.model.exported import MANIFEST_FILE, read_manifest
+from vitsearch.model.features import EmbeddingBatch
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8

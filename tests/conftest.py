@@ -11,7 +11,8 @@ from vitsearch.config import load_settings
 
 pytest_plugins = ["tests.server_fixtures"]  # PostgreSQL for the `server` tests (-m server)
 
-WHOLLY_SLOW = re.compile(r"^pytestmark = pytest\.mark\.slow$", re.MULTILINE)
+# `pytestmark = pytest.mark.slow`, or a list of marks that starts with it
+WHOLLY_SLOW = re.compile(r"^pytestmark = (\[\s*)?pytest\.mark\.slow\b", re.MULTILINE)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

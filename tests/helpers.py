@@ -17,6 +17,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vitsearch.model.features import EmbeddingBatch
 from vitsearch.records import Label, ModelInfo
 
 # Which backend `auto` picks depends on the CPU and on timing: every test that is not about
@@ -133,8 +134,6 @@ class FakeEmbedder:
         return (np.asarray(small, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
 
     def embed(self, pixels: np.ndarray):
-        from vitsearch.model.embedder import EmbeddingBatch
-
         self.calls += 1
         self.images_embedded += len(pixels)
         flat = pixels.reshape(len(pixels), -1) - pixels.reshape(len(pixels), -1).mean(

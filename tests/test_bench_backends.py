@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import benchmark_module
-from vitsearch.model.embedder import EmbeddingBatch
+from vitsearch.model.features import EmbeddingBatch
 from vitsearch.records import Label
 
 

@@ -14,6 +14,7 @@ from vitsearch.model import load_embedder
 from vitsearch.model.runtime import choose_runtime
 
 pytestmark = [
+    pytest.mark.slow,  # the real loading path, on real weights
     pytest.mark.real_model,
     pytest.mark.skipif(
         not REAL_MODEL,
@@ -53,7 +54,6 @@ def real_photos(count: int) -> list[Image.Image]:
     return [Image.open(f).convert("RGB") for f in files]
 
 
-@pytest.mark.slow
 def test_int8_export_keeps_the_neighbours_of_trained_weights(tmp_path: Path) -> None:
     """Per-tensor dynamic int8 kept 0.68 of the top-10 neighbours here; the shipped block
     int8 must keep >= 0.95 on real photos, and pass its own check."""

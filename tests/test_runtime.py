@@ -13,7 +13,6 @@ import pytest
 
 from tests.helpers import draw_album, draw_photo, once
 from vitsearch.model import Features, runtime
-from vitsearch.model.export import Verification, neighbour_overlap
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
 from vitsearch.records import ModelInfo
 
@@ -245,6 +244,8 @@ def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_
 
 def test_the_check_refuses_an_export_that_loses_neighbours() -> None:
     """Cosines can all look fine while the neighbours a user sees change."""
+    from vitsearch.model.export import Verification, neighbour_overlap  # torch: not at collection
+
     rng = np.random.default_rng(0)
     expected = rng.normal(size=(40, 16)).astype(np.float32)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
