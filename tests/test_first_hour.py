@@ -27,12 +27,14 @@ from vitsearch.errors import (
     ConfigError,
     EmptyLibraryError,
     MissingFileError,
+    ModelMismatchError,
     ModelNotAvailableError,
     NoMatchError,
 )
 from vitsearch.indexer import Indexer
 from vitsearch.model.checkpoint import check_checkpoint
-from vitsearch.records import Filters
+from vitsearch.model.runtime import checkpoint_source
+from vitsearch.records import Filters, ModelInfo
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.lock import WriterLock
 
@@ -98,6 +100,30 @@ def test_the_model_loads_when_there_is_a_photo(cheap, tmp_path: Path) -> None:
     draw_photo(tmp_path / "one" / "a.jpg", seed=1)
     with pytest.raises(Exception, match=WEIGHTS_FAILED):
         once(cheap, write=True).index([tmp_path / "one"])
+
+
+def test_another_checkpoint_is_refused_before_it_loads(cheap, home: Path, tmp_path: Path) -> None:
+    """The library's model is another checkpoint: refused from the files, so the unloadable
+    weights are never tried (loading them fails with another error)."""
+    plant(home, unit_vectors(3), model=ModelInfo("/models/the-librarys-own", "other:1", DIM))
+    image = draw_photo(tmp_path / "query.jpg", seed=3)
+    draw_photo(tmp_path / "album" / "new.jpg", seed=4)
+    refused = "built with model /models/the-librarys-own .*use --model /models/the-librarys-own"
+    with pytest.raises(ModelMismatchError, match=refused):
+        once(cheap).search_image(image, 5)
+    for command in ("index", "watch"):
+        with pytest.raises(ModelMismatchError, match=refused):
+            getattr(once(cheap, write=True), command)([tmp_path / "album"])
+    assert once(cheap).status().images == 3
+
+
+@pytest.mark.slow
+def test_the_same_checkpoint_moved_still_loads(cheap, home: Path, tmp_path: Path) -> None:
+    """Same files under another name: not refused; loading is tried (and fails here)."""
+    moved = ModelInfo("/models/before-the-move", checkpoint_source(cheap.model), DIM)
+    plant(home, unit_vectors(3), model=moved)
+    with pytest.raises(Exception, match=WEIGHTS_FAILED):
+        once(cheap).search_image(draw_photo(tmp_path / "query.jpg", seed=3), 5)
 
 
 @pytest.mark.parametrize("command", ["index", "watch"])

@@ -47,6 +47,8 @@ from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.feature_files import embed_files, write_features
+from vitsearch.model.features import Features
+from vitsearch.model.runtime import checkpoint_source
 from vitsearch.photos.files import image_files
 from vitsearch.photos.thumbnails import Thumbnails
 from vitsearch.records import (
@@ -118,6 +120,7 @@ class App:
             if self._embedder is None:
                 # a query never waits a minute to time the backends again: the writer does
                 retime = self.library.writable
+                self._refuse_other_checkpoint()
                 embedder = load_model(self.settings, self.library.model, retime=retime)
                 self.library.check_model(embedder.info)
                 self._embedder = embedder
@@ -420,11 +423,21 @@ class App:
         return recorded if recorded is not None and recorded.name == self.settings.model else None
 
     def _check_other_model(self, indexer: Indexer) -> None:
-        """A library built with another model name: load the one asked for now, before any
-        work, to refuse it if its embeddings differ (the same checkpoint moved is adopted)."""
+        """A library built with another model name: refuse another checkpoint now, before
+        any work; the same checkpoint moved loads now, and is adopted under its new name."""
+        if self._refuse_other_checkpoint():
+            _ = indexer.embedder  # loading checks the loaded model too (its dimension)
+
+    def _refuse_other_checkpoint(self) -> bool:
+        """Whether the library was built under another model name, refused from the files
+        when that checkpoint is not the library's model (seconds before loading it would)."""
         recorded = self.library.model
-        if recorded is not None and recorded.name != self.settings.model:
-            _ = indexer.embedder  # loading checks it against the library's model
+        if recorded is None or recorded.name == self.settings.model:
+            return False
+        check_checkpoint(self.settings.model)
+        source = checkpoint_source(self.settings.model, features_of(self.settings))
+        self.library.check_source(self.settings.model, source)
+        return True
 
     def _check_searchable(self, filters: Filters) -> None:
         """Before any model work: a library with photos, and some photo passing the filters."""
@@ -501,12 +514,16 @@ def _open_location(settings: Settings, where: str) -> Library:
     return open_library(Path(where).expanduser().absolute(), write=True)
 
 
+def features_of(settings: Settings) -> Features:
+    """The layer and pooling the settings ask of the model."""
+    return Features(settings.layer, settings.pool)
+
+
 def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: bool = True):
     """The embedder for ``settings.model``, on the backend of the library's model
     ``built_with`` if it has one (imported late: torch takes seconds to import). Without
     ``retime`` (a query), a backend timing made on a busy machine is kept, not made again."""
     check_checkpoint(settings.model)
-    from vitsearch.model import Features
     from vitsearch.model import load_model as load
 
     return load(
@@ -516,7 +533,7 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: 
         backend=settings.backend,
         precision=settings.precision,
         device=settings.device,
-        features=Features(settings.layer, settings.pool),
+        features=features_of(settings),
         batch_size=settings.batch_size,
         recorded=built_with,
         retime=retime,
@@ -532,8 +549,8 @@ def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
     """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
     check_checkpoint(settings.model)  # before torch is even imported
-    from vitsearch.model import Features, load_embedder
     from vitsearch.model import export as exporting
+    from vitsearch.model import load_embedder
     from vitsearch.model.export import export_model as export
 
     # what the export needs, checked before the model loads (seconds, more for a ViT-B)
@@ -543,7 +560,7 @@ def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt
         exporting._require_onnx(exporting.OPENVINO_INSTALL_HINT)
     else:
         exporting._require_onnx()
-    features = Features(settings.layer, settings.pool)
+    features = features_of(settings)
     fp32 = load_embedder(settings.model, threads=settings.threads, features=features)  # cpu fp32
     return export(fp32, out, fmt=fmt, quantize=quantize)
 

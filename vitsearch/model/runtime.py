@@ -54,6 +54,7 @@ from vitsearch.model.exported import (
     BackendMismatchError,
     ExportedEmbedder,
     export_backend,
+    read_manifest,
 )
 from vitsearch.model.features import DEFAULT_FEATURES, Features
 from vitsearch.model.hardware import (
@@ -104,6 +105,16 @@ class Candidate:
         return f"{self.backend}-{self.precision}"
 
 
+def checkpoint_source(checkpoint: str, features: Features = DEFAULT_FEATURES) -> str:
+    """What a library records of ``checkpoint``'s embeddings before any backend's suffix
+    (:attr:`ModelInfo.source`), read from its files: another model is refused before the
+    seconds of loading it. An export directory's features are baked in; its manifest says."""
+    if export_backend(checkpoint) is not None:
+        manifest = read_manifest(Path(checkpoint).expanduser(), require_verified=False)
+        return manifest.source_fingerprint
+    return checkpoint_fingerprint(resolve_checkpoint(checkpoint)) + features.tag()
+
+
 @dataclass(frozen=True)
 class Source:
     """What every way of running a checkpoint shares: the checkpoint, the features asked of it,
@@ -117,7 +128,7 @@ class Source:
 
     def fingerprint(self) -> str:
         """The checkpoint's fingerprint with the features' tag, as a torch library records it."""
-        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint)) + self.features.tag()
+        return checkpoint_source(self.checkpoint, self.features)
 
     def torch(self, device: str, precision: str) -> Embedder:
         """The checkpoint in PyTorch on the device and precision decided."""

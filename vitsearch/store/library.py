@@ -116,11 +116,14 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
         if current is not None and (
             current.fingerprint != info.fingerprint or current.dim != info.dim
         ):
-            raise ModelMismatchError(
-                f"this library was built with model {current.name} ({current.fingerprint}), "
-                f"not {info.name} ({info.fingerprint}); "
-                f"use --model {current.name} or another --home"
-            )
+            raise _other_model(current, info.name, info.fingerprint)
+
+    def check_source(self, name: str, source: str) -> None:
+        """Refuse, before it loads, a checkpoint whose fingerprint (:attr:`ModelInfo.source`)
+        is not that of the library's model; :meth:`check_model` checks the loaded one."""
+        current = self.model
+        if current is not None and current.source != source:
+            raise _other_model(current, name, source)
 
     def adopt_model(self, info: ModelInfo, precision: str) -> None:
         """Record the model of a new library (or its new name), after :meth:`check_model`."""
@@ -396,3 +399,10 @@ def writer_pid(home: Path, store: str | None = None) -> int | None:
 
         return pg_writer_pid(store)
     return holder_pid(WriterLock(Path(home)).path)
+
+
+def _other_model(current: ModelInfo, name: str, fingerprint: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"this library was built with model {current.name} ({current.fingerprint}), "
+        f"not {name} ({fingerprint}); use --model {current.name} or another --home"
+    )
