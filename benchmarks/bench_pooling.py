@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from _common import CpuMeter, add_model_options, pick_photos, save_vit_b16
@@ -50,10 +51,12 @@ from PIL import Image, ImageEnhance, ImageOps
 from vitsearch import app
 from vitsearch.config import POOLS, Settings, load_settings
 from vitsearch.explore.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
-from vitsearch.model import Embedder
 from vitsearch.model.feature_files import embed_files
 from vitsearch.model.hardware import cpu_name
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
+
+if TYPE_CHECKING:
+    from vitsearch.model import Embedder  # torch: imported by the run, not by its tests
 
 DEFAULT_IMAGES = 200
 SPLIT_CHECK_COSINE = 0.999  # the halves of cls+mean vs the cls and mean pools themselves

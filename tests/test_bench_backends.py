@@ -9,6 +9,9 @@ from tests.helpers import benchmark_module
 from vitsearch.model.features import EmbeddingBatch
 from vitsearch.records import Label
 
+# bench_backends imports the exporter, and so torch (seconds)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def bench():

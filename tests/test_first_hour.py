@@ -347,6 +347,8 @@ def test_cheap_commands_never_import_torch(tmp_path: Path, unloadable: Path) -> 
             ["index", str(tmp_path / "empty"), "--model", "google/vit-base-patch16-224"],
             "not cached",
         ),
+        (["export", "--out", str(tmp_path / "photos" / "a.jpg"), *model], "is a file"),
+        (["export", "--out", str(tmp_path / "photos"), *model], "is not empty"),
     ]
     script = (
         "import sys, signal, threading\n"

@@ -13,7 +13,9 @@ from tests.helpers import draw_photo
 from vitsearch.model.pixels import plain_pixels, plain_pixels_from_config
 from vitsearch.photos.decode import read_photo
 
-# transformers is imported by the tests that use it, not at collection (seconds)
+# transformers' processors are the reference: importing them takes torch (seconds)
+pytestmark = pytest.mark.slow
+
 PROCESSORS = {
     "vit defaults (imagenet mean/std)": {},
     "vit-base hub config": {
@@ -103,7 +105,6 @@ def test_processors_doing_more_keep_their_own_path() -> None:
     assert plain_pixels(shortest_edge) is None
 
 
-@pytest.mark.slow  # the real loading path
 def test_embedder_preprocess_is_the_checkpoint_processor(settings, tmp_path: Path) -> None:
     from vitsearch.model import load_embedder
 

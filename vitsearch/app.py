@@ -46,6 +46,7 @@ from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.model.checkpoint import check_checkpoint
+from vitsearch.model.export_checks import check_export_request
 from vitsearch.model.feature_files import embed_files, write_features
 from vitsearch.model.features import Features
 from vitsearch.model.runtime import checkpoint_source
@@ -548,18 +549,12 @@ def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
     """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
-    check_checkpoint(settings.model)  # before torch is even imported
-    from vitsearch.model import export as exporting
+    # what the export needs, checked before torch is imported and the model loads
+    check_export_request(Path(out).expanduser(), fmt, quantize)
+    check_checkpoint(settings.model)
     from vitsearch.model import load_embedder
     from vitsearch.model.export import export_model as export
 
-    # what the export needs, checked before the model loads (seconds, more for a ViT-B)
-    exporting._check_out(Path(out).expanduser())
-    if fmt == "openvino":
-        exporting._require_openvino(quantize)
-        exporting._require_onnx(exporting.OPENVINO_INSTALL_HINT)
-    else:
-        exporting._require_onnx()
     features = features_of(settings)
     fp32 = load_embedder(settings.model, threads=settings.threads, features=features)  # cpu fp32
     return export(fp32, out, fmt=fmt, quantize=quantize)

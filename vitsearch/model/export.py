@@ -41,6 +41,7 @@ from vitsearch.model.backends import load_exported as load_exported
 from vitsearch.model.backends import load_onnx_embedder as load_onnx_embedder
 from vitsearch.model.backends import open_export
 from vitsearch.model.embedder import FINAL_LAYER, Embedder, EmbeddingBatch, _pool
+from vitsearch.model.export_checks import FORMATS, check_format, check_out
 from vitsearch.model.exported import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
@@ -66,8 +67,6 @@ TOLERANCES = {"fp32": 0.999, "int8": 0.99}
 # kept 0.68 of them over 1000 real photos while its min cosine (0.79) looked merely loose.
 NEIGHBOUR_OVERLAP = 0.95
 NEIGHBOURS = 10
-QUANTIZATIONS = ("int8",)
-FORMATS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # --format -> its name in messages
 MODEL_FILES = (MODEL_FILE, XML_FILE, WEIGHTS_FILE)  # every format's model files
 OPSET = 18
 PROBE_FIELDS = 8  # colour fields, coarse to fine
@@ -144,7 +143,7 @@ def export_model(
     """
     _check_exportable(embedder, fmt, quantize)
     out = Path(out).expanduser()
-    _check_out(out)
+    check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runtime = "onnxruntime" if fmt == "onnx" else "openvino"
     fix = f"nothing was written to {out}; " + (
@@ -268,23 +267,11 @@ def _scene(rng: np.random.Generator, blur: bool) -> Image.Image:
 
 
 def _check_exportable(embedder: Embedder, fmt: str, quantize: str | None) -> None:
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
+    check_format(fmt, quantize)
     if embedder.device != "cpu" or embedder.precision != "fp32":
         raise ConfigError(
             f"export needs the model in fp32 on the cpu, not {embedder.precision} on "
             f"{embedder.device}; load it with --device cpu --precision fp32"
-        )
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the export")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise ConfigError(
-            f"--out {out} is not empty and holds no vitsearch export; give a new or empty directory"
         )
 
 

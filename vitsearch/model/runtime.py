@@ -49,6 +49,7 @@ from vitsearch.errors import ConfigError
 from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+from vitsearch.model.export_checks import ONNX_PACKAGES
 from vitsearch.model.exported import (
     MANIFEST_FILE,
     BackendMismatchError,
@@ -217,7 +218,7 @@ def cpu_candidates(
 
 def onnx_available() -> bool:
     """What the automatic export needs: onnx, ONNX Runtime, and onnxscript (torch's exporter)."""
-    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime", "onnxscript"))
+    return all(importlib.util.find_spec(name) for name in ONNX_PACKAGES)
 
 
 def openvino_available() -> bool:
