@@ -8,39 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
 from tests.helpers import draw_photo
+from vitsearch.model import load_embedder
 from vitsearch.model.pixels import plain_pixels, plain_pixels_from_config
 from vitsearch.photos.decode import read_photo
 
-# transformers' processors are the reference: importing them takes torch (seconds)
+# transformers' processors are the reference: importing them takes torch (seconds), so the
+# fast tier leaves this module out
 pytestmark = pytest.mark.slow
 
 PROCESSORS = {
-    "vit defaults (imagenet mean/std)": {},
-    "vit-base hub config": {
-        "size": {"height": 224, "width": 224},
-        "image_mean": [0.5] * 3,
-        "image_std": [0.5] * 3,
-    },
-    "bicubic, no normalise": {
-        "size": {"height": 64, "width": 48},
-        "resample": Image.Resampling.BICUBIC,
-        "do_normalize": False,
-    },
+    "vit defaults (imagenet mean/std)": ViTImageProcessorPil(),
+    "vit-base hub config": ViTImageProcessorPil(
+        size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ),
+    "bicubic, no normalise": ViTImageProcessorPil(
+        size={"height": 64, "width": 48}, resample=Image.Resampling.BICUBIC, do_normalize=False
+    ),
 }
-
-
-def vit_processor(**settings):
-    from transformers import ViTImageProcessorPil
-
-    return ViTImageProcessorPil(**settings)
-
-
-def deit_processor():
-    from transformers import DeiTImageProcessorPil
-
-    return DeiTImageProcessorPil()
 
 
 def photos(tmp_path: Path) -> list[Image.Image]:
@@ -64,7 +51,7 @@ def assert_gives_the_processors_pixels(plain, processor, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", PROCESSORS)
 def test_plain_path_matches_the_processor(name: str, tmp_path: Path) -> None:
-    processor = vit_processor(**PROCESSORS[name])
+    processor = PROCESSORS[name]
     assert_gives_the_processors_pixels(plain_pixels(processor), processor, tmp_path)
 
 
@@ -72,14 +59,14 @@ def test_plain_path_matches_the_processor(name: str, tmp_path: Path) -> None:
 def test_the_saved_config_gives_the_processors_pixels(name: str, tmp_path: Path) -> None:
     """What an export runs without importing transformers: the quick path read from the
     preprocessor_config.json saved beside it."""
-    processor = vit_processor(**PROCESSORS[name])
+    processor = PROCESSORS[name]
     processor.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "preprocessor_config.json").read_text())
     assert_gives_the_processors_pixels(plain_pixels_from_config(config), processor, tmp_path)
 
 
 def test_a_config_that_leaves_settings_to_transformers_keeps_the_processor(tmp_path: Path) -> None:
-    deit_processor().save_pretrained(tmp_path / "deit")  # resize, then centre crop
+    DeiTImageProcessorPil().save_pretrained(tmp_path / "deit")  # resize, then centre crop
     deit = json.loads((tmp_path / "deit" / "preprocessor_config.json").read_text())
     assert plain_pixels_from_config(deit) is None
     # google/vit-base-patch16-224's own config: a bare size and the rescale left to defaults
@@ -100,14 +87,12 @@ def test_a_config_that_leaves_settings_to_transformers_keeps_the_processor(tmp_p
 
 
 def test_processors_doing_more_keep_their_own_path() -> None:
-    assert plain_pixels(deit_processor()) is None  # resize, then centre crop
-    shortest_edge = vit_processor(size={"shortest_edge": 224})
+    assert plain_pixels(DeiTImageProcessorPil()) is None  # resize, then centre crop
+    shortest_edge = ViTImageProcessorPil(size={"shortest_edge": 224})
     assert plain_pixels(shortest_edge) is None
 
 
 def test_embedder_preprocess_is_the_checkpoint_processor(settings, tmp_path: Path) -> None:
-    from vitsearch.model import load_embedder
-
     embedder = load_embedder(settings.model, threads=settings.threads)  # cpu fp32, as pinned
     assert embedder._plain is not None, "the tiny ViT's processor should take the quick path"
     for image in photos(tmp_path):

@@ -17,6 +17,7 @@ QUANTIZATIONS = ("int8",)
 # the ONNX graph is made by torch.onnx (which needs onnxscript) and verified by ONNX Runtime;
 # an OpenVINO IR is converted from it, its int8 weights compressed by NNCF
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+OPENVINO_PACKAGES = ("openvino", "nncf")  # nncf only for int8
 
 
 def check_export_request(out: Path, fmt: str, quantize: str | None) -> None:
@@ -25,7 +26,8 @@ def check_export_request(out: Path, fmt: str, quantize: str | None) -> None:
     check_out(out)
     packages = ONNX_PACKAGES
     if fmt == "openvino":
-        packages = ("openvino", *(("nncf",) if quantize else ()), *ONNX_PACKAGES)
+        openvino = OPENVINO_PACKAGES if quantize else OPENVINO_PACKAGES[:1]
+        packages = (*openvino, *ONNX_PACKAGES)
     missing = next((name for name in packages if importlib.util.find_spec(name) is None), None)
     if missing is not None:
         hint = OPENVINO_INSTALL_HINT if fmt == "openvino" else INSTALL_HINT

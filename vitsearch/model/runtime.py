@@ -49,7 +49,7 @@ from vitsearch.errors import ConfigError
 from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
-from vitsearch.model.export_checks import ONNX_PACKAGES
+from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
 from vitsearch.model.exported import (
     MANIFEST_FILE,
     BackendMismatchError,
@@ -223,7 +223,7 @@ def onnx_available() -> bool:
 
 def openvino_available() -> bool:
     """What an automatic OpenVINO int8 export needs beside ONNX's: the ``openvino`` extra."""
-    return all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))
+    return all(importlib.util.find_spec(name) for name in OPENVINO_PACKAGES)
 
 
 def load_model(
