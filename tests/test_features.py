@@ -72,6 +72,7 @@ def test_embed_command_writes_vectors_and_paths(cli_env: dict, tmp_path: Path) -
     photos = draw_album(tmp_path / "in", 4)
     (tmp_path / "in" / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "out" / "features.npy"
+    out.parent.mkdir()  # a missing folder is refused before the model loads (test_first_hour)
     result = subprocess.run(
         [
             sys.executable,

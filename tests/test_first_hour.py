@@ -8,6 +8,7 @@ expected cheap message) never read them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from tests.helpers import FakeEmbedder, draw_photo, once, plant
 from vitsearch import app
 from vitsearch.cli import main
-from vitsearch.config import load_settings
+from vitsearch.config import DEFAULT_MODEL, load_settings
 from vitsearch.errors import (
     ConfigError,
     EmptyLibraryError,
@@ -30,11 +31,12 @@ from vitsearch.errors import (
     ModelMismatchError,
     ModelNotAvailableError,
     NoMatchError,
+    NotIndexedError,
 )
-from vitsearch.indexer import Indexer
+from vitsearch.indexer import Indexer, Summary
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.runtime import checkpoint_source
-from vitsearch.records import Filters, ModelInfo
+from vitsearch.records import Filters, ModelInfo, counted
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.lock import WriterLock
 
@@ -183,6 +185,67 @@ def test_search_on_a_new_home_says_so_before_the_model(cheap, home: Path, tmp_pa
     with pytest.raises(MissingFileError, match="no such image file"):
         once(cheap).classify([tmp_path / "no-such.jpg"])
     assert not home.exists()
+
+
+def test_embed_checks_out_and_its_inputs_before_the_model(
+    cheap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unloadable model proves no load: each mistake is named, not a weights error."""
+    photo = draw_photo(tmp_path / "photos" / "a.jpg", seed=1)
+    (tmp_path / "empty").mkdir()
+    mistakes = [
+        ([photo], tmp_path / "e.csv", ConfigError, "must end in .npy or .parquet"),
+        ([photo], tmp_path / "no" / "such" / "e.npy", MissingFileError, "no such folder for"),
+        ([photo], tmp_path / "empty", ConfigError, "must end in"),
+        ([tmp_path / "empty"], tmp_path / "e.npy", MissingFileError, "no photos found in"),
+        ([tmp_path / "gone.jpg"], tmp_path / "e.npy", MissingFileError, "no such file"),
+    ]
+    for inputs, out, error, says in mistakes:
+        with pytest.raises(error, match=says):
+            once(cheap).embed_to_file(inputs, out)
+    real_find_spec = importlib.util.find_spec  # the installed packages are the boundary
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pyarrow" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match="needs pyarrow"):
+        once(cheap).embed_to_file([photo], tmp_path / "e.parquet")
+    assert not (tmp_path / "no").exists()
+
+
+def test_messages_name_the_real_mistake(cheap, home: Path, tmp_path: Path) -> None:
+    photo = draw_photo(tmp_path / "photos" / "a.jpg", seed=1)
+    with pytest.raises(MissingFileError, match=f"is a file: index takes folders .*{photo.parent}"):
+        once(cheap, write=True).index([photo])
+    plant(home, unit_vectors(3), folder="/photos")
+    with pytest.raises(MissingFileError, match=r"no such file: .*missing\.jpg"):
+        once(cheap).similar(tmp_path / "missing.jpg", 3)
+    with pytest.raises(NotIndexedError, match="is not in the library"):
+        once(cheap).similar(photo, 3)  # on disk, not indexed
+    for url in ["postgresql://me@db/photos", "postgres://db/photos"]:
+        with pytest.raises(ConfigError, match=r"a home is a folder; .*use --store URL"):
+            load_settings(environ={}, home=Path(url))
+
+
+def test_a_library_runs_its_own_model_when_none_is_named(home: Path, tmp_path: Path) -> None:
+    """Without --model, a library built with a local checkpoint is not asked the Hub's."""
+    recorded = ModelInfo(name=str(tmp_path / "my-model"), fingerprint="sha256:abc", dim=DIM)
+    plant(home, unit_vectors(3), folder="/photos", model=recorded)
+    default = load_settings(environ={}, home=home)
+    assert default.model == DEFAULT_MODEL
+    with app.open_app(default) as reader:
+        assert reader.settings.model == recorded.name
+    named = default.replace(model=str(tmp_path / "other"))
+    with app.open_app(named) as reader:
+        assert reader.settings.model == named.model  # a model named is never replaced
+
+
+def test_counts_are_in_words() -> None:
+    assert [counted(n, "photo") for n in (0, 1, 2)] == ["0 photos", "1 photo", "2 photos"]
+    assert counted(1, "copy", "copies") == "1 copy" and counted(3, "copy", "copies") == "3 copies"
+    reused = Summary(new=2, embedded=1, reused=1, seconds=1.0)
+    assert "1 copy reused an embedding" in reused.line()
 
 
 def test_search_of_an_emptied_library_says_it_is_empty(cheap, home: Path) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import draw_album, draw_photo, once
+from vitsearch.indexer import Summary
 from vitsearch.model import Features, runtime
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
 from vitsearch.records import ModelInfo
@@ -151,7 +152,8 @@ class QuietMachine:
 def auto(settings, monkeypatch: pytest.MonkeyPatch):
     """The test library's settings with the backend left to `auto` (fast to time: tiny ViT)."""
     monkeypatch.setattr(runtime, "OtherProcesses", QuietMachine)
-    return settings.replace(backend="auto", precision="auto")
+    # a job of any size times the backends here (a few photos stand for a large job)
+    return settings.replace(backend="auto", precision="auto", time_backends_from=1)
 
 
 def source(settings) -> runtime.Source:
@@ -305,3 +307,47 @@ def test_a_timing_made_beside_a_busy_program_is_made_again(auto, cpu, tmp_path: 
     draw_photo(album[0].parent / "newer.jpg", seed=98)
     once(auto, write=True).index([album[0].parent])  # retries used up: the timings stand
     assert json.loads(path.read_text())["results"] == slow_bf16
+
+
+@pytest.mark.slow
+def test_a_small_first_job_starts_at_once_and_its_rate_is_the_photos_alone(
+    auto, cpu, tmp_path: Path
+) -> None:
+    """A first run of a few photos pays no exports and no timing: a large job's cost."""
+    cpu(ZEN4)  # a CPU with every candidate
+    small = auto.replace(time_backends_from=4)
+    folder = draw_album(tmp_path / "album", 3)[0].parent
+    summary = once(small, write=True).index([folder])
+    assert not (small.home / EXPORTS_FOLDER).exists(), "timed or exported for 3 photos"
+    status = once(small).status().as_dict()
+    assert (status["backend"], status["precision"]) == ("torch", "fp32")
+    assert summary.embedded == 3 and 0 < summary.setup_seconds < summary.seconds
+    assert summary.images_per_second == pytest.approx(3 / (summary.seconds - summary.setup_seconds))
+    first_run = Summary(new=40, embedded=40, seconds=60.0, setup_seconds=50.0)
+    assert "(4.0 images/s; 50.0s of it loading the model, once)" in first_run.line()
+    # a job of time_backends_from photos or more times this torch library's candidates
+    for seed in range(4):
+        draw_photo(folder / f"new{seed}.png", seed=90 + seed)
+    once(small, write=True).index([folder])
+    timed = {r["candidate"] for r in measurement(small)["results"]}
+    assert timed == {"torch-fp32", "torch-bf16"}
+
+
+@pytest.mark.slow
+def test_only_index_and_watch_time_the_backends(auto, cpu, tmp_path: Path) -> None:
+    """embed, classify and queries never time, not even again after a busy timing."""
+    from vitsearch.model.runtime import measurement_file, write_measurement
+
+    cpu(ZEN4)
+    photo = draw_photo(tmp_path / "photo.png", seed=5)
+    once(auto).embed_to_file([photo], tmp_path / "out.npy")
+    once(auto).classify([photo])
+    assert not (auto.home / EXPORTS_FOLDER).exists(), "timed or exported outside index/watch"
+    path = measurement_file(source(auto))
+    busy = [
+        {"candidate": "torch-fp32", "images_per_second": 9.0},
+        {"candidate": "torch-bf16", "images_per_second": 1.0},
+    ]
+    write_measurement(path, busy, auto.threads, busy=1.3)  # timed beside another job
+    once(auto).embed_to_file([photo], tmp_path / "again.npy")
+    assert json.loads(path.read_text())["results"] == busy

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from vitsearch import launch
-from vitsearch.config import ADAPT_THREADS, STORE_SCHEMES, Settings, available_cores
+from vitsearch.config import (
+    ADAPT_THREADS,
+    DEFAULT_MODEL,
+    STORE_SCHEMES,
+    Settings,
+    available_cores,
+)
 from vitsearch.errors import (
     EmptyLibraryError,
     LibraryLockedError,
@@ -47,7 +53,7 @@ from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.export_checks import check_export_request
-from vitsearch.model.feature_files import embed_files, write_features
+from vitsearch.model.feature_files import check_features_out, embed_files, write_features
 from vitsearch.model.features import Features
 from vitsearch.model.runtime import checkpoint_source
 from vitsearch.photos.files import image_files
@@ -81,7 +87,17 @@ def open_app(settings: Settings, write: bool = False, live: bool = False) -> App
     (which takes the library's lock). ``live`` (the UI: one app, many threads, for hours)
     serialises calls and sees what a writer commits meanwhile."""
     library = open_library(settings.home, write=write, store=settings.store or None)
-    return App(settings, library, live=live)
+    return App(_with_library_model(settings, library), library, live=live)
+
+
+def _with_library_model(settings: Settings, library: Library) -> Settings:
+    """No ``--model`` (the default) on a library built with another model: the library's own,
+    as it records it, not the Hub's default."""
+    recorded = library.model
+    if settings.model != DEFAULT_MODEL or recorded is None or recorded.name == DEFAULT_MODEL:
+        return settings
+    log.info("model %s: the library's own", recorded.name)
+    return settings.replace(model=recorded.name)
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
@@ -119,10 +135,9 @@ class App:
         when its embeddings would not compare with the library's."""
         with self._lock:
             if self._embedder is None:
-                # a query never waits a minute to time the backends again: the writer does
-                retime = self.library.writable
+                # a query never waits a minute to time the backends: index and watch do
                 self._refuse_other_checkpoint()
-                embedder = load_model(self.settings, self.library.model, retime=retime)
+                embedder = load_model(self.settings, self.library.model)
                 self.library.check_model(embedder.info)
                 self._embedder = embedder
             return self._embedder
@@ -216,7 +231,12 @@ class App:
     def similar(self, path: Path, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
         """More photos like an indexed photo, itself excluded."""
         self._check_searchable(filters)
-        return _passing(similar_to(self.library, path, k, filters), filters)
+        try:
+            return _passing(similar_to(self.library, path, k, filters), filters)
+        except NotIndexedError:
+            if not Path(path).expanduser().exists():
+                raise MissingFileError(f"no such file: {path}") from None
+            raise
 
     @_guarded
     def similar_to_photo(self, image_id: int, k: int, filters: Filters = NO_FILTERS) -> list[Hit]:
@@ -240,13 +260,16 @@ class App:
             if not Path(image).is_file():
                 raise MissingFileError(f"no such image file: {image}")
         # any model, no library check; the library's own runs on its backend, untimed
-        embedder = load_model(self.settings, self._own_model(), retime=False)
+        embedder = load_model(self.settings, self._own_model())
         return classify(embedder, list(images))
 
     def embed_to_file(self, inputs: Sequence[Path], out: Path) -> tuple[int, list[Path]]:
         """Embeddings (at ``settings.layer``/``settings.pool``) of image files, written to
         ``out``: (how many photos, the files written)."""
+        check_features_out(out)
         paths = image_files(inputs)
+        if not paths:
+            raise MissingFileError(f"no photos found in {', '.join(map(str, inputs))}")
         embedder = load_model(self.settings)  # any model, any layer: no library check
         kept, vectors = embed_files(embedder, paths, self.settings.batch_size)
         return len(kept), write_features(out, kept, vectors)
@@ -392,8 +415,12 @@ class App:
 
     def _indexer(self, settings: Settings, progress: bool = False, cluster: bool = False):
         library = self.library
+
+        def embedder_factory():  # sized for the job that asks for it (``photos_to_embed``)
+            return load_model(settings, library.model, photos=indexer.photos_to_embed)
+
         options = {
-            "embedder_factory": lambda: load_model(settings, library.model),
+            "embedder_factory": embedder_factory,
             "batch_size": settings.batch_size,
             "decode_workers": settings.decode_workers,
             "save_every_seconds": settings.index_save_seconds,
@@ -405,16 +432,22 @@ class App:
 
             loader = functools.partial(cluster_model, settings)
             gpu_batch = settings.ray_gpu_batch_size
-            return RayIndexer(
+            indexer = RayIndexer(
                 library, address=settings.ray, loader=loader, gpu_batch_size=gpu_batch, **options
             )
-        return Indexer(library, **options)
+        else:
+            indexer = Indexer(library, **options)
+        return indexer
 
     def _check_folders(self, folders: Sequence[Path]) -> None:
         """A folder never indexed must exist; a known one that vanished goes offline."""
         known = set(self.folders())
         for folder in folders:
             path = Path(folder).expanduser().absolute()
+            if path.is_file():
+                raise MissingFileError(
+                    f"{folder} is a file: index takes folders (its folder is {path.parent})"
+                )
             if not path.is_dir() and str(path) not in known:
                 raise MissingFileError(f"no such folder: {folder}")
 
@@ -520,10 +553,11 @@ def features_of(settings: Settings) -> Features:
     return Features(settings.layer, settings.pool)
 
 
-def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: bool = True):
+def load_model(settings: Settings, built_with: ModelInfo | None = None, photos: int = 0):
     """The embedder for ``settings.model``, on the backend of the library's model
-    ``built_with`` if it has one (imported late: torch takes seconds to import). Without
-    ``retime`` (a query), a backend timing made on a busy machine is kept, not made again."""
+    ``built_with`` if it has one (imported late: torch takes seconds to import). ``photos``:
+    how many an index or watch run is about to embed; only a job of
+    ``settings.time_backends_from`` photos or more times the backends (0: never)."""
     check_checkpoint(settings.model)
     from vitsearch.model import load_model as load
 
@@ -537,14 +571,17 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None, retime: 
         features=features_of(settings),
         batch_size=settings.batch_size,
         recorded=built_with,
-        retime=retime,
+        photos=photos,
+        time_from=settings.time_backends_from,
     )
 
 
 def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None):
     """:func:`load_model` on a Ray actor (``index --ray``): the actor's cores, the backend
-    the library records."""
-    return load_model(settings.replace(threads=threads), built_with)
+    the library records; timed there as a large job is (a cluster is for large ones)."""
+    return load_model(
+        settings.replace(threads=threads), built_with, photos=settings.time_backends_from
+    )
 
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):

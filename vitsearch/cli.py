@@ -17,7 +17,7 @@ from vitsearch import app, launch
 from vitsearch.app import open_app
 from vitsearch.config import BACKENDS, POOLS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
-from vitsearch.records import Cluster, Filters, Hit, Label, display_label
+from vitsearch.records import Cluster, Filters, Hit, Label, counted, display_label
 
 log = logging.getLogger("vitsearch")
 
@@ -314,7 +314,8 @@ def clusters(settings: Settings, k: str, recompute: bool, as_json: bool) -> None
         click.echo(json.dumps([_cluster_dict(c) for c in found], indent=2))
         return
     for c in found:
-        click.echo(f"#{c.id:<4} {c.size:>6} photos  cohesion {c.cohesion:.2f}  {c.name}")
+        size = counted(c.size, "photo")
+        click.echo(f"#{c.id:<4} {size:>12}  cohesion {c.cohesion:.2f}  {c.name}")
         for hit in c.representatives[:3]:
             click.echo(f"        {hit.path}")
 
@@ -347,7 +348,8 @@ def duplicates(
     for group in groups:
         bits = "" if group.hash_bits is None else f", hash {group.hash_bits} bits apart"
         click.echo(
-            f"{group.kind} ({len(group.members)} photos, similarity {group.similarity:.3f}{bits})"
+            f"{group.kind} ({counted(len(group.members), 'photo')}, "
+            f"similarity {group.similarity:.3f}{bits})"
         )
         for p in group.members:
             mark = "keep" if p.id == group.keeper.id else "    "
@@ -397,7 +399,7 @@ def forget(settings: Settings, folder: Path) -> None:
     """Remove FOLDER's photos from the library (the files are not touched)."""
     with open_app(settings, write=True) as writer:
         removed = writer.forget_folder(folder)
-    click.echo(f"removed {_count(removed, 'photo')} under {folder}")
+    click.echo(f"removed {counted(removed, 'photo')} under {folder}")
 
 
 @main.command("rebuild-index")
@@ -418,8 +420,8 @@ def migrate(settings: Settings, source: str, dest: str) -> None:
     """Copy a library between a home folder and PostgreSQL, either way (no model work)."""
     done = app.migrate_library(settings, source, dest)
     click.echo(
-        f"copied {_count(done.photos, 'photo')} ({_count(done.vectors, 'vector')}, "
-        f"{_count(done.labels, 'label')}, {_count(done.classifiers, 'taught classifier')}) "
+        f"copied {counted(done.photos, 'photo')} ({counted(done.vectors, 'vector')}, "
+        f"{counted(done.labels, 'label')}, {counted(done.classifiers, 'taught classifier')}) "
         f"from {done.source} to {done.dest}"
     )
 
@@ -573,9 +575,9 @@ def map_command(
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif written is None:
-        click.echo(f"{len(rows)} photos on the map; use --out map.html to see it")
+        click.echo(f"{counted(len(rows), 'photo')} on the map; use --out map.html to see it")
     if written is not None:
-        click.echo(f"wrote {written} ({len(rows)} photos)", err=as_json)
+        click.echo(f"wrote {written} ({counted(len(rows), 'photo')})", err=as_json)
 
 
 @main.command()
@@ -618,10 +620,6 @@ def _print_hits(hits: list[Hit], as_json: bool) -> None:
     for hit in hits:
         offline = " [offline]" if not hit.online else ""
         click.echo(f"{hit.score:.3f}  {hit.path}{offline}  {_label_text(hit.labels[:2])}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _labels(labels: tuple[Label, ...]) -> list[dict]:

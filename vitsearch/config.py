@@ -70,6 +70,12 @@ class Settings:
         "auto (the fastest within tolerance for this hardware; a library keeps its own), torch, "
         "onnx (ONNX Runtime), or openvino (OpenVINO; auto times its int8 where installed).",
     )
+    time_backends_from: int = _setting(
+        500,
+        "index/watch: with backend auto, time the backends (and make their exports) only for a "
+        "job of this many photos or more; a smaller one starts at once on the fastest measured, "
+        "else torch fp32.",
+    )
     batch_size: int = _setting(16, "Images per model forward pass.")
     threads: int = _setting(
         available_cores(), "Torch intra-op threads. Lower it when other work shares the CPU."
@@ -167,6 +173,12 @@ def _validated(settings: Settings) -> Settings:
         raise ConfigError(
             "store must be empty (the home's SQLite) or a postgresql:// URL, "
             f"not {settings.store!r}"
+        )
+    # Path("postgresql://u@h/db") is "postgresql:/u@h/db": a folder nobody meant
+    if str(settings.home).startswith(tuple(scheme.rstrip("/") for scheme in STORE_SCHEMES)):
+        raise ConfigError(
+            f"--home {settings.home} looks like a database URL: a home is a folder; "
+            "for a PostgreSQL library use --store URL"
         )
     home = Path(settings.home).expanduser()
     return dataclasses.replace(settings, home=home)

@@ -5,6 +5,9 @@ The CLI turns these into one line; nothing below the CLI exits the process.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 
 class VitsearchError(Exception):
     """Base class for errors the user can act on."""
@@ -64,3 +67,17 @@ class NoSuchLabelError(VitsearchError, LookupError):
 
 class ClusterError(VitsearchError, RuntimeError):
     """The Ray cluster gave up on a batch (its worker died on every try)."""
+
+
+class DiskFullError(VitsearchError, OSError):
+    """The disk holding the library (or its exports) is full: what was committed stays."""
+
+    def __init__(self, where: Path) -> None:
+        try:
+            free = f"{shutil.disk_usage(where).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "no space left"
+        super().__init__(
+            f"the disk holding {where} is full ({free}): free space on it (or move the "
+            "library with --home), then run again; everything committed so far is kept"
+        )

@@ -79,6 +79,11 @@ class Hit:
         return out
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 photo``, ``2 photos``, ``1 copy``, ``2 copies`` (``plural`` where not noun + s)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 # Backends whose embeddings differ from torch fp32 beyond its tolerance: each adds its own
 # suffix to the fingerprint, so a library never mixes them.
 OTHER_BACKENDS = ("onnx-fp32", "onnx-int8", "torch-int8", "openvino-fp32", "openvino-int8")

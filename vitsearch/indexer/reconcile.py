@@ -34,7 +34,7 @@ from vitsearch.photos.files import (
     scan,
 )
 from vitsearch.photos.phash import photo_hash
-from vitsearch.records import FailedEntry, ImageEntry, StoredFile
+from vitsearch.records import FailedEntry, ImageEntry, StoredFile, counted
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)
@@ -52,17 +52,20 @@ class Summary:
     embedded: int = 0  # images that went through the model
     offline: tuple[str, ...] = ()
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # of ``seconds``: loading the model (and timing backends), once
     interrupted: bool = False
     where: str = ""  # where the model ran, when not on this machine ("2 Ray nodes, ...")
 
     @property
     def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+        """The rate of the photos alone: the one-time model load is not theirs."""
+        seconds = self.seconds - self.setup_seconds
+        return self.embedded / seconds if seconds > 0 else 0.0
 
     def line(self) -> str:
         if not (self.new or self.updated or self.moved or self.removed or self.failed):
             head = (
-                f"nothing changed: {_photos(self.unchanged)} up to date, no model work"
+                f"nothing changed: {counted(self.unchanged, 'photo')} up to date, no model work"
                 if self.unchanged or self.offline
                 else "no photos found (JPEG, PNG, WebP, HEIC, …); nothing to index"
             )
@@ -73,16 +76,15 @@ class Summary:
             )
             if self.embedded:
                 on = f" on {self.where}" if self.where else ""
-                head += f" ({self.images_per_second:.1f} images/s{on})"
+                head += f" ({self.images_per_second:.1f} images/s{on}"
+                if self.setup_seconds >= 0.1:
+                    head += f"; {self.setup_seconds:.1f}s of it loading the model, once"
+                head += ")"
         if self.reused:
-            head += f"; {self.reused} copies reused an embedding"
+            head += f"; {counted(self.reused, 'copy', 'copies')} reused an embedding"
         if self.offline:
             head += f"; offline, kept: {', '.join(self.offline)}"
         return head + ("; interrupted, run again to finish" if self.interrupted else "")
-
-
-def _photos(count: int) -> str:
-    return f"{count} photo" if count == 1 else f"{count} photos"
 
 
 @dataclass
@@ -139,6 +141,10 @@ class Indexer:
         self._last_save = time.monotonic()
         self._extensions = image_extensions()
         self.stop = threading.Event()  # set it to finish the current batch and return
+        # photos the job in hand embeds: the model is loaded for it (a small one never
+        # waits for a backend timing that only a large one repays)
+        self.photos_to_embed = 0
+        self.setup_seconds = 0.0  # spent loading the model
         # The watcher holds back files that are still changing: neither read nor removed.
         self.hold: Callable[[FileStat], bool] | None = None
         self._taught = None
@@ -147,7 +153,9 @@ class Indexer:
     def embedder(self):
         """The model, loaded on first use and checked against the library's."""
         if self._embedder is None:
+            began = time.perf_counter()
             embedder = self._embedder_factory()
+            self.setup_seconds += time.perf_counter() - began
             self.library.adopt_model(embedder.info, embedder.precision)
             self.library.set_meta(device=str(getattr(embedder, "device", "cpu")))
             self._embedder = embedder
@@ -162,7 +170,7 @@ class Indexer:
         looked at; otherwise every root is walked. ``save=False`` leaves writing the FAISS
         file to the caller (the watcher writes it every so often, not after each event).
         """
-        started = time.perf_counter()
+        started, setup_before = time.perf_counter(), self.setup_seconds
         summary = Summary()
         changed = None if changed is None else [Path(p).absolute() for p in changed]
         try:
@@ -186,6 +194,7 @@ class Indexer:
                 except KeyboardInterrupt:  # came while saving: the file was written first
                     summary.interrupted = True
             summary.seconds = time.perf_counter() - started
+            summary.setup_seconds = self.setup_seconds - setup_before
         return summary
 
     def _reconcile_root(self, root: Path, summary: Summary) -> None:
@@ -252,6 +261,7 @@ class Indexer:
     def _embed_all(self, plan: Plan, root_id: int, summary: Summary) -> None:
         """The plan's new and changed files through the model, committed batch by batch."""
         written = 0
+        self.photos_to_embed = len(plan.embed)
         with tqdm(total=len(plan.embed), unit="img", disable=not self.progress) as bar:
             for batch in self._embedded(plan.embed):
                 self._commit(batch, root_id, plan, summary)

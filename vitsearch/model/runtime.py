@@ -22,6 +22,13 @@ OpenVINO fp32 is not timed: it would cost another full-size export, and in
 AVX2-only ones, where it ran within ~10% of torch fp32 and ONNX Runtime fp32 (1.12x, 1.00x
 and 1.08x median on a Zen 3).
 
+Timing pays only for a large job: exporting and timing cost about a minute on a ViT-B, which
+a few hundred photos never win back. So only ``index`` and ``watch`` time, and only when they
+are about to embed ``time_from`` photos or more (``VITSEARCH_TIME_BACKENDS_FROM``); a smaller
+job, and every other command, runs the fastest already measured for this checkpoint and CPU,
+else torch fp32, at once. A library started by a small job is a torch library: its later large
+jobs time torch fp32 against bf16 (no export), never ONNX Runtime.
+
 A library keeps the backend it was built with: ``auto`` measures only the backends whose
 embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library
 runs ONNX int8), so moving a library to another machine never mixes embeddings.
@@ -92,6 +99,9 @@ MEASURE_BATCH = 8
 BUSY_WHILE_TIMING = 0.5  # cores other programs kept busy, above which a timing is not trusted
 RETIMINGS = 3
 EXPORT_WITHIN = 0.9  # an export this close to the fastest candidate is kept: see the docstring
+# index/watch time the backends from this many photos to embed (Settings.time_backends_from):
+# below it, the minute of exports and timing a ViT-B costs is not won back
+TIME_FROM = 500
 
 
 @dataclass(frozen=True)
@@ -237,7 +247,8 @@ def load_model(
     features: Features = DEFAULT_FEATURES,
     batch_size: int = MEASURE_BATCH,
     recorded: ModelInfo | None = None,
-    retime: bool = True,
+    photos: int = 0,
+    time_from: int = TIME_FROM,
 ) -> Embedder | ExportedEmbedder:
     """The embedder for ``checkpoint`` on the runtime :func:`choose_runtime` picks.
 
@@ -249,14 +260,17 @@ def load_model(
         features: the layer and pooling asked for.
         batch_size: images per forward; timings use at most ``MEASURE_BATCH``.
         recorded: the library's model, if it has one: its backend is kept.
-        retime: whether a timing made beside a busy program is made again now (an index
-            run can afford the minute it takes; a query keeps the timing it finds).
+        photos: how many photos the caller is about to embed (``index``, ``watch``); 0 for
+            anything else (a query, ``embed``, ``classify``), which never times.
+        time_from: from how many ``photos`` the candidates are timed (again, when a timing
+            was made beside a busy program); a smaller job runs the fastest already
+            measured, else torch fp32, at once.
     """
     source = Source(checkpoint, home, threads, features, batch_size)
     export = export_backend(checkpoint)
     runtime = choose_runtime(backend, precision, device, export=export, recorded=recorded)
     if runtime.backend == "auto":
-        return _fastest(source, runtime, retime)
+        return _fastest(source, runtime, may_time=photos > 0 and photos >= time_from)
     log.info(
         "model runs on %s %s %s: %s",
         runtime.backend,
@@ -296,10 +310,11 @@ def _asked_export(source: Source, runtime: Runtime) -> ExportedEmbedder:
     return embedder
 
 
-def _fastest(source: Source, runtime: Runtime, retime: bool = True) -> Embedder | ExportedEmbedder:
+def _fastest(source: Source, runtime: Runtime, may_time: bool) -> Embedder | ExportedEmbedder:
     """The fastest of the runtime's candidates, from the home's timings for this checkpoint
-    and CPU; the candidates are timed now when any of them never was (or, with ``retime``,
-    when they were timed beside a busy program)."""
+    and CPU. With ``may_time`` (a large index job) the candidates are timed now when any of
+    them never was, or when they were timed beside a busy program; without it, the fastest
+    timed so far runs, else torch fp32."""
     path = measurement_file(source)
     record = read_measurement(path)
     results = {r["candidate"]: r for r in record.get("results", [])}
@@ -309,18 +324,23 @@ def _fastest(source: Source, runtime: Runtime, retime: bool = True) -> Embedder 
         for n in wanted
         if "images_per_second" in results.get(n, {})
     }
-    if retime and _disturbed(record):
+    timed_all = bool(rates) and all(name in results for name in wanted)
+    if may_time and _disturbed(record):
         log.warning(
             "the backends were timed while other programs kept %.1f cores busy: timing again",
             record["busy_cores"],
         )
-    elif rates and all(name in results for name in wanted):
+        return measure(source, runtime.candidates, path)
+    if may_time and not timed_all:
+        return measure(source, runtime.candidates, path)
+    if rates:
         chosen = preferred(rates)
-        log.info("model runs on %s: measured on this CPU", chosen)
         embedder = _load_candidate(source, _candidate(chosen))
         if embedder is not None:
+            log.info("model runs on %s: measured on this CPU", chosen)
             return embedder
-    return measure(source, runtime.candidates, path)
+    log.info("model runs on torch-fp32 at once: a small job does not time the backends")
+    return source.torch("cpu", "fp32")
 
 
 def measure(

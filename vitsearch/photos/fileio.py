@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -9,10 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from vitsearch.errors import DiskFullError
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on it
 
 
 @contextmanager
@@ -28,6 +34,11 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield temp
         os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise DiskFullError(path.parent) from None
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from vitsearch.errors import DiskFullError
 from vitsearch.store.schema import Meta
 
 BUSY_TIMEOUT_SECONDS = 30
@@ -68,6 +70,15 @@ def _engine(path: Path | None, read_only: bool) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _disk_full(context) -> DiskFullError | None:
+        # SQLite's "database or disk is full": the transaction rolled back, commits stand
+        error = context.original_exception
+        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        if isinstance(error, sqlite3.Error) and full and path is not None:
+            return DiskFullError(path.parent)
+        return None
 
     return engine
 

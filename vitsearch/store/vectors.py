@@ -22,6 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from vitsearch.errors import DiskFullError
 from vitsearch.photos.fileio import replacing, write_atomically
 from vitsearch.store.embeddings import EmbeddingRows
 
@@ -119,7 +120,12 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         """Write atomically (temp file + rename), then the sidecar: it may lag, never lead."""
         with replacing(path) as temp:
-            faiss.write_index(self.index, str(temp))
+            try:
+                faiss.write_index(self.index, str(temp))
+            except RuntimeError as exc:  # FAISS reports a short write in its message only
+                if "No space left on device" in str(exc):
+                    raise DiskFullError(path.parent) from None
+                raise
         meta = {
             "seq": self.seq,
             "dim": self.dim,

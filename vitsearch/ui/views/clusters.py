@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from vitsearch.records import Cluster
+from vitsearch.records import Cluster, counted
 from vitsearch.ui import context
 from vitsearch.ui.widgets import PAGE_SIZE, page_of, photo_grid, thumbnail, too_few_photos
 
@@ -56,7 +56,8 @@ def show_cards(found) -> None:
         with st.container(border=True):
             title, button = st.columns([5, 1], vertical_alignment="center")
             title.markdown(
-                f"**{cluster.name}** · {cluster.size} photos · cohesion {cluster.cohesion:.2f}"
+                f"**{cluster.name}** · {counted(cluster.size, 'photo')} · "
+                f"cohesion {cluster.cohesion:.2f}"
             )
             button.button("Open", key=f"open-{cluster.id}", on_click=_open, args=(cluster.id,))
             cards = cluster.representatives[:CARD_THUMBNAILS]
@@ -67,7 +68,7 @@ def show_cards(found) -> None:
 
 def show_members(cluster) -> None:
     st.button("← All clusters", on_click=_open, args=(None,))
-    st.subheader(f"{cluster.name} · {cluster.size} photos")
+    st.subheader(f"{cluster.name} · {counted(cluster.size, 'photo')}")
     pages = max(1, -(-cluster.size // PAGE_SIZE))
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"cluster-{cluster.id}-page")
     members = context.app().cluster_page(cluster.id, (page - 1) * PAGE_SIZE, PAGE_SIZE)

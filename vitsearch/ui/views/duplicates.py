@@ -7,6 +7,7 @@ import io
 
 import streamlit as st
 
+from vitsearch.records import counted
 from vitsearch.ui import context
 from vitsearch.ui.widgets import date_text, page_of, thumbnail, too_few_photos
 
@@ -51,7 +52,7 @@ def show_group(group, number: int) -> None:
     with st.container(border=True):
         bits = "" if group.hash_bits is None else f" · hash ≤ {group.hash_bits} bits apart"
         st.markdown(
-            f"**{group.kind}** · {len(group.members)} photos · similarity ≥ "
+            f"**{group.kind}** · {counted(len(group.members), 'photo')} · similarity ≥ "
             f"{group.similarity:.3f}{bits}"
         )
         for start in range(0, len(group.members), COLUMNS):
@@ -83,12 +84,14 @@ def trash_controls(groups) -> None:
     ]
     if not chosen:
         return
-    st.warning(f"{len(chosen)} photos are ticked to go to the system trash.")
-    if st.button(f"Move {len(chosen)} photos to the trash", type="primary"):
+    ticked = counted(len(chosen), "photo")
+    verb = "is" if len(chosen) == 1 else "are"
+    st.warning(f"{ticked} {verb} ticked to go to the system trash.")
+    if st.button(f"Move {ticked} to the trash", type="primary"):
         moved, problems = context.app().trash(chosen)
         for problem in problems:
             st.error(problem)
-        st.success(f"Moved {moved} photos to the trash and updated the library.")
+        st.success(f"Moved {counted(moved, 'photo')} to the trash and updated the library.")
         for image_id in chosen:
             st.session_state.pop(f"trash-{image_id}", None)
 
