@@ -270,7 +270,7 @@ def load_model(
     export = export_backend(checkpoint)
     runtime = choose_runtime(backend, precision, device, export=export, recorded=recorded)
     if runtime.backend == "auto":
-        return _fastest(source, runtime, may_time=photos > 0 and photos >= time_from)
+        return _fastest(source, runtime, photos, time_from)
     log.info(
         "model runs on %s %s %s: %s",
         runtime.backend,
@@ -310,11 +310,14 @@ def _asked_export(source: Source, runtime: Runtime) -> ExportedEmbedder:
     return embedder
 
 
-def _fastest(source: Source, runtime: Runtime, may_time: bool) -> Embedder | ExportedEmbedder:
+def _fastest(
+    source: Source, runtime: Runtime, photos: int, time_from: int
+) -> Embedder | ExportedEmbedder:
     """The fastest of the runtime's candidates, from the home's timings for this checkpoint
-    and CPU. With ``may_time`` (a large index job) the candidates are timed now when any of
-    them never was, or when they were timed beside a busy program; without it, the fastest
-    timed so far runs, else torch fp32."""
+    and CPU. A job of ``time_from`` photos or more times the candidates now when any of
+    them never was, or when they were timed beside a busy program; anything smaller runs
+    the fastest timed so far, else torch fp32."""
+    may_time = photos >= max(1, time_from)
     path = measurement_file(source)
     record = read_measurement(path)
     results = {r["candidate"]: r for r in record.get("results", [])}
@@ -339,7 +342,11 @@ def _fastest(source: Source, runtime: Runtime, may_time: bool) -> Embedder | Exp
         if embedder is not None:
             log.info("model runs on %s: measured on this CPU", chosen)
             return embedder
-    log.info("model runs on torch-fp32 at once: a small job does not time the backends")
+    log.info(
+        "model runs on torch-fp32 at once: the backends are timed by an index or watch job "
+        "of %d photos or more",
+        time_from,
+    )
     return source.torch("cpu", "fp32")
 
 
