@@ -157,11 +157,13 @@ def test_duplicates_page_trash_updates_library(indexed: list[Path], tmp_path: Pa
     boxes = [c for c in at.checkbox if c.label == "trash"]
     assert boxes
     boxes[0].check().run()
-    move = [b for b in at.button if b.label.startswith("Move 1 photos")]
+    assert any(w.value == "1 photo is ticked to go to the system trash." for w in at.warning)
+    move = [b for b in at.button if b.label == "Move 1 photo to the trash"]
     assert move
     before = once(load_settings()).status().as_dict()["images"]
     move[0].click().run()
-    assert not at.exception and at.success
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Moved 1 photo to the trash and updated the library."]
     assert once(load_settings()).status().as_dict()["images"] == before - 1
     assert list((tmp_path / "xdg" / "Trash" / "files").iterdir())
 
