@@ -43,6 +43,7 @@ REPRESENTATIVES = 6
 NAME_LABELS = 3
 SECOND_NAME_SHARE = 0.2  # a further label joins the name when this share of photos has it
 KIND_SHARE = 0.6  # a kind names a cluster when this share of its photos' top labels are of it
+MIXED = "mixed"  # the name of a cluster that no label nor kind describes
 GENERIC_KIND = 130  # kinds over this many ImageNet-1k classes say little ("animal", "artifact")
 # A checkpoint's classes without a name: real-vit-tiny's "unknown_30", transformers' "LABEL_7".
 PLACEHOLDER_LABEL = re.compile(r"(unknown|label)_\d+", re.IGNORECASE)
