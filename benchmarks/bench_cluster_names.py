@@ -1,10 +1,10 @@
 """Cluster names on real photos and weights: is a cluster's name true of its members?
 
-Run: ``python benchmarks/bench_cluster_names.py PATH --model DIR [--images N] [--k auto]``. PATH
-is a folder of ImageNet photos named ``<wnid>_<class>.JPEG`` (e.g. the 1000-photo ImageNet
+Run: ``python benchmarks/bench_cluster_names.py PATH --model DIR [--images N] [--k auto,40]``.
+PATH is a folder of ImageNet photos named ``<wnid>_<class>.JPEG`` (e.g. the 1000-photo ImageNet
 sample), so each photo's true class is in its name. They are indexed in place (a seeded sample
 of N through symlinks, as ``bench_labels.py`` does) into a temporary library with the torch fp32
-backend, then clustered as ``vitsearch clusters --recompute`` does.
+backend, then clustered as ``vitsearch clusters --recompute --k K`` does, for each K.
 
 A name claims what it names: each label in it (``A · B``: A or B) and its kind (``dog``). It
 is true of a member when the member's true class is one of those labels' classes or lies under
@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("path", type=Path, help="folder of <wnid>_<class>.JPEG photos")
     parser.add_argument("--model", required=True, help="a local checkpoint with ImageNet labels")
     parser.add_argument("--images", type=int, help="index a seeded sample of this many")
-    parser.add_argument("--k", default="auto", help="number of clusters, or auto")
+    parser.add_argument(
+        "--k", default="auto,40,80", help="numbers of clusters (or auto), comma-separated"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="model threads (0: every core)")
     parser.add_argument("--home", type=Path, help="keep the library here (a rerun skips indexing)")
@@ -66,8 +68,9 @@ def main() -> None:
         print(f"CPU: {cpu_name()}; model {args.model}; torch fp32")
         print(f"indexed {summary} in {time.perf_counter() - start:.1f}s")
         with open_library(settings.home) as library:
-            k = args.k if args.k == "auto" else int(args.k)
-            report(judge(library, k, imagenet_hierarchy()))
+            for k in args.k.split(","):
+                print(f"\nk={k}")
+                report(judge(library, k if k == "auto" else int(k), imagenet_hierarchy()))
 
 
 def judge(library: Library, k: int | str, hierarchy: Hierarchy) -> list[Named]:

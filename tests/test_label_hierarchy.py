@@ -281,7 +281,7 @@ def test_display_strips_wnids_and_keeps_capitals(home: Path) -> None:
         "wnid": "n02099712",
     }
     assert Label("tabby, tabby cat", 0.5).as_dict() == {"label": "tabby, tabby cat", "score": 0.5}
-    assert cluster_name({LAB: 6, "n02085620 Chihuahua": 4, BEAGLE: 1}, 10) == (
+    assert cluster_name({LAB: 7, "n02085620 Chihuahua": 3, BEAGLE: 1}, 10) == (
         "Labrador retriever · Chihuahua"
     )
     plant_photos(home, PHOTOS)
