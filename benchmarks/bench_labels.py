@@ -16,7 +16,12 @@ taken from the search's own matching). Printed per query:
   on how many (m) photos: what the model's own probabilities allow; ``P@m`` beside it is this
   ranking's precision at that same depth;
 - ``before``: P@k with the matching this search had before it knew WordNet (whole words of the
-  label text, ranked by the best label), "no label" when that found nothing.
+  label text, ranked by the best label), "no label" when that found nothing;
+- ``hits``: how many photos the search returns for k (fewer when fewer reach its floor,
+  ``MIN_LABEL_SCORE``).
+
+Then, over all the queries, how often a photo the query's labels reach is of the kind, by the
+summed probability of those labels (the floor left off): what the floor is set from.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from _common import index_folders
@@ -35,7 +41,7 @@ from vitsearch.errors import NoSuchLabelError
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import NO_FILTERS, Hit
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
-from vitsearch.search.labels import matching_labels, search_by_label
+from vitsearch.search.labels import labels_for_query, matching_labels, search_by_label
 from vitsearch.store import Library, open_library
 
 # What a person means by each word, as WordNet nodes: a photo is right when its class is below.
@@ -60,6 +66,7 @@ class Row:
     ceiling: float | None
     top1: int
     before: float | None
+    hits: int
 
 
 def main() -> None:
@@ -89,6 +96,7 @@ def main() -> None:
         print(f"indexed {summary} in {time.perf_counter() - start:.1f}s")
         with open_library(settings.home) as library:
             report([evaluate(library, q, args.k, imagenet_hierarchy()) for q in TRUTH], args.k)
+            by_score(library, imagenet_hierarchy())
 
 
 def sample(path: Path, count: int | None, into: Path) -> Path:
@@ -119,6 +127,7 @@ def evaluate(library: Library, query: str, k: int, hierarchy: Hierarchy) -> Row:
         ceiling,
         len(top1),
         before(library, query, k, hierarchy),
+        len(found(lambda: search_by_label(library, query, k))),
     )
 
 
@@ -154,15 +163,36 @@ def top_is_kind(hit: Hit, query: str, hierarchy: Hierarchy) -> bool:
 def report(rows: list[Row], k: int) -> None:
     print(
         f"{'query':<8} {'relevant':>8} {f'P@{k}':>6} {f'best P@{k}':>10} {'R-prec':>7} "
-        f"{'top-1 ceiling (m)':>18} {'P@m':>5} {'before':>9}"
+        f"{'top-1 ceiling (m)':>18} {'P@m':>5} {'before':>9} {'hits':>5}"
     )
     for r in rows:
         ceiling = f"{r.ceiling:.2f} ({r.top1:>3} photos)" if r.ceiling is not None else "-"
         old = f"{r.before:.2f}" if r.before is not None else "no label"
         print(
             f"{r.query:<8} {r.relevant:>8} {r.precision:>6.2f} {min(1, r.relevant / k):>10.2f} "
-            f"{r.r_precision:>7.2f} {ceiling:>18} {r.at_top1:>5.2f} {old:>9}"
+            f"{r.r_precision:>7.2f} {ceiling:>18} {r.at_top1:>5.2f} {old:>9} {r.hits:>5}"
         )
+
+
+SCORE_BANDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.3, 0.5, 1.01)
+
+
+def by_score(library: Library, hierarchy: Hierarchy) -> None:
+    """Of the photos each query's labels reach, the share of the kind by summed probability."""
+    known = [label for label, _, _ in library.label_vocabulary()]
+    everyone = len(library.filtered_ids(NO_FILTERS))
+    scored = []
+    for query in TRUTH:
+        wanted = labels_for_query(query, known)
+        hits = (
+            library.best_with_labels(wanted, NO_FILTERS, everyone, combine="sum") if wanted else []
+        )
+        scored += [(hit.score, is_kind(hit, query, hierarchy)) for hit in hits]
+    print("summed probability   photos  of the kind")
+    for low, high in pairwise(SCORE_BANDS):
+        band = [right for score, right in scored if low <= score < high]
+        share = f"{sum(band) / len(band):.2f}" if band else "-"
+        print(f"{f'[{low:.2f}, {min(high, 1):.2f})':<20} {len(band):>6} {share:>12}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from vitsearch.records import Filters, Hit, Label, display_label, short_label, s
 from vitsearch.search import search_by_label
 from vitsearch.search.hierarchy import TABLE, hierarchy_from_table, imagenet_hierarchy
 from vitsearch.search.labels import (
+    MIN_LABEL_SCORE,
     label_counts,
     labels_for_query,
     matching_labels,
@@ -266,6 +267,50 @@ def test_sums_stay_within_one_source(home: Path) -> None:
         assert [h.score for h in best] == pytest.approx([0.5, 0.3])  # the default: best label
 
 
+# real-vit-tiny's labels for fish and birds; the photos' other labels are not of those kinds
+GOLDFISH, STORK, PENGUIN = "n01443537 goldfish", "n02002724 black stork", "n02056570 king penguin"
+WEAK = {  # path -> the model's top labels, as real-vit-tiny gave them on ImageNet photos
+    "/photos/goldfish.jpg": [(GOLDFISH, 0.999)],
+    "/photos/barracouta.jpg": [("unknown_170", 0.35), (GOLDFISH, 0.21)],
+    "/photos/strawberry.jpg": [("n07768694 pomegranate", 0.4), (GOLDFISH, 0.046)],
+    "/photos/grocery.jpg": [("n02666196 abacus", 0.6), (GOLDFISH, 0.015)],
+    "/photos/pinwheel.jpg": [("n04507155 umbrella", 0.98), (GOLDFISH, 0.001)],
+    "/photos/barrel.jpg": [("n04507155 umbrella", 0.99), (GOLDFISH, 0.0002), (STORK, 0.0001)],
+    "/photos/crane.jpg": [(PENGUIN, 0.465), (STORK, 0.211), ("n02058221 albatross", 0.018)],
+    "/photos/stork.jpg": [(STORK, 0.6)],
+}
+
+
+def test_matches_under_the_floor_are_left_out_not_padded_in(home: Path) -> None:
+    plant_photos(home, WEAK)
+    with open_library(home) as library:
+        fish = search_by_label(library, "fish", 20)  # returned 6 at 0.001 and 0.0002 too
+        assert paths(fish) == ["goldfish", "barracouta", "strawberry"]
+        assert min(h.score for h in fish) >= MIN_LABEL_SCORE
+        assert paths(search_by_label(library, "fish", 20, Filters(min_score=0.1))) == [
+            "goldfish",
+            "barracouta",
+        ]
+        birds = search_by_label(library, "bird", 20)  # summed: 0.694 beats one label at 0.6
+        assert paths(birds) == ["crane", "stork"]
+        assert birds[0].score == pytest.approx(0.694)
+
+
+def test_only_birds_are_kinds_of_bird_and_only_fish_of_fish() -> None:
+    table = imagenet_hierarchy()
+    labels = [table.names[w] for w in table.classes]  # google/vit-base-patch16-224's id2label
+    for query, wnid in [("bird", "n01503061"), ("fish", "n02512053")]:
+        under = {table.names[w] for w in table.classes if wnid in table.ancestors[w]}
+        found = set(labels_for_query(query, labels))
+        # "crane" names the bird and the machine: mapped to neither
+        assert found == under - {"crane"}, query
+    assert not {
+        label for label in labels_for_query("bird", labels) if DOG in table.ancestors_of(label)
+    }
+    tiny = [f"{w} {table.names[w].split(',')[0]}" for w in table.classes]  # as real-vit-tiny's
+    assert all("n01503061" in table.ancestors_of(x) for x in labels_for_query("bird", tiny))
+
+
 # -- labels as people read them -------------------------------------------------------------
 
 
@@ -281,7 +326,7 @@ def test_display_strips_wnids_and_keeps_capitals(home: Path) -> None:
         "wnid": "n02099712",
     }
     assert Label("tabby, tabby cat", 0.5).as_dict() == {"label": "tabby, tabby cat", "score": 0.5}
-    assert cluster_name({LAB: 6, "n02085620 Chihuahua": 4, BEAGLE: 1}, 10) == (
+    assert cluster_name({LAB: 7, "n02085620 Chihuahua": 3, BEAGLE: 1}, 10) == (
         "Labrador retriever · Chihuahua"
     )
     plant_photos(home, PHOTOS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -49,6 +50,10 @@ class Hierarchy:
     def ancestors_of(self, label: str) -> frozenset[str]:
         wnid = self.wnid_of(label)
         return self.ancestors[wnid] if wnid else frozenset()
+
+    def above(self, wnid: str) -> frozenset[str]:
+        """Every node above ``wnid`` (a class or a kind)."""
+        return self.ancestors.get(wnid) or frozenset(_walk_up(wnid, self.parents))
 
     def related(self, a: str, b: str, levels: int = 2) -> bool:
         """Whether nodes ``a`` and ``b`` meet within ``levels`` steps up from each (siblings,
@@ -84,7 +89,7 @@ def hierarchy_from_table(table: dict) -> Hierarchy:
     )
 
 
-def _walk_up(wnid: str, parents: dict[str, list[str]]) -> set[str]:
+def _walk_up(wnid: str, parents: Mapping[str, Sequence[str]]) -> set[str]:
     seen: set[str] = set()
     todo = list(parents.get(wnid, ()))
     while todo:

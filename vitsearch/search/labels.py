@@ -26,6 +26,10 @@ ranks by the summed probability of those classes (three breeds at 0.3, 0.2, 0.1 
   and nobody types them by accident.
 
 Labels of other checkpoints (no ImageNet class behind them) keep plain text matching.
+
+A photo whose matching labels sum to less than MIN_LABEL_SCORE is no match: a label that
+ranks fifth at 0.001 is the model saying "not this". Fewer than k photos come back rather than
+k padded with them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import difflib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vitsearch.errors import NoSuchLabelError
 from vitsearch.records import NO_FILTERS, Filters, Hit, display_label, split_wnid
@@ -46,6 +50,11 @@ FIRST = 1  # the whole name, its first synonym, or its wnid
 SYNONYM = 2  # one of its other synonyms
 HEAD = 3  # the last word(s) of a synonym: "passenger vehicle" is a kind of vehicle
 WORD = 4  # a whole word or phrase elsewhere inside a synonym
+
+# The least summed probability a match needs. On real-vit-tiny over the ImageNet sample, of the
+# photos a query's labels reach with less than 2%, 17% are of the kind (24 of 143, seven
+# queries), half the rate from 2% to 30% (`benchmarks/bench_labels.py`, "by summed probability").
+MIN_LABEL_SCORE = 0.02
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ def search_by_label(
     library: Library, text: str, k: int = 10, filters: Filters = NO_FILTERS
 ) -> list[Hit]:
     """Photos whose stored labels match ``text`` or are kinds of what it names, ranked by the
-    summed probability of those labels per photo."""
+    summed probability of those labels per photo; at most k, none under MIN_LABEL_SCORE."""
     known = [row.label for row in label_counts(library)]
     wanted = next(filter(None, (labels_for_query(q, known) for q in _spellings(text))), [])
     if not wanted:
@@ -137,7 +146,8 @@ def search_by_label(
         if not known:
             hint = "; the library has no labels yet (index some photos first)"
         raise NoSuchLabelError(f"no label {text!r} in the library{hint}")
-    return library.best_with_labels(wanted, filters, k, combine="sum")
+    floor = max(filters.min_score or 0.0, MIN_LABEL_SCORE)
+    return library.best_with_labels(wanted, replace(filters, min_score=floor), k, combine="sum")
 
 
 def _kinds(
