@@ -257,6 +257,51 @@ def test_index_now_answers_under_the_button(indexed: list[Path], tmp_path: Path)
     assert at.warning and "Type the folder to index first" in at.warning[0].value
 
 
+def index_now(folder: Path) -> AppTest:
+    at = open_app("Library")
+    at.text_input[0].set_value(str(folder))
+    return at.button[0].click().run()  # the form's "Index now"
+
+
+def test_index_now_on_a_folder_without_photos_starts_nothing(
+    indexed: list[Path], tmp_path: Path
+) -> None:
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a photo")
+    at = index_now(empty)
+    assert not at.exception and not at.success
+    expected = f"no photos found in {empty}: nothing to index (nothing was added to the library)"
+    assert [e.value for e in at.error] == [expected]
+    assert toasts(at) == [expected]
+    assert str(empty) not in [f.path for f in once(load_settings()).status().folders]
+
+
+def process_state(pid: str) -> str | None:
+    """The kernel's state letter for ``pid`` (``Z`` for a zombie), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc to find zombies")
+def test_index_now_indexes_and_leaves_no_zombie(indexed: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "new-photos"
+    draw_album(folder, 1, 90)
+    at = index_now(folder)
+    assert not at.exception and not at.error
+    pid = re.search(r"\(pid (\d+)\)", at.success[0].value).group(1)
+    deadline = time.monotonic() + 120
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    grace = time.monotonic() + 3  # the reaper's moment between the exit and the wait
+    while process_state(pid) is not None and time.monotonic() < grace:
+        time.sleep(0.1)
+    assert process_state(pid) is None, "the indexing process was left a zombie"
+    assert str(folder) in [f.path for f in once(load_settings()).status().folders]
+
+
 EMOJI = re.compile("[\u2300-\u2bff\U0001f000-\U0001faff]")
 
 
