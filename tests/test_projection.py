@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import plant, sphere_groups
-from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.errors import ConfigError, MissingFileError, VitsearchError
 from vitsearch.explore.clusters import clusters
 from vitsearch.explore.map_view import (
     BASE_COLOURS,
@@ -51,7 +51,7 @@ def requires_umap(test):
 
 
 requires_plotly = pytest.mark.skipif(
-    find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
+    find_spec("plotly") is None, reason="plotly is not installed (pip install -e .)"
 )
 
 
@@ -269,7 +269,7 @@ def test_map_figure_has_one_trace_per_cluster(home: Path) -> None:
         points = project(library, method="pca")
         assert library.clusters() == []  # drawing computes nothing: the app clusters first
         stored = [(c.id, c.name, c.size, c.cohesion) for c in clusters(library)]
-        out = map_figure_html(library, points, home / "map" / "map.html")
+        out = map_figure_html(library, points, home / "map.html")
     page = out.read_text(encoding="utf-8")
     assert "plotly.js v" in page and '<script src="https://cdn.plot.ly' not in page
     traces = figure_traces(page)
@@ -335,6 +335,16 @@ def test_map_of_many_clusters_gives_each_its_colour_and_its_name(home: Path) -> 
         assert (note.x, note.y) == pytest.approx((np.median(trace.x), np.median(trace.y)))
 
 
+def test_the_readme_install_draws_the_map() -> None:
+    """`pip install -e .` brings plotly (`map --out`, the UI's page); the extra adds UMAP."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    core = {re.split(r"[<>=!~\[; ]", requirement)[0] for requirement in project["dependencies"]}
+    assert "plotly" in core
+    assert project["optional-dependencies"]["map"] == ["umap-learn>=0.5"]
+
+
 def test_map_figure_without_plotly_is_a_config_error(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -343,9 +353,22 @@ def test_map_figure_without_plotly_is_a_config_error(
         monkeypatch.setitem(sys.modules, name, None)  # as if plotly were not installed
     with open_library(home) as library:
         points = project(library, method="pca")
-        with pytest.raises(ConfigError, match=re.escape('pip install "vitsearch[map]"')):
+        with pytest.raises(ConfigError, match="a vitsearch dependency: pip install plotly"):
             map_figure_html(library, points, home / "map.html")
     assert not (home / "map.html").exists()
+
+
+@requires_plotly
+def test_map_html_is_refused_where_it_cannot_be_written(home: Path) -> None:
+    planted(home, per_group=2)
+    missing = home / "no" / "such" / "map.html"
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        with pytest.raises(MissingFileError, match=re.escape(f"no such folder: {missing.parent}")):
+            map_figure_html(library, points, missing)
+        with pytest.raises(ConfigError, match="is a folder; give a file name"):
+            map_figure_html(library, points, home)
+    assert not (home / "no").exists()  # never created: a typo would make a tree of folders
 
 
 def test_map_json(home: Path) -> None:

@@ -39,7 +39,7 @@ from vitsearch.explore.duplicates import (
     DuplicateGroup,
     find_duplicates,
 )
-from vitsearch.explore.map_view import map_figure, map_figure_html, map_json
+from vitsearch.explore.map_view import check_map_out, map_figure, map_figure_html, map_json
 from vitsearch.explore.projection import MapPoints, project
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
@@ -275,6 +275,11 @@ class App:
     def map_figure(self, points: MapPoints):
         """The map as a Plotly figure (the UI's)."""
         return map_figure(self.library, points)
+
+    def check_map_out(self, out: Path | None) -> None:
+        """Refuse a map file whose folder does not exist, before any map work."""
+        if out is not None:
+            check_map_out(out)
 
     @_guarded
     def map_rows(

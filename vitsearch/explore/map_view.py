@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitsearch.errors import ConfigError
-from vitsearch.explore.projection import INSTALL_HINT, MapPoints
+from vitsearch.errors import ConfigError, MissingFileError
+from vitsearch.explore.projection import MapPoints
 from vitsearch.records import display_label
 from vitsearch.store import Library
 
@@ -46,12 +46,22 @@ def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
         ``out``.
 
     Raises:
-        ConfigError: plotly is not installed.
+        ConfigError: plotly is not installed, or ``out`` is a folder.
+        MissingFileError: ``out``'s folder does not exist (it is never created).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_map_out(out)
     map_figure(library, points).write_html(str(out), include_plotlyjs=True, full_html=True)
     return out
+
+
+def check_map_out(out: Path) -> None:
+    """Refuse a map file that could not be written, before any map work: a folder that does
+    not exist is an error (a typo would otherwise make a tree of folders), not created."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name, e.g. {out / 'map.html'}")
+    if not out.parent.is_dir():
+        raise MissingFileError(f"no such folder: {out.parent} (for --out {out}); create it first")
 
 
 def map_figure(library: Library, points: MapPoints):
@@ -171,7 +181,10 @@ def _import_plotly():
     try:
         import plotly.graph_objects as go
     except ImportError as error:
-        raise ConfigError(f"the map figure needs plotly ({error}); {INSTALL_HINT}") from error
+        raise ConfigError(
+            f"the map figure needs plotly ({error}), a vitsearch dependency: "
+            "pip install plotly, or install vitsearch again"
+        ) from error
     return go
 
 
