@@ -17,7 +17,6 @@ from vitsearch.errors import ConfigError, MissingFileError, VitsearchError
 from vitsearch.explore.clusters import clusters
 from vitsearch.explore.map_view import (
     BASE_COLOURS,
-    LABELLED_CLUSTERS,
     UNCLUSTERED,
     UNCLUSTERED_COLOUR,
     cluster_colours,
@@ -327,12 +326,12 @@ def test_map_of_many_clusters_gives_each_its_colour_and_its_name(home: Path) -> 
         figure = map_figure(library, project(library, method="pca"))
     colours = [trace.marker.color for trace in figure.data]
     assert len(colours) == len(set(colours)) == 35  # Plotly alone would cycle 10
-    notes = figure.layout.annotations
-    assert len(notes) == min(35, LABELLED_CLUSTERS)
-    for trace, note in zip(figure.data, notes, strict=False):
-        assert trace.name.startswith(note.text.split(" · ")[0]) and "n0000" not in note.text
-        assert note.bordercolor == trace.marker.color
-        assert (note.x, note.y) == pytest.approx((np.median(trace.x), np.median(trace.y)))
+    assert figure.layout.annotations == ()  # 35 name boxes would pile up over the points
+    assert figure.layout.yaxis.scaleanchor is None  # the map fills the box it is drawn in
+    for trace in figure.data:
+        name = trace.name.rsplit(" (", 1)[0]
+        assert "n0000" not in name
+        assert all(text.endswith(f"<i>{name}</i>") for text in trace.text)  # named on hover
 
 
 def test_the_readme_install_draws_the_map() -> None:

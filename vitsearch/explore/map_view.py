@@ -36,8 +36,6 @@ SHADES = (0.48, 0.32, 0.66)  # HLS lightness: mid, dark, light
 
 SATURATION = 0.72
 
-LABELLED_CLUSTERS = 40  # names written on the map, largest clusters first; more would pile up
-
 
 def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
     """Write the map as a standalone interactive scatter plot (works offline).
@@ -65,9 +63,9 @@ def check_map_out(out: Path) -> None:
 
 
 def map_figure(library: Library, points: MapPoints):
-    """The map as a Plotly figure: one trace per stored cluster, plus one for photos not
-    clustered (added since, or no clustering stored); hover shows path and top label;
-    ``customdata`` holds the photo ids, for selections.
+    """The map as a Plotly figure: one trace per stored cluster (named "NAME (SIZE)", largest
+    first), plus one for photos not clustered (added since, or no clustering stored); hover
+    shows path, top label and cluster name; ``customdata`` holds the photo ids, for selections.
 
     Raises:
         ConfigError: plotly is not installed.
@@ -94,15 +92,18 @@ def map_figure(library: Library, points: MapPoints):
                 marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8, "color": colour},
             )
         )
-    _label_clusters(figure, clustered, xy, colours)
     hidden = {"showticklabels": False, "showgrid": False, "zeroline": False, "title": None}
+    # No names written on the map (with dozens of clusters they pile up over the points):
+    # a point's hover box names its cluster, and the legend lists them all. The axes are not
+    # locked to one scale, so the map fills whatever box it is drawn in.
     figure.update_layout(
         title=f"vitsearch library map: {len(ids)} photos ({points.method})",
         template="plotly_white",
         hovermode="closest",
         legend={"itemsizing": "constant"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
         xaxis=hidden,
-        yaxis={**hidden, "scaleanchor": "x"},
+        yaxis=hidden,
     )
     return figure
 
@@ -134,26 +135,6 @@ def _coprime_stride(hues: int) -> int:
     while gcd(stride, hues) != 1:
         stride += 1
     return stride
-
-
-def _label_clusters(
-    figure, groups: list[tuple[str, np.ndarray]], xy: np.ndarray, colours: list[str]
-) -> None:
-    """The largest clusters' names, each at its median point in a box of its colour, so two
-    clusters of similar colour can still be told apart on the map itself."""
-    for (name, members), colour in zip(groups[:LABELLED_CLUSTERS], colours, strict=False):
-        x, y = np.median(xy[members], axis=0)
-        figure.add_annotation(
-            x=float(x),
-            y=float(y),
-            text=html.escape(name.split(" · ")[0]),
-            showarrow=False,
-            font={"size": 11, "color": "#222"},
-            bgcolor="rgba(255, 255, 255, 0.75)",
-            bordercolor=colour,
-            borderwidth=1.5,
-            borderpad=2,
-        )
 
 
 def map_json(points: MapPoints, library: Library) -> list[dict]:

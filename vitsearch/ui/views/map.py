@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 from vitsearch.errors import ConfigError
 from vitsearch.records import Hit
 from vitsearch.ui import context
 from vitsearch.ui.widgets import page_of, photo_grid, too_few_photos
+
+MAP_HEIGHT = 640  # px: most of a laptop screen below the header, the list just under it
+
+# The clusters under the map, in as many columns as fit: every one shown, none scrolled away
+# (Plotly's own legend scrolls past the fifteenth or so at this height).
+CLUSTER_LIST = """
+<div class="map-clusters" style="column-width: 15rem; column-gap: 1.5rem;
+  font-size: 0.85rem; line-height: 1.5;">{entries}</div>
+"""
+CLUSTER_ENTRY = """<div class="map-cluster" style="break-inside: avoid;">
+  <span style="display: inline-block; width: 0.7rem; height: 0.7rem; border-radius: 50%;
+  background: {colour}; margin-right: 0.4rem;"></span>{name}</div>"""
 
 
 def render() -> None:
@@ -22,10 +36,19 @@ def render() -> None:
     except ConfigError as exc:
         st.error(str(exc))
         return
-    st.caption("Hover a point for its path and label; draw a lasso or a box to list photos.")
-    event = st.plotly_chart(
-        figure, key="map", on_select="rerun", selection_mode=("lasso", "box", "points")
+    st.caption(
+        "Hover a point for its path, label and cluster; draw a lasso or a box to list photos."
     )
+    figure.update_layout(height=MAP_HEIGHT, showlegend=False)  # the clusters are listed below
+    event = st.plotly_chart(
+        figure,
+        key="map",
+        width="stretch",
+        height=MAP_HEIGHT,
+        on_select="rerun",
+        selection_mode=("lasso", "box", "points"),
+    )
+    cluster_list(figure)
     selected = [
         int(p["customdata"])
         for p in event.selection.get("points", [])
@@ -33,6 +56,15 @@ def render() -> None:
     ]
     if selected:
         show_selection(selected)
+
+
+def cluster_list(figure) -> None:
+    """Every cluster on the map, largest first, with its colour and size."""
+    entries = "".join(
+        CLUSTER_ENTRY.format(colour=trace.marker.color, name=html.escape(trace.name))
+        for trace in figure.data
+    )
+    st.html(CLUSTER_LIST.format(entries=entries))
 
 
 def show_selection(ids: list[int]) -> None:
