@@ -28,7 +28,10 @@ from vitsearch.explore.projection import (
     AUTO_UMAP_MIN_POINTS,
     UMAP_BLOB,
     MapPoints,
+    preview_pca,
     project,
+    umap_pending,
+    warm_umap,
 )
 from vitsearch.records import Label, ModelInfo
 from vitsearch.store import open_library
@@ -224,6 +227,57 @@ def test_umap_map_keeps_groups_apart_and_places_new_photos(home: Path) -> None:
     after = point_of(points)
     assert {i: after[i] for i in before} == before and set(new) <= set(after)
     assert_groups_apart(points, group_of)
+
+
+def numba_compilations() -> dict[str, int]:
+    """How many compiled signatures each of umap-learn's and pynndescent's numba functions has."""
+    from numba.core.registry import CPUDispatcher
+
+    counts = {}
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.split(".")[0] in ("umap", "pynndescent"):
+            for attribute, value in list(vars(module).items()):
+                if isinstance(value, CPUDispatcher):
+                    counts[f"{name}.{attribute}"] = len(value.signatures)
+    return counts
+
+
+@requires_umap
+def test_warmed_up_umap_leaves_nothing_to_compile_for_the_first_map(home: Path) -> None:
+    group_of = planted(home, per_group=20)  # 60 photos: auto picks UMAP
+    assert warm_umap(len(group_of), DIM)
+    warmed = numba_compilations()
+    assert sum(warmed.values()) > 20  # it did compile
+    with open_library(home) as library:
+        assert umap_pending(library)  # no map yet: a fit is due
+        points = project(library)
+        assert points.method == "umap" and not umap_pending(library)
+    vectors, groups = grouped(1, seed=8)
+    add_photos(home, vectors, groups, tag="late")
+    with open_library(home) as library:
+        assert umap_pending(library)  # new photos to place
+        assert len(project(library)) == 63
+    assert numba_compilations() == warmed  # neither the fit nor placing new photos compiled
+
+
+def test_warming_umap_is_skipped_where_the_map_is_pca() -> None:
+    assert not warm_umap(AUTO_UMAP_MIN_POINTS - 1, DIM)
+    assert not warm_umap(1000, 0)  # no model recorded yet
+
+
+def test_pca_preview_stores_nothing(home: Path) -> None:
+    planted(home, per_group=4)
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        preview = preview_pca(library)
+        assert preview.method == "pca" and preview.ids.tolist() == points.ids.tolist()
+        assert np.allclose(preview.xy, points.xy, atol=1e-5)
+        assert not umap_pending(library)  # a 12-photo library maps with PCA
+    vectors, groups = grouped(1, seed=9)
+    add_photos(home, vectors, groups, tag="late")
+    with open_library(home) as library:
+        assert len(preview_pca(library)) == 15
+        assert len(library.map_points()[0]) == 12  # the stored map was left as it was
 
 
 @requires_umap

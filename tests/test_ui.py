@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import PINNED_BACKEND, draw_album, once, save_tiny_vit
+from tests.helpers import PINNED_BACKEND, draw_album, once, plant, save_tiny_vit, sphere_groups
 from vitsearch.cli import main as cli
 from vitsearch.config import load_settings
+from vitsearch.records import ModelInfo
+from vitsearch.store import open_library
 
 NEEDS_UI = 'the app needs the ui extra: pip install -e ".[ui]"'
 st = pytest.importorskip("streamlit", reason=NEEDS_UI)
 AppTest = pytest.importorskip("streamlit.testing.v1", reason=NEEDS_UI).AppTest
+from vitsearch.ui.views import map as map_page  # noqa: E402  (needs streamlit)
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parents[1] / "vitsearch" / "ui" / "app.py")
@@ -191,6 +197,40 @@ def test_upload_with_another_model_is_refused_as_the_cli_does(
     result = CliRunner().invoke(cli, ["search", str(indexed[2])], env=dict(os.environ))
     assert result.exit_code == 1
     assert refused in result.output
+
+
+def chart_title(at: AppTest) -> str:
+    return json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+
+
+def umap_compiled_here() -> bool:
+    """Whether an earlier test in this process already paid for UMAP's numba compilation."""
+    layouts = sys.modules.get("umap.layouts")  # its layout step compiles at the first fit
+    return layouts is not None and bool(
+        layouts._nb_optimize_layout_euclidean_single_epoch.signatures
+    )
+
+
+def test_map_shows_pca_while_umap_warms_up_then_switches(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("umap", reason='UMAP needs the map extra: pip install -e ".[map]"')
+    if umap_compiled_here():
+        pytest.skip("UMAP is compiled in this process already: there is nothing to warm up")
+    vectors, _groups = sphere_groups([20, 20, 20], dim=24, seed=3)  # 60 photos: auto is UMAP
+    plant(home, vectors, model=ModelInfo("m", "sha256:warm", 24))
+    monkeypatch.setenv("VITSEARCH_HOME", str(home))
+    at = open_app("Map")  # the UI's first page: the warm-up starts now, for 10 s or more
+    assert not at.exception
+    assert [info.value for info in at.info] == [map_page.WARMING_UP]
+    assert chart_title(at).endswith("(pca)")
+    with open_library(home) as library:
+        assert library.map_state() is None  # the PCA shown meanwhile is stored nowhere
+    warmup = next(t for t in threading.enumerate() if t.name == "vitsearch-umap-warmup")
+    warmup.join(timeout=240)
+    at.run()  # what the page's poll does once the warm-up is over
+    assert not at.exception and not at.info
+    assert chart_title(at).endswith("(umap)")
 
 
 def fake_launcher(folder: Path, body: str) -> Path:

@@ -13,6 +13,11 @@ from vitsearch.ui.widgets import page_of, photo_grid, too_few_photos
 
 MAP_HEIGHT = 640  # px: most of a laptop screen below the header, the list just under it
 
+WARMING_UP = (
+    "UMAP is warming up: it compiles its code once per server, 10 s to 2 minutes. Showing a "
+    "PCA map until it is ready; the page switches to UMAP by itself."
+)
+
 # The clusters under the map, in as many columns as fit: every one shown, none scrolled away
 # (Plotly's own legend scrolls past the fifteenth or so at this height).
 CLUSTER_LIST = """
@@ -29,10 +34,16 @@ def render() -> None:
     shared = context.app()
     if too_few_photos(2):
         return
-    refit = st.button("Fit the map again")
+    warming = context.umap_warming()
+    refit = st.button("Fit the map again", disabled=warming)
     try:
-        with st.spinner("Placing photos on the map…"):
-            figure = shared.map_figure(shared.map_points(refit=refit))
+        if warming and shared.map_needs_umap():
+            st.info(WARMING_UP)
+            figure = shared.map_figure(shared.map_preview())
+            switch_when_warm()
+        else:
+            with st.spinner("Placing photos on the map…"):
+                figure = shared.map_figure(shared.map_points(refit=refit))
     except ConfigError as exc:
         st.error(str(exc))
         return
@@ -56,6 +67,13 @@ def render() -> None:
     ]
     if selected:
         show_selection(selected)
+
+
+@st.fragment(run_every=2)
+def switch_when_warm() -> None:
+    """Rerun the page (now with UMAP) once the warm-up is over."""
+    if not context.umap_warming():
+        st.rerun()
 
 
 def cluster_list(figure) -> None:
