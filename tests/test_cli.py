@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import draw_album, draw_photo, save_tiny_vit, vitsearch
+from vitsearch.store import open_library
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +102,7 @@ def test_other_model_refused_with_one_line(env: dict, album: list[Path], tmp_pat
         (["search", "/no/such/image.jpg"], "no such image file"),
         (["similar", "/no/such/image.jpg"], "there is no library at"),
         (["duplicates"], "there is no library at"),
+        (["map", "--out", "/no/such/dir/map.html"], "no such folder: /no/such/dir (for --out"),
         (["index", ".", "--batch-size", "0"], "batch-size must be at least 1"),
         (["index", ".", "--model", "/no/such/model"], "no model checkpoint directory"),
         (["classify", "x.jpg", "--model", "google/vit-base-patch16-224"], "not cached"),
@@ -246,3 +248,16 @@ def test_explore_commands_on_the_tiny_model(env: dict, album: list[Path], tmp_pa
         ).stdout
     )
     assert [h["path"] for h in under] and all("/modes/" in h["path"] for h in under)
+
+    missing = tmp_path / "no-such-dir" / "map.html"
+    refused = vitsearch("map", "--out", str(missing), env=env, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: no such folder: {missing.parent} (for --out {missing}); create it first "
+        "(run with --debug for a traceback)"
+    ]
+    assert not missing.parent.exists()
+    with open_library(Path(env["VITSEARCH_HOME"])) as library:
+        assert library.map_state() is None  # refused before any map work
+    vitsearch("map", "--method", "pca", "--out", str(tmp_path / "map.html"), env=env)
+    assert (tmp_path / "map.html").stat().st_size > 100_000  # plotly.js inside: works offline

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import plant, sphere_groups
-from vitsearch.errors import ConfigError, VitsearchError
+from vitsearch.errors import ConfigError, MissingFileError, VitsearchError
 from vitsearch.explore.clusters import clusters
 from vitsearch.explore.map_view import (
     BASE_COLOURS,
-    LABELLED_CLUSTERS,
     UNCLUSTERED,
     UNCLUSTERED_COLOUR,
     cluster_colours,
@@ -29,7 +28,10 @@ from vitsearch.explore.projection import (
     AUTO_UMAP_MIN_POINTS,
     UMAP_BLOB,
     MapPoints,
+    preview_pca,
     project,
+    umap_pending,
+    warm_umap,
 )
 from vitsearch.records import Label, ModelInfo
 from vitsearch.store import open_library
@@ -51,7 +53,7 @@ def requires_umap(test):
 
 
 requires_plotly = pytest.mark.skipif(
-    find_spec("plotly") is None, reason='plotly is not installed (pip install "vitsearch[map]")'
+    find_spec("plotly") is None, reason="plotly is not installed (pip install -e .)"
 )
 
 
@@ -227,6 +229,57 @@ def test_umap_map_keeps_groups_apart_and_places_new_photos(home: Path) -> None:
     assert_groups_apart(points, group_of)
 
 
+def numba_compilations() -> dict[str, int]:
+    """How many compiled signatures each of umap-learn's and pynndescent's numba functions has."""
+    from numba.core.registry import CPUDispatcher
+
+    counts = {}
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.split(".")[0] in ("umap", "pynndescent"):
+            for attribute, value in list(vars(module).items()):
+                if isinstance(value, CPUDispatcher):
+                    counts[f"{name}.{attribute}"] = len(value.signatures)
+    return counts
+
+
+@requires_umap
+def test_warmed_up_umap_leaves_nothing_to_compile_for_the_first_map(home: Path) -> None:
+    group_of = planted(home, per_group=20)  # 60 photos: auto picks UMAP
+    assert warm_umap(len(group_of), DIM)
+    warmed = numba_compilations()
+    assert sum(warmed.values()) > 20  # it did compile
+    with open_library(home) as library:
+        assert umap_pending(library)  # no map yet: a fit is due
+        points = project(library)
+        assert points.method == "umap" and not umap_pending(library)
+    vectors, groups = grouped(1, seed=8)
+    add_photos(home, vectors, groups, tag="late")
+    with open_library(home) as library:
+        assert umap_pending(library)  # new photos to place
+        assert len(project(library)) == 63
+    assert numba_compilations() == warmed  # neither the fit nor placing new photos compiled
+
+
+def test_warming_umap_is_skipped_where_the_map_is_pca() -> None:
+    assert not warm_umap(AUTO_UMAP_MIN_POINTS - 1, DIM)
+    assert not warm_umap(1000, 0)  # no model recorded yet
+
+
+def test_pca_preview_stores_nothing(home: Path) -> None:
+    planted(home, per_group=4)
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        preview = preview_pca(library)
+        assert preview.method == "pca" and preview.ids.tolist() == points.ids.tolist()
+        assert np.allclose(preview.xy, points.xy, atol=1e-5)
+        assert not umap_pending(library)  # a 12-photo library maps with PCA
+    vectors, groups = grouped(1, seed=9)
+    add_photos(home, vectors, groups, tag="late")
+    with open_library(home) as library:
+        assert len(preview_pca(library)) == 15
+        assert len(library.map_points()[0]) == 12  # the stored map was left as it was
+
+
 @requires_umap
 def test_umap_fits_on_a_bounded_sample(home: Path) -> None:
     group_of = planted(home, per_group=10)
@@ -269,7 +322,7 @@ def test_map_figure_has_one_trace_per_cluster(home: Path) -> None:
         points = project(library, method="pca")
         assert library.clusters() == []  # drawing computes nothing: the app clusters first
         stored = [(c.id, c.name, c.size, c.cohesion) for c in clusters(library)]
-        out = map_figure_html(library, points, home / "map" / "map.html")
+        out = map_figure_html(library, points, home / "map.html")
     page = out.read_text(encoding="utf-8")
     assert "plotly.js v" in page and '<script src="https://cdn.plot.ly' not in page
     traces = figure_traces(page)
@@ -327,12 +380,22 @@ def test_map_of_many_clusters_gives_each_its_colour_and_its_name(home: Path) -> 
         figure = map_figure(library, project(library, method="pca"))
     colours = [trace.marker.color for trace in figure.data]
     assert len(colours) == len(set(colours)) == 35  # Plotly alone would cycle 10
-    notes = figure.layout.annotations
-    assert len(notes) == min(35, LABELLED_CLUSTERS)
-    for trace, note in zip(figure.data, notes, strict=False):
-        assert trace.name.startswith(note.text.split(" · ")[0]) and "n0000" not in note.text
-        assert note.bordercolor == trace.marker.color
-        assert (note.x, note.y) == pytest.approx((np.median(trace.x), np.median(trace.y)))
+    assert figure.layout.annotations == ()  # 35 name boxes would pile up over the points
+    assert figure.layout.yaxis.scaleanchor is None  # the map fills the box it is drawn in
+    for trace in figure.data:
+        name = trace.name.rsplit(" (", 1)[0]
+        assert "n0000" not in name
+        assert all(text.endswith(f"<i>{name}</i>") for text in trace.text)  # named on hover
+
+
+def test_the_readme_install_draws_the_map() -> None:
+    """`pip install -e .` brings plotly (`map --out`, the UI's page); the extra adds UMAP."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    core = {re.split(r"[<>=!~\[; ]", requirement)[0] for requirement in project["dependencies"]}
+    assert "plotly" in core
+    assert project["optional-dependencies"]["map"] == ["umap-learn>=0.5"]
 
 
 def test_map_figure_without_plotly_is_a_config_error(
@@ -343,9 +406,22 @@ def test_map_figure_without_plotly_is_a_config_error(
         monkeypatch.setitem(sys.modules, name, None)  # as if plotly were not installed
     with open_library(home) as library:
         points = project(library, method="pca")
-        with pytest.raises(ConfigError, match=re.escape('pip install "vitsearch[map]"')):
+        with pytest.raises(ConfigError, match="a vitsearch dependency: pip install plotly"):
             map_figure_html(library, points, home / "map.html")
     assert not (home / "map.html").exists()
+
+
+@requires_plotly
+def test_map_html_is_refused_where_it_cannot_be_written(home: Path) -> None:
+    planted(home, per_group=2)
+    missing = home / "no" / "such" / "map.html"
+    with open_library(home) as library:
+        points = project(library, method="pca")
+        with pytest.raises(MissingFileError, match=re.escape(f"no such folder: {missing.parent}")):
+            map_figure_html(library, points, missing)
+        with pytest.raises(ConfigError, match="is a folder; give a file name"):
+            map_figure_html(library, points, home)
+    assert not (home / "no").exists()  # never created: a typo would make a tree of folders
 
 
 def test_map_json(home: Path) -> None:

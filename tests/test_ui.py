@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import PINNED_BACKEND, draw_album, once, save_tiny_vit
+from tests.helpers import PINNED_BACKEND, draw_album, once, plant, save_tiny_vit, sphere_groups
 from vitsearch.cli import main as cli
 from vitsearch.config import load_settings
+from vitsearch.records import ModelInfo
+from vitsearch.store import open_library
 
 NEEDS_UI = 'the app needs the ui extra: pip install -e ".[ui]"'
 st = pytest.importorskip("streamlit", reason=NEEDS_UI)
 AppTest = pytest.importorskip("streamlit.testing.v1", reason=NEEDS_UI).AppTest
+from vitsearch.ui.views import map as map_page  # noqa: E402  (needs streamlit)
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parents[1] / "vitsearch" / "ui" / "app.py")
@@ -195,6 +201,40 @@ def test_upload_with_another_model_is_refused_as_the_cli_does(
     assert refused in result.output
 
 
+def chart_title(at: AppTest) -> str:
+    return json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+
+
+def umap_compiled_here() -> bool:
+    """Whether an earlier test in this process already paid for UMAP's numba compilation."""
+    layouts = sys.modules.get("umap.layouts")  # its layout step compiles at the first fit
+    return layouts is not None and bool(
+        layouts._nb_optimize_layout_euclidean_single_epoch.signatures
+    )
+
+
+def test_map_shows_pca_while_umap_warms_up_then_switches(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("umap", reason='UMAP needs the map extra: pip install -e ".[map]"')
+    if umap_compiled_here():
+        pytest.skip("UMAP is compiled in this process already: there is nothing to warm up")
+    vectors, _groups = sphere_groups([20, 20, 20], dim=24, seed=3)  # 60 photos: auto is UMAP
+    plant(home, vectors, model=ModelInfo("m", "sha256:warm", 24))
+    monkeypatch.setenv("VITSEARCH_HOME", str(home))
+    at = open_app("Map")  # the UI's first page: the warm-up starts now, for 10 s or more
+    assert not at.exception
+    assert [info.value for info in at.info] == [map_page.WARMING_UP]
+    assert chart_title(at).endswith("(pca)")
+    with open_library(home) as library:
+        assert library.map_state() is None  # the PCA shown meanwhile is stored nowhere
+    warmup = next(t for t in threading.enumerate() if t.name == "vitsearch-umap-warmup")
+    warmup.join(timeout=240)
+    at.run()  # what the page's poll does once the warm-up is over
+    assert not at.exception and not at.info
+    assert chart_title(at).endswith("(umap)")
+
+
 def fake_launcher(folder: Path, body: str) -> Path:
     """A stand-in for the desktop's ``xdg-open`` (the boundary): logs its pid and arguments."""
     folder.mkdir()
@@ -257,6 +297,51 @@ def test_index_now_answers_under_the_button(indexed: list[Path], tmp_path: Path)
     at.text_input[0].set_value("   ")
     at.button[0].click().run()
     assert at.warning and "Type the folder to index first" in at.warning[0].value
+
+
+def index_now(folder: Path) -> AppTest:
+    at = open_app("Library")
+    at.text_input[0].set_value(str(folder))
+    return at.button[0].click().run()  # the form's "Index now"
+
+
+def test_index_now_on_a_folder_without_photos_starts_nothing(
+    indexed: list[Path], tmp_path: Path
+) -> None:
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a photo")
+    at = index_now(empty)
+    assert not at.exception and not at.success
+    expected = f"no photos found in {empty}: nothing to index (nothing was added to the library)"
+    assert [e.value for e in at.error] == [expected]
+    assert toasts(at) == [expected]
+    assert str(empty) not in [f.path for f in once(load_settings()).status().folders]
+
+
+def process_state(pid: str) -> str | None:
+    """The kernel's state letter for ``pid`` (``Z`` for a zombie), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc to find zombies")
+def test_index_now_indexes_and_leaves_no_zombie(indexed: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "new-photos"
+    draw_album(folder, 1, 90)
+    at = index_now(folder)
+    assert not at.exception and not at.error
+    pid = re.search(r"\(pid (\d+)\)", at.success[0].value).group(1)
+    deadline = time.monotonic() + 120
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    grace = time.monotonic() + 3  # the reaper's moment between the exit and the wait
+    while process_state(pid) is not None and time.monotonic() < grace:
+        time.sleep(0.1)
+    assert process_state(pid) is None, "the indexing process was left a zombie"
+    assert str(folder) in [f.path for f in once(load_settings()).status().folders]
 
 
 EMOJI = re.compile("[\u2300-\u2bff\U0001f000-\U0001faff]")

@@ -189,6 +189,29 @@ def test_map_colours_35_clusters_apart(server, browser, screens: Path) -> None:
     assert len(set(colours)) == len(colours), sorted(colours)
 
 
+def test_map_fills_the_page_and_lists_every_cluster(server, browser, screens: Path) -> None:
+    """The points get most of the page, no name boxes cover them, every cluster is listed."""
+    url, _, settings = server
+    found = once(settings).clusters(MAP_CLUSTERS, recompute=True)
+    assert len(found) >= MAP_CLUSTERS
+    wait = waiting(browser)
+    browser.get(f"{url}/?page=Map")
+    wait.until(lambda driver: len(driver.execute_script(TRACE_COLOURS)) >= len(found))
+    time.sleep(1)  # plotly's transition
+    layout = browser.execute_script(MAP_LAYOUT)
+    browser.save_screenshot(str(screens / "map-layout.png"))
+    listing = browser.find_elements(By.CSS_SELECTOR, ".map-clusters")
+    if listing:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", listing[0])
+        browser.save_screenshot(str(screens / "map-clusters.png"))
+    page, area = layout["page"], layout["area"]
+    assert area["width"] >= 0.9 * page["width"], layout  # the points' box, not just the div
+    assert area["height"] >= 500, layout
+    assert layout["annotations"] == 0, layout
+    assert sorted(layout["listed"]) == sorted(f"{c.name} ({c.size})" for c in found), layout
+    assert layout["unseen"] == 0, layout
+
+
 def test_index_error_shows_where_the_user_clicked(server, browser, screens: Path) -> None:
     """With the button at the bottom edge of the window (where a user scrolled to it), the
     error is still in view."""
@@ -242,6 +265,32 @@ return [...document.querySelectorAll('.js-plotly-plot .scatterlayer .trace')]
   .map(trace => trace.querySelector('path.point'))
   .filter(point => point !== null)
   .map(point => getComputedStyle(point).fill);
+"""
+# The main column, the plot's point area (Plotly's drag rectangle), the name boxes on it, and
+# the cluster list under it (the text of each entry, and how many are clipped or hidden).
+MAP_LAYOUT = """
+const size = element => {
+  const box = element.getBoundingClientRect();
+  return {width: box.width, height: box.height, top: box.top};
+};
+const main = document.querySelector('[data-testid="stMainBlockContainer"]');
+const style = getComputedStyle(main);
+const inner = main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const plot = document.querySelector('.js-plotly-plot');
+const entries = [...document.querySelectorAll('.map-clusters .map-cluster')];
+const list = document.querySelector('.map-clusters');
+const listBox = list ? list.getBoundingClientRect() : null;
+return {
+  page: {width: inner},
+  div: size(plot),
+  area: size(plot.querySelector('.draglayer .nsewdrag')),
+  annotations: plot.querySelectorAll('.annotation').length,
+  listed: entries.map(entry => entry.innerText.trim()),
+  unseen: entries.filter(entry => {
+    const box = entry.getBoundingClientRect();
+    return box.height === 0 || box.bottom > listBox.bottom + 1 || box.right > listBox.right + 1;
+  }).length,
+};
 """
 IN_VIEW = """
 const box = arguments[0].getBoundingClientRect();

@@ -45,8 +45,14 @@ from vitsearch.explore.duplicates import (
     DuplicateGroup,
     find_duplicates,
 )
-from vitsearch.explore.map_view import map_figure, map_figure_html, map_json
-from vitsearch.explore.projection import MapPoints, project
+from vitsearch.explore.map_view import check_map_out, map_figure, map_figure_html, map_json
+from vitsearch.explore.projection import (
+    MapPoints,
+    preview_pca,
+    project,
+    umap_pending,
+    warm_umap,
+)
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
@@ -294,10 +300,35 @@ class App:
             clusters(self.library)
         return points
 
+    def warm_map(self) -> bool:
+        """Compile UMAP's code for this library's map before its first use (the UI does it in
+        a thread at start). Not serialised: it reads two numbers, then works on its own."""
+        with self._current():
+            count, model = self.library.embedding_count(), self.library.model
+        return warm_umap(count, model.dim if model is not None else 0)
+
+    @_guarded
+    def map_needs_umap(self, refit: bool = False) -> bool:
+        """Whether the map would run UMAP now (a fit, or placing new photos)."""
+        return umap_pending(self.library, refit=refit)
+
+    @_guarded
+    def map_preview(self) -> MapPoints:
+        """A PCA map computed now and stored nowhere (while UMAP warms up), clustered first."""
+        points = preview_pca(self.library)
+        if len(points) >= 2 and not self.library.clusters():
+            clusters(self.library)
+        return points
+
     @_guarded
     def map_figure(self, points: MapPoints):
         """The map as a Plotly figure (the UI's)."""
         return map_figure(self.library, points)
+
+    def check_map_out(self, out: Path | None) -> None:
+        """Refuse a map file whose folder does not exist, before any map work."""
+        if out is not None:
+            check_map_out(out)
 
     @_guarded
     def map_rows(

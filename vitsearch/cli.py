@@ -571,6 +571,7 @@ def map_command(
 ) -> None:
     """A 2-D map of the library, coloured by cluster (HTML with --out)."""
     with open_app(settings) as reader:
+        reader.check_map_out(out)
         rows, written = reader.map_rows(reader.map_points(method, refit), out)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

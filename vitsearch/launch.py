@@ -5,20 +5,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from vitsearch.config import Settings, settings_env
 from vitsearch.errors import LibraryLockedError, MissingFileError
+from vitsearch.photos.files import scan
 from vitsearch.store import writer_pid
 
 UPLOAD_LIMIT_MB = 50
 
 
 def start_indexing(settings: Settings, folder: Path) -> int:
-    """Index ``folder`` in a background process; returns its pid."""
+    """Index ``folder`` in a background process; returns its pid. A folder without photos is
+    refused before anything starts: `index` would keep it in the library as offline."""
     folder = folder.expanduser().absolute()
     if not folder.is_dir():
         raise MissingFileError(f"no such folder: {folder}")
+    if next(scan(folder), None) is None:
+        raise MissingFileError(
+            f"no photos found in {folder}: nothing to index (nothing was added to the library)"
+        )
     holder = writer_pid(settings.home, settings.store or None)
     if holder is not None:
         raise LibraryLockedError(
@@ -34,6 +41,8 @@ def start_indexing(settings: Settings, folder: Path) -> int:
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # Waited for as soon as it ends, so it never lingers as a zombie until the server stops.
+    threading.Thread(target=process.wait, daemon=True, name="index-reaper").start()
     return process.pid
 
 

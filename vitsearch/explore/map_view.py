@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitsearch.errors import ConfigError
-from vitsearch.explore.projection import INSTALL_HINT, MapPoints
+from vitsearch.errors import ConfigError, MissingFileError
+from vitsearch.explore.projection import MapPoints
 from vitsearch.records import display_label
 from vitsearch.store import Library
 
@@ -36,8 +36,6 @@ SHADES = (0.48, 0.32, 0.66)  # HLS lightness: mid, dark, light
 
 SATURATION = 0.72
 
-LABELLED_CLUSTERS = 40  # names written on the map, largest clusters first; more would pile up
-
 
 def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
     """Write the map as a standalone interactive scatter plot (works offline).
@@ -46,18 +44,28 @@ def map_figure_html(library: Library, points: MapPoints, out: Path) -> Path:
         ``out``.
 
     Raises:
-        ConfigError: plotly is not installed.
+        ConfigError: plotly is not installed, or ``out`` is a folder.
+        MissingFileError: ``out``'s folder does not exist (it is never created).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_map_out(out)
     map_figure(library, points).write_html(str(out), include_plotlyjs=True, full_html=True)
     return out
 
 
+def check_map_out(out: Path) -> None:
+    """Refuse a map file that could not be written, before any map work: a folder that does
+    not exist is an error (a typo would otherwise make a tree of folders), not created."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name, e.g. {out / 'map.html'}")
+    if not out.parent.is_dir():
+        raise MissingFileError(f"no such folder: {out.parent} (for --out {out}); create it first")
+
+
 def map_figure(library: Library, points: MapPoints):
-    """The map as a Plotly figure: one trace per stored cluster, plus one for photos not
-    clustered (added since, or no clustering stored); hover shows path and top label;
-    ``customdata`` holds the photo ids, for selections.
+    """The map as a Plotly figure: one trace per stored cluster (named "NAME (SIZE)", largest
+    first), plus one for photos not clustered (added since, or no clustering stored); hover
+    shows path, top label and cluster name; ``customdata`` holds the photo ids, for selections.
 
     Raises:
         ConfigError: plotly is not installed.
@@ -84,15 +92,18 @@ def map_figure(library: Library, points: MapPoints):
                 marker={"size": 6 if len(ids) < 5000 else 3, "opacity": 0.8, "color": colour},
             )
         )
-    _label_clusters(figure, clustered, xy, colours)
     hidden = {"showticklabels": False, "showgrid": False, "zeroline": False, "title": None}
+    # No names written on the map (with dozens of clusters they pile up over the points):
+    # a point's hover box names its cluster, and the legend lists them all. The axes are not
+    # locked to one scale, so the map fills whatever box it is drawn in.
     figure.update_layout(
         title=f"vitsearch library map: {len(ids)} photos ({points.method})",
         template="plotly_white",
         hovermode="closest",
         legend={"itemsizing": "constant"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
         xaxis=hidden,
-        yaxis={**hidden, "scaleanchor": "x"},
+        yaxis=hidden,
     )
     return figure
 
@@ -126,26 +137,6 @@ def _coprime_stride(hues: int) -> int:
     return stride
 
 
-def _label_clusters(
-    figure, groups: list[tuple[str, np.ndarray]], xy: np.ndarray, colours: list[str]
-) -> None:
-    """The largest clusters' names, each at its median point in a box of its colour, so two
-    clusters of similar colour can still be told apart on the map itself."""
-    for (name, members), colour in zip(groups[:LABELLED_CLUSTERS], colours, strict=False):
-        x, y = np.median(xy[members], axis=0)
-        figure.add_annotation(
-            x=float(x),
-            y=float(y),
-            text=html.escape(name.split(" · ")[0]),
-            showarrow=False,
-            font={"size": 11, "color": "#222"},
-            bgcolor="rgba(255, 255, 255, 0.75)",
-            bordercolor=colour,
-            borderwidth=1.5,
-            borderpad=2,
-        )
-
-
 def map_json(points: MapPoints, library: Library) -> list[dict]:
     """``{"id", "path", "x", "y", "cluster"}`` per photo; ``cluster`` is the stored cluster id.
 
@@ -171,7 +162,10 @@ def _import_plotly():
     try:
         import plotly.graph_objects as go
     except ImportError as error:
-        raise ConfigError(f"the map figure needs plotly ({error}); {INSTALL_HINT}") from error
+        raise ConfigError(
+            f"the map figure needs plotly ({error}), a vitsearch dependency: "
+            "pip install plotly, or install vitsearch again"
+        ) from error
     return go
 
 

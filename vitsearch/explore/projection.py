@@ -39,6 +39,7 @@ AUTO_UMAP_MIN_POINTS = 50
 TRANSFORM_CHUNK = 2048  # bounds UMAP's (chunk x sample) distance matrix for small samples
 WRITE_CHUNK = 50_000
 UMAP_BLOB = "map-umap"
+UMAP_SMALL_DATA = 4096  # umap-learn finds neighbours exactly below this, by NN-descent above
 INSTALL_HINT = 'pip install "vitsearch[map]"'
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -111,6 +112,47 @@ def project(
     else:
         _place_unmapped(library, transform)
     return _stored_points(library)
+
+
+def umap_pending(library: Library, method: str = "auto", refit: bool = False) -> bool:
+    """Whether :func:`project` would run UMAP now (a fit, or placing new photos): the step
+    that waits for numba to compile UMAP's code the first time in a process."""
+    count = library.embedding_count()
+    if count < 2 or _resolve_method(method, min(count, DEFAULT_SAMPLE_SIZE)) != "umap":
+        return False
+    if refit or _stored_transform(library, "umap") is None:
+        return True
+    return len(library.unmapped_ids()) > 0
+
+
+def preview_pca(library: Library, sample_size: int = DEFAULT_SAMPLE_SIZE) -> MapPoints:
+    """A PCA map of every photo, computed now and stored nowhere: something to show while
+    UMAP warms up that leaves the stored map as it is."""
+    sample_ids, sample, everything = _sample(library, sample_size)
+    parts = [(sample_ids, sample)] if everything else library.iter_embeddings(chunk=TRANSFORM_CHUNK)
+    ids, xy = _transform_all(parts, fit_pca(sample).transform)
+    return MapPoints(ids, xy, "pca")
+
+
+def warm_umap(count: int, dim: int) -> bool:
+    """Compile UMAP's numba code, fit and transform, on seeded random vectors shaped like a
+    library of ``count`` photos of ``dim`` dimensions, so its first UMAP map in this process
+    does not wait for the compiler (10 s to 2 min on 2 cores; more above 4096 photos, where
+    umap-learn switches to NN-descent).
+
+    Returns:
+        Whether anything was done: False when the library's map would not be UMAP.
+    """
+    fit_count = min(count, DEFAULT_SAMPLE_SIZE)
+    if dim < 1 or fit_count < 2 or _resolve_method("auto", fit_count) != "umap":
+        return False
+    size = UMAP_SMALL_DATA if fit_count >= UMAP_SMALL_DATA else AUTO_UMAP_MIN_POINTS
+    vectors = np.random.default_rng(SEED).standard_normal((size, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    started = time.perf_counter()
+    _fit_umap(vectors).transform(vectors[:8])
+    log.info("UMAP warmed up in %.1fs", time.perf_counter() - started)
+    return True
 
 
 def fit_pca(sample: np.ndarray) -> Pca:
