@@ -325,12 +325,17 @@ def test_a_small_first_job_starts_at_once_and_its_rate_is_the_photos_alone(
     assert summary.images_per_second == pytest.approx(3 / (summary.seconds - summary.setup_seconds))
     first_run = Summary(new=40, embedded=40, seconds=60.0, setup_seconds=50.0)
     assert "(4.0 images/s; 50.0s of it loading the model, once)" in first_run.line()
-    # a job of time_backends_from photos or more times this torch library's candidates
+    # a job of time_backends_from photos or more, larger than the library, times every
+    # candidate as for a new library, and the library runs the one that won
     for seed in range(4):
         draw_photo(folder / f"new{seed}.png", seed=90 + seed)
     once(small, write=True).index([folder])
-    timed = {r["candidate"] for r in measurement(small)["results"]}
-    assert timed == {"torch-fp32", "torch-bf16"}
+    measured = measurement(small)
+    openvino = {"openvino-int8"} if runtime.openvino_available() else set()
+    assert {r["candidate"] for r in measured["results"]} == set(EVERY) | openvino
+    status = once(small).status().as_dict()
+    chosen = measured["chosen"]
+    assert (status["backend"], status["images"]) == (BACKEND_OF.get(chosen, chosen), 7)
 
 
 @pytest.mark.slow
@@ -351,3 +356,58 @@ def test_only_index_and_watch_time_the_backends(auto, cpu, tmp_path: Path) -> No
     write_measurement(path, busy, auto.threads, busy=1.3)  # timed beside another job
     once(auto).embed_to_file([photo], tmp_path / "again.npy")
     assert json.loads(path.read_text())["results"] == busy
+
+
+def fastest_is(settings, winner: str, flags: frozenset[str]) -> None:
+    """A timing on record for this checkpoint and CPU in which ``winner`` is the fastest, so
+    the test does not hang on what the machine running it would pick."""
+    from vitsearch.model.runtime import measurement_file, write_measurement
+
+    names = [
+        c.name
+        for c in runtime.cpu_candidates(flags, onnx=True, openvino=runtime.openvino_available())
+    ]
+    rates = [{"candidate": n, "images_per_second": 10.0 if n == winner else 1.0} for n in names]
+    write_measurement(measurement_file(source(settings)), rates, settings.threads)
+
+
+@pytest.mark.slow
+def test_a_small_torch_library_moves_to_the_faster_backend_before_a_large_job(
+    auto, cpu, tmp_path: Path
+) -> None:
+    cpu(ZEN4)
+    small = auto.replace(time_backends_from=4)
+    album = draw_album(tmp_path / "album", 2)
+    folder = album[0].parent
+    once(small, write=True).index([folder])  # a trial: torch at once
+    before = {hit.path: hit.id for hit in once(small).photos(range(1, 10))}
+    assert once(small).status().as_dict()["backend"] == "torch"
+    fastest_is(small, "onnx-fp32", ZEN4)
+    for seed in range(5):
+        draw_photo(folder / f"new{seed}.png", seed=90 + seed)
+    summary = once(small, write=True).index([folder])  # a large job: the library moves first
+    assert (summary.new, summary.unchanged) == (5, 2)
+    status = once(small).status().as_dict()
+    assert (status["backend"], status["images"], status["vectors"]) == ("onnx-fp32", 7, 7)
+    after = {hit.path: hit.id for hit in once(small).photos(range(1, 20))}
+    assert {path: after[path] for path in before} == before, "the trial's photos kept their ids"
+    hits = once(small).search_image(album[0], k=1)
+    assert hits[0].path == str(album[0]) and hits[0].score > 0.99
+
+
+@pytest.mark.slow
+def test_a_library_with_a_photo_out_of_reach_stays_on_its_backend(
+    auto, cpu, tmp_path: Path
+) -> None:
+    cpu(ZEN4)
+    small = auto.replace(time_backends_from=4)
+    away = draw_album(tmp_path / "drive", 1)[0].parent  # an unplugged drive, later
+    folder = draw_album(tmp_path / "album", 1)[0].parent
+    once(small, write=True).index([away, folder])
+    shutil.rmtree(away)
+    fastest_is(small, "onnx-fp32", ZEN4)
+    for seed in range(5):
+        draw_photo(folder / f"new{seed}.png", seed=90 + seed)
+    once(small, write=True).index([away, folder])
+    status = once(small).status().as_dict()
+    assert (status["backend"], status["images"], status["offline"]) == ("torch", 7, 1)

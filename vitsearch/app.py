@@ -54,6 +54,7 @@ from vitsearch.explore.projection import (
     warm_umap,
 )
 from vitsearch.indexer import Indexer, Summary
+from vitsearch.indexer.backend_move import may_move, move_library
 from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
@@ -448,7 +449,7 @@ class App:
         library = self.library
 
         def embedder_factory():  # sized for the job that asks for it (``photos_to_embed``)
-            return load_model(settings, library.model, photos=indexer.photos_to_embed)
+            return job_model(settings, library, indexer.photos_to_embed)
 
         options = {
             "embedder_factory": embedder_factory,
@@ -605,6 +606,25 @@ def load_model(settings: Settings, built_with: ModelInfo | None = None, photos: 
         photos=photos,
         time_from=settings.time_backends_from,
     )
+
+
+def job_model(settings: Settings, library: Library, photos: int):
+    """The model for an index or watch job of ``photos`` on ``library``: a large job times the
+    backends, and may move a small torch library to the one that wins (its photos embedded
+    again; see :mod:`vitsearch.indexer.backend_move`)."""
+    time_from = settings.time_backends_from
+    automatic = settings.backend == "auto" and settings.precision == "auto"
+    if automatic and photos >= time_from and may_move(library, photos, time_from):
+        recorded = library.model
+        fresh = load_model(settings, None, photos=photos)  # timed as for a new library
+        if fresh.info.fingerprint == recorded.fingerprint:
+            return fresh
+        moved = fresh.info.source == recorded.source and move_library(
+            library, fresh, settings.batch_size, settings.decode_workers
+        )
+        if moved:
+            return fresh
+    return load_model(settings, library.model, photos=photos)
 
 
 def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None):

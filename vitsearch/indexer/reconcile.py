@@ -292,7 +292,7 @@ class Indexer:
         """Decoded photos in order, from worker threads: ahead of the model while it runs
         when it leaves a core free, else one batch at a time between its forwards."""
         embedder = self.embedder
-        decode = functools.partial(_decode, embedder=embedder)
+        decode = functools.partial(decode_file, embedder=embedder)
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="vitsearch-decode") as pool:
             if not self._decode_alongside(embedder):
                 for start in range(0, len(files), self.batch_size):
@@ -366,7 +366,7 @@ class Indexer:
         vectors = np.stack([d.vector for d in fresh]) if fresh else None
         taught = iter(custom_labels_for(self._classifiers(), vectors) if fresh else ())
         entries = [
-            _entry(d.item, root_id, d.vector, (() if d.reused else next(taught)) + d.labels)
+            image_entry(d.item, root_id, d.vector, (() if d.reused else next(taught)) + d.labels)
             for d in ok
         ]
         self.library.write_batch(entries, failures)
@@ -418,7 +418,7 @@ def _stat_photo(root: Path, path: Path, extensions: frozenset[str]) -> FileStat 
     return FileStat(str(path), st.st_size, st.st_mtime_ns) if path.is_file() else None
 
 
-def _decode(stat: FileStat, embedder) -> _Decoded:
+def decode_file(stat: FileStat, embedder) -> _Decoded:
     try:
         photo = read_photo(stat.path, embedder.decode_size)
         pixels = embedder.preprocess(photo.image)
@@ -430,7 +430,7 @@ def _decode(stat: FileStat, embedder) -> _Decoded:
     return _Decoded(stat, photo, pixels, None, phash)
 
 
-def _entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
+def image_entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
     photo = item.photo
     return ImageEntry(
         path=item.stat.path,

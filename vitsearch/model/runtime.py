@@ -26,8 +26,9 @@ Timing pays only for a large job: exporting and timing cost about a minute on a 
 a few hundred photos never win back. So only ``index`` and ``watch`` time, and only when they
 are about to embed ``time_from`` photos or more (``VITSEARCH_TIME_BACKENDS_FROM``); a smaller
 job, and every other command, runs the fastest already measured for this checkpoint and CPU,
-else torch fp32, at once. A library started by a small job is a torch library: its later large
-jobs time torch fp32 against bf16 (no export), never ONNX Runtime.
+else torch fp32, at once. A library started by a small job is a torch library; the first job
+larger than it and than ``time_from`` times every candidate as for a new library and, when
+another backend wins, embeds its few photos again with it (:mod:`vitsearch.indexer.backend_move`).
 
 A library keeps the backend it was built with: ``auto`` measures only the backends whose
 embeddings agree with the recorded ones (torch fp32 and bf16 agree; an ``onnx-int8`` library

@@ -130,15 +130,26 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
         self.check_model(info)
         current = self.model
         if current is None or current.name != info.name:
-            model = {
-                "name": info.name,
-                "fingerprint": info.fingerprint,
-                "dim": info.dim,
-                "preprocessing": info.preprocessing,
-            }
-            self.set_meta(model=json.dumps(model), precision=precision)
+            self.set_meta(**_model_meta(info, precision))
         if current is None:
             self._vectors = None  # it was opened before the library knew its dimension
+
+    # a library whose every embedding another backend of its model can remake in place
+    reembeds_in_place = True
+
+    def reembed(self, info: ModelInfo, precision: str, entries: Sequence[ImageEntry]) -> None:
+        """Every photo's embedding and labels made anew by another backend of the library's
+        model (``entries``: all of them), and the model's record, in one transaction: the
+        library never mixes the two. The FAISS cache is then rebuilt."""
+        current = self.model
+        if current is None:
+            raise ValueError("reembed needs a library with a model: adopt_model records one")
+        if current.source != info.source or current.dim != info.dim:
+            raise _other_model(current, info.name, info.fingerprint)
+        if len(entries) != self.embedding_count():
+            raise ValueError("reembed takes every embedded photo of the library at once")
+        self._write_rows(entries, (), meta=_model_meta(info, precision))
+        self.rebuild_vectors()
 
     # -- writes: SQLite and the FAISS cache in step ------------------------------------
 
@@ -347,6 +358,16 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _model_meta(info: ModelInfo, precision: str) -> dict[str, str]:
+    model = {
+        "name": info.name,
+        "fingerprint": info.fingerprint,
+        "dim": info.dim,
+        "preprocessing": info.preprocessing,
+    }
+    return {"model": json.dumps(model), "precision": precision}
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from vitsearch.store.schema import (
     EmbeddingRow,
     ImageRow,
     LabelRow,
+    Meta,
     Root,
 )
 from vitsearch.store.sql import blob, chunks, delete_where_in, touch, upsert
@@ -187,15 +188,21 @@ class PhotoRows:
             return [tuple(r) for r in s.execute(query.order_by(ImageRow.path).limit(limit))]
 
     def _write_rows(
-        self, entries: Sequence[ImageEntry], failures: Sequence[FailedEntry]
+        self,
+        entries: Sequence[ImageEntry],
+        failures: Sequence[FailedEntry],
+        meta: dict[str, str] | None = None,
     ) -> list[int]:
-        """Upsert embedded images and failures by path in one transaction; returns image ids.
+        """Upsert embedded images and failures by path in one transaction, with ``meta`` rows
+        (a new model record) in the same one; returns image ids.
 
         A handful of set-based statements per batch, not several per photo: at 1.3 ms a
         photo, per-row ORM writes were a visible share of the indexer's time."""
         now = time.time()
         with self.session() as s, s.begin():
             touch(s)
+            for key, value in (meta or {}).items():
+                s.merge(Meta(key=key, value=value))
             ids = _upsert_images(s, [_image_values(e, now) for e in entries])
             failed = _upsert_images(s, [_image_values(f, now) for f in failures])
             delete_where_in(s, LabelRow, ids + failed)  # a new (or no) vector: new labels

@@ -400,6 +400,9 @@ class PgLibrary(Library):
     def allowed_ids(self, filters: Filters) -> FilteredIds:
         return FilteredIds(self, filters)
 
+    # its vectors are typed columns written by COPY: a library here keeps its first backend
+    reembeds_in_place = False
+
     def adopt_model(self, info: ModelInfo, precision: str) -> None:
         super().adopt_model(info, precision)
         self._type_vectors(info.dim)
