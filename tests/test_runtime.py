@@ -324,7 +324,7 @@ def test_a_small_first_job_starts_at_once_and_its_rate_is_the_photos_alone(
     assert summary.embedded == 3 and 0 < summary.setup_seconds < summary.seconds
     assert summary.images_per_second == pytest.approx(3 / (summary.seconds - summary.setup_seconds))
     first_run = Summary(new=40, embedded=40, seconds=60.0, setup_seconds=50.0)
-    assert "(4.0 images/s; 50.0s of it loading the model, once)" in first_run.line()
+    assert "(4.0 images/s; 50.0s of it setting up the model, once)" in first_run.line()
     # a job of time_backends_from photos or more, larger than the library, times every
     # candidate as for a new library, and the library runs the one that won
     for seed in range(4):

@@ -78,7 +78,7 @@ class Summary:
                 on = f" on {self.where}" if self.where else ""
                 head += f" ({self.images_per_second:.1f} images/s{on}"
                 if self.setup_seconds >= 0.1:
-                    head += f"; {self.setup_seconds:.1f}s of it loading the model, once"
+                    head += f"; {self.setup_seconds:.1f}s of it setting up the model, once"
                 head += ")"
         if self.reused:
             head += f"; {counted(self.reused, 'copy', 'copies')} reused an embedding"
