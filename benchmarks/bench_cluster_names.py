@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import index_folders
-from bench_labels import sample
+from _common import add_sample_options, index_sample
 
-from vitsearch.config import load_settings
 from vitsearch.explore.clusters import MIXED, compute_clusters, stored_clusters
-from vitsearch.model.hardware import cpu_name
 from vitsearch.records import NO_FILTERS, short_label
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.store import Library, open_library
@@ -42,31 +38,13 @@ class Named:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", type=Path, help="folder of <wnid>_<class>.JPEG photos")
-    parser.add_argument("--model", required=True, help="a local checkpoint with ImageNet labels")
-    parser.add_argument("--images", type=int, help="index a seeded sample of this many")
+    add_sample_options(parser)
     parser.add_argument(
         "--k", default="auto,40,80", help="numbers of clusters (or auto), comma-separated"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="model threads (0: every core)")
-    parser.add_argument("--home", type=Path, help="keep the library here (a rerun skips indexing)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = sample(args.path, args.images, (args.home or Path(tmp)) / "photos")
-        settings = load_settings(
-            environ={},
-            home=args.home or Path(tmp) / "home",
-            model=args.model,
-            backend="torch",
-            precision="fp32",
-            batch_size=args.batch_size,
-            threads=args.threads or None,
-        )
-        start = time.perf_counter()
-        summary = index_folders(settings, [folder])
-        print(f"CPU: {cpu_name()}; model {args.model}; torch fp32")
-        print(f"indexed {summary} in {time.perf_counter() - start:.1f}s")
+        settings = index_sample(args, Path(tmp))
         with open_library(settings.home) as library:
             for k in args.k.split(","):
                 print(f"\nk={k}")

@@ -27,18 +27,14 @@ summed probability of those labels (the floor left off): what the floor is set f
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
-import time
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from _common import index_folders
+from _common import add_sample_options, index_sample
 
-from vitsearch.config import load_settings
 from vitsearch.errors import NoSuchLabelError
-from vitsearch.model.hardware import cpu_name
 from vitsearch.records import NO_FILTERS, Hit
 from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.search.labels import labels_for_query, matching_labels, search_by_label
@@ -71,44 +67,14 @@ class Row:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", type=Path, help="folder of <wnid>_<class>.JPEG photos")
-    parser.add_argument("--model", required=True, help="a local checkpoint with ImageNet labels")
-    parser.add_argument("--images", type=int, help="index a seeded sample of this many")
+    add_sample_options(parser)
     parser.add_argument("--k", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="model threads (0: every core)")
-    parser.add_argument("--home", type=Path, help="keep the library here (a rerun skips indexing)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = sample(args.path, args.images, (args.home or Path(tmp)) / "photos")
-        settings = load_settings(
-            environ={},
-            home=args.home or Path(tmp) / "home",
-            model=args.model,
-            backend="torch",
-            precision="fp32",
-            batch_size=args.batch_size,
-            threads=args.threads or None,
-        )
-        start = time.perf_counter()
-        summary = index_folders(settings, [folder])
-        print(f"CPU: {cpu_name()}; model {args.model}; torch fp32")
-        print(f"indexed {summary} in {time.perf_counter() - start:.1f}s")
+        settings = index_sample(args, Path(tmp))
         with open_library(settings.home) as library:
             report([evaluate(library, q, args.k, imagenet_hierarchy()) for q in TRUTH], args.k)
             by_score(library, imagenet_hierarchy())
-
-
-def sample(path: Path, count: int | None, into: Path) -> Path:
-    """``path`` itself, or a folder of symlinks to a seeded sample of ``count`` of its photos."""
-    photos = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
-    if count is None or count >= len(photos):
-        return path
-    into.mkdir(parents=True, exist_ok=True)
-    for photo in random.Random(0).sample(photos, count):
-        if not (into / photo.name).exists():
-            (into / photo.name).symlink_to(photo.resolve())
-    return into
 
 
 def evaluate(library: Library, query: str, k: int, hierarchy: Hierarchy) -> Row:
