@@ -29,7 +29,8 @@ def built_with(backend_suffix: str = "") -> ModelInfo:
 def pick(backend="auto", precision="auto", **kwargs) -> tuple[str, str, str]:
     kwargs.setdefault("onnx_installed", True)
     kwargs.setdefault("openvino_installed", False)
-    chosen = choose_runtime(backend, precision, "auto", **kwargs)
+    device = kwargs.pop("device", "cpu")  # a CPU's choices, on a machine with a GPU too
+    chosen = choose_runtime(backend, precision, device, **kwargs)
     return chosen.backend, chosen.device, chosen.precision
 
 
@@ -37,7 +38,7 @@ def timed(**kwargs) -> tuple[str, ...]:
     """The candidates `auto` times on this (faked) CPU."""
     kwargs.setdefault("onnx_installed", True)
     kwargs.setdefault("openvino_installed", False)
-    chosen = choose_runtime("auto", "auto", "auto", **kwargs)
+    chosen = choose_runtime("auto", "auto", "cpu", **kwargs)
     assert chosen.backend == "auto", chosen
     return tuple(c.name for c in chosen.candidates)
 
@@ -67,11 +68,12 @@ def test_an_export_nearly_as_fast_as_torch_is_kept_for_its_quick_start() -> None
     assert runtime.preferred({"torch-fp32": 3.0, "torch-bf16": 9.0}) == "torch-bf16"
 
 
+@pytest.mark.slow  # imports torch: seconds the fast tier does without
 def test_auto_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick(flags=AVX2_ONLY) == ("torch", "cuda", "fp16")
+    assert pick(flags=AVX2_ONLY, device="auto") == ("torch", "cuda", "fp16")
 
 
 def test_what_is_asked_for_wins() -> None:
@@ -244,6 +246,7 @@ def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_
     assert results["onnx-int8"] == {"candidate": "onnx-int8", "rejected": True}
 
 
+@pytest.mark.slow  # the check lives beside the exporter, which imports torch
 def test_the_check_refuses_an_export_that_loses_neighbours() -> None:
     """Cosines can all look fine while the neighbours a user sees change."""
     from vitsearch.model.export import Verification, neighbour_overlap  # torch: not at collection

@@ -42,6 +42,8 @@ def has_bf16_hardware(flags: frozenset[str]) -> bool:
 
 
 def choose_device(requested: str) -> str:
+    if requested == "cpu":  # no need to import torch (seconds) to know that
+        return "cpu"
     import torch
 
     if requested == "auto":
