@@ -21,7 +21,8 @@ WIDTH = 100  # fixed, so the text does not depend on the terminal it is made in
 
 def help_text(*args: str) -> str:
     """One command's ``--help``, as ``vitsearch ARGS --help`` prints it."""
-    result = CliRunner().invoke(main, [*args, "--help"], prog_name="vitsearch", terminal_width=WIDTH)
+    runner = CliRunner()
+    result = runner.invoke(main, [*args, "--help"], prog_name="vitsearch", terminal_width=WIDTH)
     assert result.exit_code == 0, result.output
     return result.output.rstrip() + "\n"
 
