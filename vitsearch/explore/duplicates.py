@@ -18,7 +18,7 @@ copy of one photo look far apart to the model). So no chain A~B~C joins A and C.
 Candidate pairs come from FAISS: a range search on the embeddings (bounded by the number of
 close pairs) and a multi-index Hamming search on the hashes (which finds turned and greyscale
 copies whose embeddings are far apart). The cuts were chosen on a measured precision/recall
-curve (benchmarks/bench_duplicates.py, README "Duplicates"). A photo indexed before the hash
+curve (bench_duplicates.py, docs/duplicates-and-labels.md). A photo indexed before the hash
 existed gets it computed from its file when it is a cosine candidate; when the file cannot be
 read, its pairs fall back to the cosine alone at COSINE_ONLY. Nothing is ever deleted here.
 """

@@ -1,9 +1,9 @@
 """How busy the rest of the machine is, so a background indexer can make room.
 
 With 2 cores and another process busy on one, a 2-thread forward collapses (OpenMP workers
-wait on the core they lost: 3.8 -> ~0.6 images/s measured) while 1 thread holds ~1.8; on an
-idle machine 2 threads embed twice as fast as 1. So ``watch`` uses every core while the rest
-of the machine is idle and one fewer while something else keeps a core busy.
+wait on the core they lost) while 1 thread holds on; on an idle machine 2 threads embed twice
+as fast as 1 (measured: docs/benchmarks.md). So ``watch`` uses every core while the rest of
+the machine is idle and one fewer while something else keeps a core busy.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ MPS torch fp32.
 
 OpenVINO fp32 is not timed: it would cost another full-size export, and in
 ``bench_backends.py`` it was slower than the fastest other candidate on every CPU measured but
-AVX2-only ones, where it ran within ~10% of torch fp32 and ONNX Runtime fp32 (1.12x, 1.00x
-and 1.08x median on a Zen 3).
+AVX2-only ones, where it ran within ~10% of torch fp32 and ONNX Runtime fp32 (figures in
+docs/benchmarks.md).
 
 Timing pays only for a large job: exporting and timing cost about a minute on a ViT-B, which
 a few hundred photos never win back. So only ``index`` and ``watch`` time, and only when they

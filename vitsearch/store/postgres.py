@@ -58,9 +58,8 @@ HNSW_INDEX = "ix_embeddings_vector_hnsw"
 HNSW_M = 16  # pgvector's default graph degree
 # The build-time candidate list: twice pgvector's default of 64. On bench_scale.py's photo-like
 # vectors at 1M photos, 64 held recall@10 at 0.95 unfiltered and 0.93 under a 10% folder
-# filter even at ef_search 800 (22 ms a query); 128 reaches 0.995 and 0.994 at ef_search 200
-# (7 ms), for twice the build time (1,082 s against 558 s on 2 cores). The curves are in the
-# README's "FAISS beside pgvector".
+# filter even at ef_search 800; 128 reaches 0.995 and 0.994 at ef_search 200, for
+# twice the build time. The curves are in docs/benchmarks.md, "FAISS beside pgvector".
 HNSW_EF_CONSTRUCTION = 128
 PGVECTOR_M, PGVECTOR_EF_CONSTRUCTION = 16, 64  # what an index built without the options has
 # Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library, at a
