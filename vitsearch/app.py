@@ -61,7 +61,7 @@ from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_fold
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.export_checks import check_export_request
 from vitsearch.model.feature_files import check_features_out, embed_files, write_features
-from vitsearch.model.features import Features
+from vitsearch.model.features import Features, ImageEmbedder
 from vitsearch.model.runtime import checkpoint_source
 from vitsearch.photos.files import image_files
 from vitsearch.photos.thumbnails import Thumbnails
@@ -125,7 +125,13 @@ class App:
     near_threshold = NEAR_THRESHOLD
     burst_threshold = BURST_THRESHOLD
 
-    def __init__(self, settings: Settings, library: Library, embedder=None, live: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        library: Library,
+        embedder: ImageEmbedder | None = None,
+        live: bool = False,
+    ):
         self.settings = settings
         self.library = library
         self.live = live
@@ -137,7 +143,7 @@ class App:
     # -- the model, loaded on first need --------------------------------------------------
 
     @property
-    def embedder(self):
+    def embedder(self) -> ImageEmbedder:
         """The model for ``settings.model``, on the backend of the library's model, refused
         when its embeddings would not compare with the library's."""
         with self._lock:
