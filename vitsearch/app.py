@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vitsearch import launch
 from vitsearch.config import (
@@ -396,7 +396,7 @@ class App:
         return self.library.hits(list(ids), [1.0] * len(ids))
 
     @_guarded
-    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+    def failures(self, limit: int = 100) -> list[tuple[str, str | None]]:
         """Files that could not be read: (path, why)."""
         return self.library.failures(limit=limit)
 
@@ -457,7 +457,7 @@ class App:
         def embedder_factory():  # sized for the job that asks for it (``photos_to_embed``)
             return job_model(settings, library, indexer.photos_to_embed)
 
-        options = {
+        options: dict[str, Any] = {
             "embedder_factory": embedder_factory,
             "batch_size": settings.batch_size,
             "decode_workers": settings.decode_workers,
@@ -470,7 +470,7 @@ class App:
 
             loader = functools.partial(cluster_model, settings)
             gpu_batch = settings.ray_gpu_batch_size
-            indexer = RayIndexer(
+            indexer: Indexer = RayIndexer(
                 library, address=settings.ray, loader=loader, gpu_batch_size=gpu_batch, **options
             )
         else:
@@ -622,6 +622,7 @@ def job_model(settings: Settings, library: Library, photos: int):
     automatic = settings.backend == "auto" and settings.precision == "auto"
     if automatic and photos >= time_from and may_move(library, photos, time_from):
         recorded = library.model
+        assert recorded is not None  # may_move: the library has a model
         fresh = load_model(settings, None, photos=photos)  # timed as for a new library
         if fresh.info.fingerprint == recorded.fingerprint:
             return fresh

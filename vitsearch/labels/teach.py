@@ -336,7 +336,7 @@ def apply_classifier(
     (photos checked, photos per label)."""
     source = SOURCE_PREFIX + name
     library.clear_custom_labels(classifier_id)
-    done, counts = 0, Counter()
+    done, counts = 0, Counter[str]()
     for ids, vectors in library.iter_embeddings(chunk=APPLY_CHUNK):
         best, scores = classifier.top(vectors)
         known = best != NONE

@@ -190,7 +190,7 @@ def choose_runtime(
     """
     if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
-        chosen = export if backend == "auto" else backend
+        chosen = export if backend == "auto" and export is not None else backend
         return Runtime(chosen, "cpu", precision, f"an {chosen} export" if export else "asked for")
     flags = cpu_flags() if flags is None else flags
     if backend == TORCH or precision != "auto":
