@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vitsearch import launch
 from vitsearch.config import (
@@ -61,7 +61,7 @@ from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_fold
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.export_checks import check_export_request
 from vitsearch.model.feature_files import check_features_out, embed_files, write_features
-from vitsearch.model.features import Features
+from vitsearch.model.features import Features, ImageEmbedder
 from vitsearch.model.runtime import checkpoint_source
 from vitsearch.photos.files import image_files
 from vitsearch.photos.thumbnails import Thumbnails
@@ -125,7 +125,13 @@ class App:
     near_threshold = NEAR_THRESHOLD
     burst_threshold = BURST_THRESHOLD
 
-    def __init__(self, settings: Settings, library: Library, embedder=None, live: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        library: Library,
+        embedder: ImageEmbedder | None = None,
+        live: bool = False,
+    ):
         self.settings = settings
         self.library = library
         self.live = live
@@ -137,7 +143,7 @@ class App:
     # -- the model, loaded on first need --------------------------------------------------
 
     @property
-    def embedder(self):
+    def embedder(self) -> ImageEmbedder:
         """The model for ``settings.model``, on the backend of the library's model, refused
         when its embeddings would not compare with the library's."""
         with self._lock:
@@ -390,7 +396,7 @@ class App:
         return self.library.hits(list(ids), [1.0] * len(ids))
 
     @_guarded
-    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+    def failures(self, limit: int = 100) -> list[tuple[str, str | None]]:
         """Files that could not be read: (path, why)."""
         return self.library.failures(limit=limit)
 
@@ -451,7 +457,7 @@ class App:
         def embedder_factory():  # sized for the job that asks for it (``photos_to_embed``)
             return job_model(settings, library, indexer.photos_to_embed)
 
-        options = {
+        options: dict[str, Any] = {
             "embedder_factory": embedder_factory,
             "batch_size": settings.batch_size,
             "decode_workers": settings.decode_workers,
@@ -464,7 +470,7 @@ class App:
 
             loader = functools.partial(cluster_model, settings)
             gpu_batch = settings.ray_gpu_batch_size
-            indexer = RayIndexer(
+            indexer: Indexer = RayIndexer(
                 library, address=settings.ray, loader=loader, gpu_batch_size=gpu_batch, **options
             )
         else:
@@ -616,6 +622,7 @@ def job_model(settings: Settings, library: Library, photos: int):
     automatic = settings.backend == "auto" and settings.precision == "auto"
     if automatic and photos >= time_from and may_move(library, photos, time_from):
         recorded = library.model
+        assert recorded is not None  # may_move: the library has a model
         fresh = load_model(settings, None, photos=photos)  # timed as for a new library
         if fresh.info.fingerprint == recorded.fingerprint:
             return fresh

@@ -140,7 +140,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **flags: Any) -> Set
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = type(f.default)
+    kind: type = type(f.default)
     try:
         if kind is bool:
             return raw.strip().lower() in ("1", "true", "yes", "on")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations: the records themselves need no numpy
+    import numpy as np
 
 _WNID_PREFIX = re.compile(r"(n\d{8})\s+(\S.*)", re.DOTALL)
 
@@ -173,7 +177,7 @@ class ImageEntry:
     width: int
     height: int
     taken_at: float | None
-    vector: object  # np.ndarray (dim,) float32
+    vector: np.ndarray  # (dim,) float32
     labels: tuple[Label, ...]
     phash: int | None = None  # perceptual hash (vitsearch.photos.phash), unsigned 64-bit
 

@@ -26,7 +26,7 @@ read, its pairs fall back to the cosine alone at COSINE_ONLY. Nothing is ever de
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import faiss
@@ -230,7 +230,7 @@ def _unique(a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarra
     return a[first], b[first], cosine[first]
 
 
-def _bits(hashes: dict[int, int | None], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _bits(hashes: Mapping[int, int | None], a: np.ndarray, b: np.ndarray) -> np.ndarray:
     def column(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = [hashes.get(i) for i in ids.tolist()]
         known = np.array([v is not None for v in values], dtype=bool)

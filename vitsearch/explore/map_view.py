@@ -194,7 +194,7 @@ def _describe(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int,
 
 
 def _paths(library: Library, ids: np.ndarray, chunk: int = 5000) -> dict[int, str]:
-    paths = {}
+    paths: dict[int, str] = {}
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk].tolist()
         paths.update((hit.id, hit.path) for hit in library.hits(part, [0.0] * len(part)))

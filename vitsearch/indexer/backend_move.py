@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from vitsearch.indexer.reconcile import decode_file, image_entry
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.photos.files import FileStat
 from vitsearch.records import AGREEING, ImageEntry, StoredFile, counted
 from vitsearch.store import Library
@@ -36,7 +37,9 @@ def may_move(library: Library, photos: int, time_from: int) -> bool:
     return count < time_from and count < photos and not library.classifiers()
 
 
-def move_library(library: Library, embedder, batch_size: int, decode_workers: int) -> bool:
+def move_library(
+    library: Library, embedder: ImageEmbedder, batch_size: int, decode_workers: int
+) -> bool:
     """Every photo of the library embedded again by ``embedder`` (another backend of its model)
     and written with the new model record; False, with nothing changed, when a photo is not on
     disk as it was indexed (offline, changed or unreadable: the library stays as it is)."""
@@ -83,7 +86,10 @@ def _as_recorded(row: StoredFile) -> FileStat | None:
 
 
 def _embedded_again(
-    stored: list[tuple[int, FileStat]], embedder, batch_size: int, decode_workers: int
+    stored: list[tuple[int, FileStat]],
+    embedder: ImageEmbedder,
+    batch_size: int,
+    decode_workers: int,
 ) -> list[ImageEntry] | None:
     entries: list[ImageEntry] = []
     with ThreadPoolExecutor(decode_workers, thread_name_prefix="vitsearch-decode") as pool:
@@ -92,7 +98,8 @@ def _embedded_again(
             decoded = list(pool.map(lambda item: decode_file(item[1], embedder), batch))
             if any(item.error is not None for item in decoded):
                 return None
-            result = embedder.embed(np.stack([item.pixels for item in decoded]))
+            pixels = [item.pixels for item in decoded if item.pixels is not None]  # all
+            result = embedder.embed(np.stack(pixels))
             entries += [
                 image_entry(item, root_id, vector, labels)
                 for (root_id, _), item, vector, labels in zip(

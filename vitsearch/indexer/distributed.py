@@ -38,6 +38,7 @@ import numpy as np
 
 from vitsearch.errors import ClusterError, ConfigError, ImageDecodeError
 from vitsearch.indexer.reconcile import Done, Indexer, Summary, _Decoded
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.photos.decode import Photo, read_photo
 from vitsearch.photos.files import FileStat
 from vitsearch.photos.phash import photo_hash
@@ -51,7 +52,7 @@ EMBED_RETRIES = 3  # tries after the first for a batch whose actor dies (Ray's o
 DECODE_MEMORY = 256 << 20  # bytes a decode task reserves (a 50 MP photo decodes to 150 MB)
 NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # the image column of a file that failed to decode
 
-ModelLoader = Callable[[int, ModelInfo | None], object]  # (threads, library's model) -> embedder
+ModelLoader = Callable[[int, ModelInfo | None], ImageEmbedder]  # (threads, library's model)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def done_rows(batch: dict[str, np.ndarray]) -> list[Done]:
             continue
         taken = float(batch["taken_at"][i])
         photo = Photo(
-            None,
+            None,  # type: ignore[arg-type]  # the image stays on the cluster; its facts come back
             int(batch["width"][i]),
             int(batch["height"][i]),
             None if math.isnan(taken) else taken,
@@ -208,7 +209,7 @@ class RayIndexer(Indexer):
     def __init__(
         self,
         library,
-        embedder_factory: Callable[[], object],
+        embedder_factory: Callable[[], ImageEmbedder],
         loader: ModelLoader,
         address: str = AUTO,
         gpu_batch_size: int = GPU_BATCH_SIZE,

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from vitsearch.config import available_cores
 from vitsearch.errors import ImageDecodeError
 from vitsearch.indexer.plan import Plan, make_plan
-from vitsearch.labels.classifier import custom_labels_for, load_classifiers
+from vitsearch.labels.classifier import LinearClassifier, custom_labels_for, load_classifiers
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.photos.decode import Photo, read_photo
 from vitsearch.photos.files import (
     FileStat,
@@ -110,8 +111,9 @@ class Done:
         return self.item.error
 
     def failure(self, root_id: int) -> FailedEntry:
-        stat = self.item.stat
-        return FailedEntry(stat.path, root_id, stat.size, stat.mtime_ns, self.item.error)
+        stat, error = self.item.stat, self.item.error
+        assert error is not None  # asked only of a photo that failed
+        return FailedEntry(stat.path, root_id, stat.size, stat.mtime_ns, error)
 
 
 class Indexer:
@@ -120,7 +122,7 @@ class Indexer:
     def __init__(
         self,
         library: Library,
-        embedder_factory: Callable[[], object],
+        embedder_factory: Callable[[], ImageEmbedder],
         batch_size: int = 16,
         decode_workers: int = 2,
         save_every_seconds: float = 300.0,
@@ -130,7 +132,7 @@ class Indexer:
     ) -> None:
         self.library = library
         self._embedder_factory = embedder_factory
-        self._embedder = None
+        self._embedder: ImageEmbedder | None = None
         self.batch_size = batch_size
         self.decode_workers = decode_workers
         self.model_threads = model_threads  # 0: unknown
@@ -147,10 +149,10 @@ class Indexer:
         self.setup_seconds = 0.0  # spent loading the model
         # The watcher holds back files that are still changing: neither read nor removed.
         self.hold: Callable[[FileStat], bool] | None = None
-        self._taught = None
+        self._taught: list[tuple[int, str, LinearClassifier]] | None = None
 
     @property
-    def embedder(self):
+    def embedder(self) -> ImageEmbedder:
         """The model, loaded on first use and checked against the library's."""
         if self._embedder is None:
             began = time.perf_counter()
@@ -320,7 +322,7 @@ class Indexer:
             self.embedder.set_threads(wanted)
             self.model_threads = wanted
 
-    def _decode_alongside(self, embedder) -> bool:
+    def _decode_alongside(self, embedder: ImageEmbedder) -> bool:
         """Whether decoding overlaps the forward: yes on a GPU or when the model's threads
         leave a core free. When the model uses every core, a decode thread stalls its
         OpenMP workers: on 2 cores the forward ran 13% slower alongside decoding, more than
@@ -332,20 +334,22 @@ class Indexer:
 
     def _through_model(self, batch: list[_Decoded]) -> list[Done]:
         """A decoded batch: copies of indexed photos take their embedding, the rest one forward."""
-        decoded = [item.photo.content_hash for item in batch if item.error is None]
+        decoded = [item.photo.content_hash for item in batch if item.photo is not None]
         known = self.library.indexed_with_hashes(decoded) if decoded else {}
         done = [
             Done(item) if item.error is not None else self._reuse(item, known) for item in batch
         ]
         to_model = [d for d in done if d.error is None and d.vector is None]
         if to_model:
-            result = self.embedder.embed(np.stack([d.item.pixels for d in to_model]))
+            pixels = [d.item.pixels for d in to_model if d.item.pixels is not None]  # all
+            result = self.embedder.embed(np.stack(pixels))
             for d, vector, labels in zip(to_model, result.vectors, result.labels, strict=True):
                 d.vector, d.labels = vector, tuple(labels)
         return done
 
     def _reuse(self, item: _Decoded, known: dict[str, int]) -> Done:
         """A byte-identical copy of an indexed photo takes its embedding, with no model call."""
+        assert item.photo is not None  # a decoded photo
         source = known.get(item.photo.content_hash)
         found = self.library.embedding(source) if source is not None else None
         if found is None:
@@ -363,8 +367,10 @@ class Indexer:
                 log.warning("skipping %s: %s", d.item.stat.path, d.error)
         ok = [d for d in batch if d.error is None]
         fresh = [d for d in ok if not d.reused]
-        vectors = np.stack([d.vector for d in fresh]) if fresh else None
-        taught = iter(custom_labels_for(self._classifiers(), vectors) if fresh else ())
+        vectors = np.stack([d.vector for d in fresh if d.vector is not None]) if fresh else None
+        taught = iter(
+            custom_labels_for(self._classifiers(), vectors) if vectors is not None else ()
+        )
         entries = [
             image_entry(d.item, root_id, d.vector, (() if d.reused else next(taught)) + d.labels)
             for d in ok
@@ -418,7 +424,7 @@ def _stat_photo(root: Path, path: Path, extensions: frozenset[str]) -> FileStat 
     return FileStat(str(path), st.st_size, st.st_mtime_ns) if path.is_file() else None
 
 
-def decode_file(stat: FileStat, embedder) -> _Decoded:
+def decode_file(stat: FileStat, embedder: ImageEmbedder) -> _Decoded:
     try:
         photo = read_photo(stat.path, embedder.decode_size)
         pixels = embedder.preprocess(photo.image)
@@ -432,6 +438,7 @@ def decode_file(stat: FileStat, embedder) -> _Decoded:
 
 def image_entry(item: _Decoded, root_id: int, vector, labels) -> ImageEntry:
     photo = item.photo
+    assert photo is not None  # only a decoded photo is written
     return ImageEntry(
         path=item.stat.path,
         root_id=root_id,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from vitsearch.indexer.reconcile import Indexer, Summary
 from vitsearch.photos.files import FileStat, is_temporary_name
@@ -112,7 +113,7 @@ class Watcher:
             self.indexer.library.save_vectors()
         return self.state
 
-    def _loop(self, observer: Observer) -> None:
+    def _loop(self, observer: BaseObserver) -> None:
         last_rescan = last_save = time.monotonic()
         while not self._stopping.wait(TICK_SECONDS):
             self._take_events()
@@ -128,7 +129,7 @@ class Watcher:
                 self.indexer.library.save_vectors()
                 last_save = now
 
-    def _observe(self, observer: Observer) -> None:
+    def _observe(self, observer: BaseObserver) -> None:
         for root in self.roots:
             if root.is_dir() and root not in self._watched:
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,8 @@ class LinearClassifier:
 
     def to_bytes(self) -> bytes:
         arrays = {"centroids": self.centroids, "min_cosine": self.min_cosine}
+        # Any: numpy's savez type would take a dict of arrays for its allow_pickle flag too
+        present: dict[str, Any] = {k: v for k, v in arrays.items() if v is not None}
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -74,7 +77,7 @@ class LinearClassifier:
             bias=self.bias,
             temperature=np.array(self.temperature),
             classes=np.array(self.classes),
-            **{key: value for key, value in arrays.items() if value is not None},
+            **present,
         )
         return buffer.getvalue()
 

@@ -35,6 +35,7 @@ from vitsearch.labels.classifier import (
     open_probabilities,
 )
 from vitsearch.model.feature_files import embed_files
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.model.scores import softmax
 from vitsearch.photos.files import content_hash_file
 from vitsearch.photos.labelled import labelled_photos
@@ -287,7 +288,10 @@ def fit_softmax(
 
 
 def teach_folder(
-    library: Library, embedder_factory: Callable[[], object], folder: Path, name: str | None = None
+    library: Library,
+    embedder_factory: Callable[[], ImageEmbedder],
+    folder: Path,
+    name: str | None = None,
 ) -> TeachResult:
     """Train a classifier named ``name`` from ``folder``'s sub-folders and label the library."""
     started = time.perf_counter()
@@ -332,7 +336,7 @@ def apply_classifier(
     (photos checked, photos per label)."""
     source = SOURCE_PREFIX + name
     library.clear_custom_labels(classifier_id)
-    done, counts = 0, Counter()
+    done, counts = 0, Counter[str]()
     for ids, vectors in library.iter_embeddings(chunk=APPLY_CHUNK):
         best, scores = classifier.top(vectors)
         known = best != NONE

@@ -182,7 +182,7 @@ def _hashed(files: tuple[Path, ...], _stats: tuple[tuple[int, int], ...]) -> str
     digest = hashlib.sha256()
     for file in files:
         with open(file, "rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 22), b""):
+            for chunk in iter(functools.partial(handle.read, 1 << 22), b""):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:32]
 

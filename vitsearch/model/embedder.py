@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 
@@ -42,9 +44,11 @@ class Embedder(PixelInput):
         self._dtype = DTYPES[precision]
         self._processor = processor
         self._model = model.to(device=device, dtype=self._dtype).eval()
-        self._head = getattr(model, "classifier", None)
-        self._backbone = model.base_model if self._head is not None else model
-        self._id2label = model.config.id2label if self._head is not None else {}
+        # a transformers model: nn.Module's type knows neither its config nor its base_model
+        loaded = cast(Any, model)
+        self._head: torch.nn.Module | None = getattr(model, "classifier", None)
+        self._backbone: torch.nn.Module = loaded.base_model if self._head is not None else model
+        self._id2label: dict[int, str] = loaded.config.id2label if self._head is not None else {}
 
     @property
     def has_labels(self) -> bool:

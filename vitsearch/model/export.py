@@ -44,6 +44,7 @@ from vitsearch.model.embedder import FINAL_LAYER, Embedder, EmbeddingBatch, _poo
 from vitsearch.model.export_checks import FORMATS, check_format, check_out
 from vitsearch.model.exported import (
     EMBEDDING_OUTPUT,
+    FORMAT,
     INPUT_NAME,
     LOGITS_OUTPUT,
     MANIFEST_FILE,
@@ -303,7 +304,7 @@ def _write_export(
         id2label=dict(embedder._id2label),
         quantization=quantization,
         versions=_versions(openvino),
-        **({"format": OPENVINO_FORMAT} if openvino else {}),
+        format=OPENVINO_FORMAT if openvino else FORMAT,
     )
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

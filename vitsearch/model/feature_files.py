@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ConfigError, MissingFileError
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.photos.decode import read_or_skip
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ FORMATS = (".npy", ".parquet")
 
 
 def embed_files(
-    embedder, paths: Sequence[str], batch_size: int = 16
+    embedder: ImageEmbedder, paths: Sequence[str], batch_size: int = 16
 ) -> tuple[list[str], np.ndarray]:
     """(paths that decoded, their embeddings), one forward per batch; bad files are skipped."""
     kept: list[str] = []

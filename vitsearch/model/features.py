@@ -4,11 +4,16 @@ and the exported graphs (:mod:`.exported`), which run without torch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from vitsearch.records import Label
+from vitsearch.records import Label, ModelInfo
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TOP_LABELS = 5
 FINAL_LAYER = -1
@@ -43,3 +48,27 @@ DEFAULT_FEATURES = Features()  # the final CLS token (for default arguments)
 class EmbeddingBatch:
     vectors: np.ndarray  # (n, dim) float32, unit length
     labels: list[tuple[Label, ...]]  # top labels per image; empty without a head
+
+
+class ImageEmbedder(Protocol):
+    """What the indexer and search call on a model, whatever runs it: the PyTorch
+    :class:`.embedder.Embedder`, an :class:`.exported.ExportedEmbedder`, or a test's fake."""
+
+    info: ModelInfo
+    precision: str
+    device: str
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """Decoders may reduce a photo to this (width, height) before :meth:`preprocess`."""
+        ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> (3, H, W) float32 pixels; safe to call from decode threads."""
+        ...
+
+    def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
+        """(n, 3, H, W) pixels -> unit embeddings and top labels."""
+        ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> EmbeddingBatch: ...

@@ -568,7 +568,7 @@ class Trainer:
         self.val_accuracy = correct / max(seen, 1)
         return loss_sum / max(seen, 1), self.val_accuracy
 
-    def _load(self, batch: Sequence[Item], changes: Sequence[Augment] | None):
+    def _load(self, batch: Sequence[Item], changes: Sequence[Augment | None] | None):
         """Decode (in threads), augment when training, preprocess like the checkpoint does."""
         changes = changes or [None] * len(batch)
         images = list(self._pool.map(self._prepare, [path for path, _ in batch], changes))

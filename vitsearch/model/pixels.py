@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -115,6 +115,11 @@ class PixelInput:
     (an image processor, or the :class:`PlainPixels` an export's config gives)."""
 
     info: ModelInfo
+    _processor: Any  # an image processor, or PlainPixels
+
+    if TYPE_CHECKING:  # given by each backend
+
+        def embed(self, pixels: np.ndarray) -> EmbeddingBatch: ...
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -46,6 +46,7 @@ import importlib.util
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,7 +66,7 @@ from vitsearch.model.exported import (
     export_backend,
     read_manifest,
 )
-from vitsearch.model.features import DEFAULT_FEATURES, Features
+from vitsearch.model.features import DEFAULT_FEATURES, Features, ImageEmbedder
 from vitsearch.model.hardware import (
     choose_device,
     choose_precision,
@@ -189,7 +190,7 @@ def choose_runtime(
     """
     if backend in (ONNX, OPENVINO) or (backend == "auto" and export is not None):
         # an export fixes its precision; "auto" takes it
-        chosen = export if backend == "auto" else backend
+        chosen = export if backend == "auto" and export is not None else backend
         return Runtime(chosen, "cpu", precision, f"an {chosen} export" if export else "asked for")
     flags = cpu_flags() if flags is None else flags
     if backend == TORCH or precision != "auto":
@@ -410,7 +411,9 @@ def preferred(rates: dict[str, float]) -> str:
     return fastest
 
 
-def images_per_second(embedders: dict[str, object], batch_size: int, seconds: float) -> dict:
+def images_per_second(
+    embedders: Mapping[str, ImageEmbedder], batch_size: int, seconds: float
+) -> dict:
     """Each embedder's best probe-batch throughput over rounds that take turns (a passing load
     on the machine then slows every candidate alike, not just one), after a warm-up batch;
     at least two rounds, then more until about ``seconds`` per candidate have passed."""

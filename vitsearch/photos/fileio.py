@@ -15,7 +15,7 @@ from vitsearch.errors import DiskFullError
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # lock() checks for it: Windows locks nothing
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on it

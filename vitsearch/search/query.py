@@ -7,13 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from vitsearch.errors import ImageDecodeError, MissingFileError, NotIndexedError
+from vitsearch.model.features import ImageEmbedder
 from vitsearch.photos.decode import decode_untrusted, read_photo
 from vitsearch.records import NO_FILTERS, Filters, Hit, Label
 from vitsearch.store import Library
 
 
 def search_by_image(
-    library: Library, embedder, image: Path, k: int = 10, filters: Filters = NO_FILTERS
+    library: Library,
+    embedder: ImageEmbedder,
+    image: Path,
+    k: int = 10,
+    filters: Filters = NO_FILTERS,
 ) -> list[Hit]:
     """The k indexed photos nearest to any image file, best first."""
     vector, _labels = embed_file(embedder, image)
@@ -21,7 +26,11 @@ def search_by_image(
 
 
 def search_by_bytes(
-    library: Library, embedder, data: bytes, k: int = 10, filters: Filters = NO_FILTERS
+    library: Library,
+    embedder: ImageEmbedder,
+    data: bytes,
+    k: int = 10,
+    filters: Filters = NO_FILTERS,
 ) -> tuple[tuple[Label, ...], list[Hit]]:
     """An uploaded image (never written to disk): its labels and its k nearest photos."""
     image, *_ = decode_untrusted(data, embedder.decode_size)
@@ -50,7 +59,7 @@ def similar_to_id(
     return [hit for hit in hits if hit.id != image_id][:k]
 
 
-def classify(embedder, images: list[Path]) -> list[tuple[str, tuple[Label, ...]]]:
+def classify(embedder: ImageEmbedder, images: list[Path]) -> list[tuple[str, tuple[Label, ...]]]:
     """The model's top labels for each image file."""
     return [(str(image), embed_file(embedder, image)[1]) for image in images]
 
@@ -83,7 +92,7 @@ def _exact_among(
     return best_ids, best_scores
 
 
-def embed_file(embedder, image: Path) -> tuple[np.ndarray, tuple[Label, ...]]:
+def embed_file(embedder: ImageEmbedder, image: Path) -> tuple[np.ndarray, tuple[Label, ...]]:
     """Decode an image file exactly as the indexer does and embed it."""
     if not Path(image).is_file():
         raise MissingFileError(f"no such image file: {image}")

@@ -13,9 +13,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from sqlalchemy import Float, Index, Integer, LargeBinary, String, Text, delete, select, union_all
+from sqlalchemy import (
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from vitsearch.records import Hit
@@ -27,7 +39,7 @@ CLUSTERS_PER_QUERY = 100  # SQLite allows 500 parts in one UNION ALL
 
 
 class DerivedBase(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every class here maps a Table (SQLAlchemy says FromClause)
 
 
 class DerivedMeta(DerivedBase):
@@ -125,7 +137,8 @@ class DerivedCache:
             return []
         query = select(ClusterRow.id, ClusterRow.name, ClusterRow.size, ClusterRow.cohesion)
         with self._open().session() as s:
-            return [tuple(row) for row in s.execute(query.order_by(ClusterRow.size.desc()))]
+            rows = s.execute(query.order_by(ClusterRow.size.desc()))
+            return [(cid, name, size, cohesion) for cid, name, size, cohesion in rows]
 
     def cluster_members(
         self, cluster_id: int, offset: int = 0, limit: int | None = 60
@@ -190,7 +203,7 @@ class DerivedCache:
 
     def map_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, xy, seqs) of every placed photo, by id."""
-        rows = []
+        rows: Sequence[Any] = []
         if self._exists():
             query = select(MapPointRow.image_id, MapPointRow.x, MapPointRow.y, MapPointRow.seq)
             with self._open().session() as s:
@@ -250,6 +263,12 @@ class DerivedResults:
     photo since removed, is left out)."""
 
     derived: DerivedCache
+
+    if TYPE_CHECKING:  # given by EmbeddingRows and PhotoRows
+
+        def embedding_seqs(self) -> tuple[np.ndarray, np.ndarray]: ...
+        def seqs_of(self, ids: Sequence[int]) -> dict[int, int]: ...
+        def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]: ...
 
     def cluster_state(self) -> dict | None:
         return self.derived.cluster_state()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from vitsearch.records import Label
@@ -15,6 +17,13 @@ from vitsearch.store.sql import chunks
 
 class EmbeddingRows:
     """Mixed into :class:`~vitsearch.store.library.Library` (``session()``, ``engine``)."""
+
+    if TYPE_CHECKING:  # given by Library and LabelRows
+
+        @property
+        def engine(self) -> Engine: ...
+        def session(self) -> Session: ...
+        def _labels(self, s: Session, ids: list[int]) -> dict[int, tuple[Label, ...]]: ...
 
     def embedding(self, image_id: int) -> tuple[np.ndarray, tuple[Label, ...]] | None:
         with self.session() as s:
@@ -34,13 +43,13 @@ class EmbeddingRows:
     def embedding_count(self) -> int:
         """Photos with a vector, counted in SQLite (the FAISS cache left alone)."""
         with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(EmbeddingRow)))
+            return int(s.scalar(select(func.count()).select_from(EmbeddingRow)) or 0)
 
     def vector_state(self) -> tuple[int, int]:
         """(last write number, vector count): changes whenever the embeddings do."""
         with self.session() as s:
             count = s.scalar(select(func.count()).select_from(EmbeddingRow))
-            return self._last_seq(s), int(count)
+            return self._last_seq(s), int(count or 0)
 
     def max_seq(self) -> int:
         """The number of the last embedding write (deletes never lower it)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import ColumnElement, case, delete, func, select
 from sqlalchemy.orm import Session
 
 from vitsearch.records import Filters, Hit, Label
@@ -17,6 +18,11 @@ from vitsearch.store.sql import chunks
 
 class LabelRows:
     """Mixed into :class:`~vitsearch.store.library.Library` (``session()``, ``engine``)."""
+
+    if TYPE_CHECKING:  # given by Library and PhotoRows
+
+        def session(self) -> Session: ...
+        def hits(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]: ...
 
     def label_vocabulary(self) -> list[tuple[str, int, int]]:
         """(label, photos with it as top label, photos with it in their top labels)."""
@@ -36,7 +42,8 @@ class LabelRows:
         with ``combine="sum"`` by their summed probability (three dog breeds in a photo's top 5
         at 0.3, 0.2, 0.1: 0.6). Sums stay within one source, then the best source counts: a
         taught classifier's scores and the model's are not shares of one distribution."""
-        combined = {"max": func.max, "sum": func.sum}[combine](LabelRow.score)
+        aggregates: dict[str, Callable[..., ColumnElement]] = {"max": func.max, "sum": func.sum}
+        combined = aggregates[combine](LabelRow.score)
         per_source = (
             select(LabelRow.image_id.label("image_id"), combined.label("score"))
             .where(LabelRow.label.in_(list(labels)))
@@ -95,7 +102,8 @@ class LabelRows:
     def classifiers(self) -> list[tuple[int, str, bytes]]:
         query = select(ClassifierRow.id, ClassifierRow.name, ClassifierRow.weights)
         with self.session() as s:
-            return [tuple(row) for row in s.execute(query.order_by(ClassifierRow.name))]
+            rows = s.execute(query.order_by(ClassifierRow.name))
+            return [(cid, name, weights) for cid, name, weights in rows]
 
     def classifier_summaries(self) -> list[dict]:
         with self.session() as s:
@@ -166,7 +174,7 @@ class LabelRows:
             rank = 0
             for lab in photo_labels:
                 if lab.custom:
-                    cid = classifier_ids.get(lab.taught_by)
+                    cid = classifier_ids.get(lab.taught_by or "")
                     if cid is None:
                         continue
                     row_rank = CUSTOM_RANK + cid

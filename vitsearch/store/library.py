@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from vitsearch.errors import LibraryLockedError, ModelMismatchError
 from vitsearch.records import FailedEntry, Filters, ImageEntry, ModelInfo
@@ -77,10 +79,10 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
     # -- what the noun mixins share -----------------------------------------------------
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         return self._sql.engine
 
-    def session(self):
+    def session(self) -> Session:
         return self._sql.session()
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
 
 from vitsearch.errors import LibraryLockedError
 from vitsearch.photos.fileio import lock
@@ -16,7 +17,7 @@ from vitsearch.photos.fileio import lock
 class WriterLock:
     def __init__(self, home: Path) -> None:
         self.path = home / "writer.lock"
-        self._handle = None
+        self._handle: IO[str] | None = None
 
     def acquire(self) -> WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)

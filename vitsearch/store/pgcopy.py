@@ -120,4 +120,6 @@ def _copy_dicts(cursor, table: str, rows: list[dict]) -> None:
 def _cursor(s: Session | Connection):
     """A psycopg cursor on the connection of the session's (or connection's) transaction."""
     conn = s.connection() if isinstance(s, Session) else s
-    return conn.connection.driver_connection.cursor()
+    driver = conn.connection.driver_connection
+    assert driver is not None  # None only for a connection invalidated, not one in use
+    return driver.cursor()

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session
 
 from vitsearch.records import (
@@ -16,6 +18,7 @@ from vitsearch.records import (
     Filters,
     Hit,
     ImageEntry,
+    Label,
     LibraryCounts,
     PhotoDetails,
     StoredFile,
@@ -36,6 +39,17 @@ class PhotoRows:
     """Mixed into :class:`~vitsearch.store.library.Library`, which gives ``session()`` and
     ``engine``. The underscored writes keep only SQL; the library's public ones also keep
     the vector index in step."""
+
+    if TYPE_CHECKING:  # given by Library and the other mixins
+
+        @property
+        def engine(self) -> Engine: ...
+        def session(self) -> Session: ...
+        def _labels(self, s: Session, ids: list[int]) -> dict[int, tuple[Label, ...]]: ...
+        def _next_seq(self, s: Session, count: int) -> int: ...
+        def _label_rows(
+            self, s: Session, ids: Sequence[int], labels: Sequence[Sequence[Label]]
+        ) -> list[dict]: ...
 
     def root_id(self, path: str) -> int:
         with self.session() as s, s.begin():
@@ -77,7 +91,11 @@ class PhotoRows:
                     .join(EmbeddingRow, EmbeddingRow.image_id == ImageRow.id)
                     .where(ImageRow.content_hash.in_(chunk))
                 )
-                found.update((content, image_id) for content, image_id in s.execute(query))
+                found.update(
+                    (content, image_id)
+                    for content, image_id in s.execute(query)
+                    if content is not None  # the query's own condition
+                )
         return found
 
     def filtered_ids(self, filters: Filters) -> np.ndarray:
@@ -111,12 +129,15 @@ class PhotoRows:
             by_status = dict(
                 s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()
             )
-            vectors = s.scalar(select(func.count()).select_from(EmbeddingRow))
-            offline = s.scalar(
-                select(func.count())
-                .select_from(ImageRow)
-                .join(Root, Root.id == ImageRow.root_id)
-                .where(Root.online.is_(False))
+            vectors = s.scalar(select(func.count()).select_from(EmbeddingRow)) or 0
+            offline = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ImageRow)
+                    .join(Root, Root.id == ImageRow.root_id)
+                    .where(Root.online.is_(False))
+                )
+                or 0
             )
         return LibraryCounts(
             images=by_status.get(STATUS_OK, 0),
@@ -157,7 +178,7 @@ class PhotoRows:
             .where(ImageRow.content_hash.in_(hashes))
             .order_by(ImageRow.content_hash, ImageRow.id)
         )
-        groups: dict[str, list[int]] = {}
+        groups: dict[str | None, list[int]] = {}
         with self.session() as s:
             for content, image_id in s.execute(query):
                 groups.setdefault(content, []).append(image_id)
@@ -167,7 +188,7 @@ class PhotoRows:
         """Perceptual hash (unsigned) of the given indexed photos, or of all; None if missing."""
         query = select(ImageRow.id, ImageRow.phash).where(ImageRow.status == STATUS_OK)
         id_chunks = chunks(list(ids), 500) if ids is not None else [None]
-        found = {}
+        found: dict[int, int | None] = {}
         with self.engine.connect() as conn:
             for chunk in id_chunks:
                 q = query if chunk is None else query.where(ImageRow.id.in_(chunk))
@@ -175,17 +196,20 @@ class PhotoRows:
         return found
 
     def taken_at(self, ids: Sequence[int]) -> dict[int, float | None]:
-        found = {}
+        found: dict[int, float | None] = {}
         with self.session() as s:
             for chunk in chunks(list(ids), 500):
                 query = select(ImageRow.id, ImageRow.taken_at).where(ImageRow.id.in_(chunk))
                 found.update((key, value) for key, value in s.execute(query))
         return found
 
-    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+    def failures(self, limit: int = 100) -> list[tuple[str, str | None]]:
         query = select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
         with self.session() as s:
-            return [tuple(r) for r in s.execute(query.order_by(ImageRow.path).limit(limit))]
+            return [
+                (path, error)
+                for path, error in s.execute(query.order_by(ImageRow.path).limit(limit))
+            ]
 
     def _write_rows(
         self,
@@ -235,16 +259,25 @@ class PhotoRows:
         old_prefix, new_prefix = os.path.join(source, ""), os.path.join(dest, "")
         with self.session() as s, s.begin():
             touch(s)
-            moved = s.execute(
-                update(ImageRow).where(ImageRow.path == source).values(path=dest, root_id=root_id)
+            # an UPDATE's result is a CursorResult, which Session.execute's type does not say
+            moved = cast(
+                CursorResult,
+                s.execute(
+                    update(ImageRow)
+                    .where(ImageRow.path == source)
+                    .values(path=dest, root_id=root_id)
+                ),
             ).rowcount
-            moved += s.execute(
-                update(ImageRow)
-                .where(below(old_prefix))
-                .values(
-                    path=new_prefix + func.substr(ImageRow.path, len(old_prefix) + 1),
-                    root_id=root_id,
-                )
+            moved += cast(
+                CursorResult,
+                s.execute(
+                    update(ImageRow)
+                    .where(below(old_prefix))
+                    .values(
+                        path=new_prefix + func.substr(ImageRow.path, len(old_prefix) + 1),
+                        root_id=root_id,
+                    )
+                ),
             ).rowcount
         return moved
 
@@ -319,9 +352,9 @@ def _image_values(item: ImageEntry | FailedEntry, now: float) -> dict:
         "size": item.size,
         "mtime_ns": item.mtime_ns,
         **{column: None if failed else getattr(item, column) for column in PHOTO_COLUMNS},
-        "phash": None if failed else _signed64(item.phash),
+        "phash": None if isinstance(item, FailedEntry) else _signed64(item.phash),
         "status": STATUS_FAILED if failed else STATUS_OK,
-        "error": item.error if failed else None,
+        "error": item.error if isinstance(item, FailedEntry) else None,
         "indexed_at": now,
     }
 

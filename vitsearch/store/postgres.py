@@ -141,7 +141,7 @@ class PgSql(Sql):
 
     def has_schema(self) -> bool:
         with self.engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT to_regclass('meta') IS NOT NULL").scalar()
+            return bool(conn.exec_driver_sql("SELECT to_regclass('meta') IS NOT NULL").scalar())
 
 
 class AdvisoryLock:
@@ -185,7 +185,8 @@ class AdvisoryLock:
                 pass  # the connection is gone: so is the lock
             finally:
                 self._conn.close()
-                self._engine.dispose()
+                if self._engine is not None:  # set with the connection
+                    self._engine.dispose()
                 self._conn = self._engine = None
 
     def __enter__(self) -> AdvisoryLock:
@@ -288,8 +289,8 @@ class PgVectors:
             statement = statement.join(ImageRow, ImageRow.id == EmbeddingRow.image_id)
             statement = statement.where(*allowed.conditions())
         elif allowed is not None:
-            ids = bindparam("allowed", [int(i) for i in allowed], type_=ARRAY(BigInteger))
-            statement = statement.where(EmbeddingRow.image_id == any_(ids))
+            wanted = bindparam("allowed", [int(i) for i in allowed], type_=ARRAY(BigInteger))
+            statement = statement.where(EmbeddingRow.image_id == any_(wanted))
         with self.library.engine.begin() as conn:
             for setting in PLANS[plan]:
                 conn.exec_driver_sql(f"SET LOCAL {setting} = off")
@@ -334,7 +335,9 @@ class PgLibrary(Library):
         self.home = home
         self.writable = writable
         self.url = pg_url(store)
-        self._lock = AdvisoryLock(self.url).acquire() if writable else None
+        # PgLibrary keeps its lock and vectors in the server and overrides every Library method
+        # that uses them (close, vectors, allowed_ids, _connect), hence the ignores below
+        self._lock = AdvisoryLock(self.url).acquire() if writable else None  # type: ignore[assignment]
         try:
             self._sql = self._connect()
         except BaseException:
@@ -342,7 +345,7 @@ class PgLibrary(Library):
                 self._lock.release()
             raise
         self.derived = self._derived_cache()
-        self._vectors: PgVectors | None = None
+        self._vectors: PgVectors | None = None  # type: ignore[assignment]
         self._allowed: dict = {}
         self._vectors_dirty = False
         info = self.model
@@ -361,7 +364,7 @@ class PgLibrary(Library):
     # -- the vectors: rows of the library, searched by the server ------------------------
 
     @property
-    def vectors(self) -> PgVectors:
+    def vectors(self) -> PgVectors:  # type: ignore[override]
         if self._vectors is None:
             info = self.model
             self._vectors = PgVectors(self, info.dim if info else 1)
@@ -396,7 +399,7 @@ class PgLibrary(Library):
             "ef_construction": int(found.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)),
         }
 
-    def allowed_ids(self, filters: Filters) -> FilteredIds:
+    def allowed_ids(self, filters: Filters) -> FilteredIds:  # type: ignore[override]
         return FilteredIds(self, filters)
 
     # its vectors are typed columns written by COPY: a library here keeps its first backend
@@ -430,7 +433,8 @@ class PgLibrary(Library):
         now = time.time()
         with self.session() as s, s.begin():
             touch(s)
-            found = upsert_images(s, [_image_values(item, now) for item in (*entries, *failures)])
+            items: list[ImageEntry | FailedEntry] = [*entries, *failures]
+            found = upsert_images(s, [_image_values(item, now) for item in items])
             ids = [found[e.path] for e in entries]
             # one writer holds the lock: deleting then inserting, in this transaction, is
             # the upsert by image_id, with no staging table for the vectors
@@ -505,7 +509,7 @@ class PgLibrary(Library):
             self._upgrade()
         return sql
 
-    def _upgrade(self) -> None:
+    def _upgrade(self) -> None:  # type: ignore[override]  # called by this class's _connect only
         """A database with no library yet, or one from an older vitsearch, read before any
         writer opened it: made or upgraded once, under the writer lock, as its writer would."""
         try:

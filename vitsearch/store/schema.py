@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from sqlalchemy import (
     Boolean,
     Float,
@@ -10,6 +12,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -26,7 +29,7 @@ STATUS_FAILED = "failed"
 
 
 class Base(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every class here maps a Table (SQLAlchemy says FromClause)
 
 
 class Meta(Base):

@@ -19,6 +19,7 @@ from vitsearch.errors import DiskFullError
 from vitsearch.store.schema import Meta
 
 BUSY_TIMEOUT_SECONDS = 30
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, which Python has only from 3.11 on
 
 
 class Sql:
@@ -28,7 +29,7 @@ class Sql:
     def __init__(self, path: Path | None, read_only: bool = False) -> None:
         if path is not None and not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path: Path | str | None = path  # a server's: its URL as messages show it
         self.read_only = read_only and path is not None
         self.engine = _engine(path, self.read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -75,7 +76,7 @@ def _engine(path: Path | None, read_only: bool) -> Engine:
     def _disk_full(context) -> DiskFullError | None:
         # SQLite's "database or disk is full": the transaction rolled back, commits stand
         error = context.original_exception
-        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        full = getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
         if isinstance(error, sqlite3.Error) and full and path is not None:
             return DiskFullError(path.parent)
         return None

@@ -24,6 +24,7 @@ def main() -> None:
         wanted = st.query_params.get("page", "Search")
         st.session_state["page"] = wanted if wanted in PAGES else "Search"
     page = st.sidebar.radio("Page", list(PAGES), key="page")
+    assert page is not None  # None only for a radio without options
     st.query_params["page"] = page
     PAGES[page]()
 

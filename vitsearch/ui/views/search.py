@@ -87,7 +87,8 @@ def filter_controls() -> tuple[Filters, int]:
     folder = sidebar.selectbox("Folder", [ALL_FOLDERS, *folders])
     below = sidebar.text_input("…or below this folder", placeholder="/path/to/a/sub/folder")
     under = below.strip() or (None if folder == ALL_FOLDERS else folder)
-    dates = sidebar.date_input("Taken between", value=(), format="YYYY-MM-DD")
+    # () is an empty range, which Streamlit takes though its types do not say so
+    dates = sidebar.date_input("Taken between", value=(), format="YYYY-MM-DD")  # type: ignore[arg-type]
     min_score = sidebar.slider("Minimum score", 0.0, 1.0, 0.0, 0.01)
     k = int(sidebar.number_input("Results", 1, 1000, 48, step=12))
     after, before = _date_range(dates)
