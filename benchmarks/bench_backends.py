@@ -59,17 +59,17 @@ from vitsearch import app
 from vitsearch.config import Settings, load_settings
 from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.model import Embedder
+from vitsearch.model.backends import open_export
+from vitsearch.model.checkpoint import MANIFEST_FILE
 from vitsearch.model.export import (
     NEIGHBOURS,
     TOLERANCES,
-    BackendMismatchError,
     Verification,
     compare_embedders,
     export_model,
     neighbour_overlap,
-    open_export,
 )
-from vitsearch.model.exported import MANIFEST_FILE, read_manifest
+from vitsearch.model.exported import BackendMismatchError, read_manifest
 from vitsearch.model.features import EmbeddingBatch
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MODEL_FILE

@@ -44,8 +44,10 @@ from bench_backends import (
 from onnx import numpy_helper
 
 from vitsearch import app
-from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model, open_export
-from vitsearch.model.exported import MANIFEST_FILE, read_manifest
+from vitsearch.model.backends import open_export
+from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model
+from vitsearch.model.exported import read_manifest
 from vitsearch.model.hardware import cpu_name
 from vitsearch.model.onnx_backend import MODEL_FILE
 

@@ -56,10 +56,9 @@ import numpy as np
 from vitsearch.errors import ConfigError
 from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.busy import OtherProcesses
-from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+from vitsearch.model.checkpoint import MANIFEST_FILE, checkpoint_fingerprint, resolve_checkpoint
 from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
 from vitsearch.model.exported import (
-    MANIFEST_FILE,
     BackendMismatchError,
     ExportedEmbedder,
     export_backend,
