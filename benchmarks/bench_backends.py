@@ -35,42 +35,33 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import (
-    CpuMeter,
-    add_model_options,
-    flat_rows,
-    pick_photos,
-    save_vit_b16,
-    synthesize,
-    timed,
-    write_library,
-)
-from PIL import Image
+from _agreement import Agreement, agreement, embed_batches, load_pixels
+from _models import add_model_options, checkpoint_settings, save_vit_b16
+from _photos import pick_photos
+from _synthetic import flat_rows, synthesize, write_library
+from _timing import CpuMeter, alternate, summarise, timed
 
 from vitsearch import app
-from vitsearch.config import Settings, load_settings
+from vitsearch.config import Settings
 from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.model import Embedder
+from vitsearch.model.backends import open_export
+from vitsearch.model.checkpoint import MANIFEST_FILE
 from vitsearch.model.export import (
     NEIGHBOURS,
     TOLERANCES,
-    BackendMismatchError,
     Verification,
     compare_embedders,
     export_model,
-    neighbour_overlap,
-    open_export,
 )
-from vitsearch.model.exported import MANIFEST_FILE, read_manifest
-from vitsearch.model.features import EmbeddingBatch
+from vitsearch.model.exported import BackendMismatchError, read_manifest
 from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
@@ -86,8 +77,6 @@ REFERENCE = "torch-fp32"
 TEACH_EMBEDDINGS = 10_000
 TEACH_CLASSES = 10
 TEACH_EXAMPLES_PER_CLASS = 200  # "a few to a few hundred" example photos per label
-
-Embed = Callable[[np.ndarray], object]  # (n, 3, H, W) pixels -> anything; only timed
 
 
 @dataclass(frozen=True)
@@ -150,26 +139,10 @@ class Built:
 
 
 @dataclass(frozen=True)
-class Agreement:
-    overlap: float  # top-10 neighbours among the photos kept
-    min_cosine: float
-    mean_cosine: float
-    top1: float | None  # share of photos with the same top label; None without labels
-
-
-@dataclass(frozen=True)
 class Quality:
     agreement: Agreement
     check: Verification | None
     refused: str
-
-
-@dataclass(frozen=True)
-class Speed:
-    best: float  # images/s, best round
-    median: float  # images/s, median round
-    ratio_best: float  # best / torch fp32's best
-    ratio_median: float  # median over rounds of (this / torch fp32 in the same round)
 
 
 @dataclass(frozen=True)
@@ -309,50 +282,6 @@ def dynamic_int8(src: Source, tolerance: float) -> Built:
     return Built(embedder, src.checked(embedder, tolerance))
 
 
-def checkpoint_settings(checkpoint: Path, args: argparse.Namespace, **flags) -> Settings:
-    return load_settings(
-        environ={},  # VITSEARCH_* of the shell must not pin the benchmark's backend
-        model=str(checkpoint),
-        device="cpu",
-        batch_size=args.batch_size,
-        threads=args.threads,
-        **flags,
-    )
-
-
-def load_pixels(embedder: Embedder, photos: Sequence[Path]) -> np.ndarray:
-    """The photos through the checkpoint's own processor, as every backend will see them."""
-    return np.stack([embedder.preprocess(Image.open(p).convert("RGB")) for p in photos])
-
-
-def embed_batches(embedder, pixels: np.ndarray, batch_size: int) -> EmbeddingBatch:
-    batches = [
-        embedder.embed(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)
-    ]
-    return EmbeddingBatch(
-        vectors=np.concatenate([b.vectors for b in batches]),
-        labels=[labels for b in batches for labels in b.labels],
-    )
-
-
-def top1_agreement(expected: Sequence[tuple], got: Sequence[tuple]) -> float | None:
-    """Share of photos whose top label is the same; None when either side has no labels."""
-    if not expected or not all(expected) or not all(got):
-        return None
-    same = [a[0].label == b[0].label for a, b in zip(expected, got, strict=True)]
-    return float(np.mean(same))
-
-
-def agreement(expected: EmbeddingBatch, got: EmbeddingBatch) -> Agreement:
-    cosines = np.sum(expected.vectors * got.vectors, axis=1)
-    return Agreement(
-        overlap=neighbour_overlap(expected.vectors, got.vectors),
-        min_cosine=float(cosines.min()),
-        mean_cosine=float(cosines.mean()),
-        top1=top1_agreement(expected.labels, got.labels),
-    )
-
-
 def agreement_phase(args: argparse.Namespace, photos: list[Path], work: Path) -> dict:
     """Variant key -> Quality, on the trained checkpoint over the photos."""
     settings = checkpoint_settings(args.model, args)
@@ -369,39 +298,6 @@ def agreement_phase(args: argparse.Namespace, photos: list[Path], work: Path) ->
         del built, got
         gc.collect()
     return results
-
-
-def round_order(names: Sequence[str], round_index: int) -> list[str]:
-    """Each round starts one candidate later, so none always follows the same neighbour."""
-    k = round_index % len(names)
-    return [*names[k:], *names[:k]]
-
-
-def alternate(embeds: dict[str, Embed], batch: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """images/s of each candidate per round, after one untimed warm-up batch each."""
-    for embed in embeds.values():
-        embed(batch)
-    rates: dict[str, list[float]] = {name: [] for name in embeds}
-    for r in range(rounds):
-        for name in round_order(list(embeds), r):
-            started = time.perf_counter()
-            embeds[name](batch)
-            rates[name].append(len(batch) / (time.perf_counter() - started))
-    return rates
-
-
-def summarise(rates: dict[str, list[float]], reference: str = REFERENCE) -> dict[str, Speed]:
-    """Best and median rates, as ratios to ``reference``'s best and round by round."""
-    ref = np.array(rates[reference])
-    return {
-        name: Speed(
-            best=max(values),
-            median=statistics.median(values),
-            ratio_best=max(values) / ref.max(),
-            ratio_median=float(np.median(np.array(values) / ref)),
-        )
-        for name, values in rates.items()
-    }
 
 
 def speed_phase(

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_index import link_photos, pick_photos, save_vit_b16
+from _models import save_vit_b16
+from _photos import link_photos, pick_photos
 
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.hardware import cpu_name

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import add_sample_options, index_sample
+from _photos import add_sample_options, index_sample
 
 from vitsearch.explore.clusters import MIXED, compute_clusters, stored_clusters
 from vitsearch.records import NO_FILTERS, short_label

@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from _common import add_model_options, index_folders, pick_photos
+from _models import add_model_options
+from _photos import index_folders, pick_photos
 from PIL import Image, ImageOps
 
 from vitsearch.config import load_settings

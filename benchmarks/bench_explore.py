@@ -30,47 +30,50 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
-from _common import (
-    CpuMeter,
-    RssMeter,
-    Shape,
-    Synthetic,
+from _memory import RssMeter, gb, peak_rss
+from _recall import (
+    K,
+    Latency,
+    TopK,
+    exact_top,
+    index_lists,
+    latency,
+    query_library,
+    rows_of,
+    timed_runs,
+)
+from _synthetic import (
+    FOLDER_A,
+    ROOTS,
+    SEED,
+    Explored,
     build_vectors,
+    explored,
     flat_rows,
-    gb,
+    make_queries,
     noise,
-    peak_rss,
-    synthesize,
     unit,
     write_rows,
 )
+from _timing import CpuMeter, load_average
 
 from vitsearch.explore.clusters import compute_clusters
 from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import Filters
-from vitsearch.search.query import nearest
 from vitsearch.store import Library, open_library
 from vitsearch.store.vectors import NPROBE, VectorIndex, build_index, faiss_threads
 
-K = 10
-SEED = 20240601
-SHAPE = Shape(scene_size=4, photos_per_theme=300, fewest_themes=50, most_themes=5000)
-QUERY_NOISE = 0.35  # a query is a library photo moved this much (cosine ~0.94)
 DUPLICATE_NOISE = 0.2  # a planted near-duplicate: cosine ~0.98 to its original
 DUPLICATE_RATE = 0.001
-FOLDER_A_SHARE = 0.1
-FOLDER_A, FOLDER_B = "/photos/a", "/photos/b"
-ROOTS = (FOLDER_A, FOLDER_B)
 STAT_SAMPLE = 500
-WARMUP = 5
 BREAKDOWN_QUERIES = 50
 NPROBES = (8, 16, 32, 64, 128)
 AUTO_K_UP_TO = 20_000
@@ -79,26 +82,6 @@ RECALL_TARGET = 0.95
 TARGET_SIZE = 1_000_000
 CLUSTER_TARGET_S = 60.0
 CLUSTER_TARGET_SIZE = 100_000
-
-
-@dataclass
-class Explored(Synthetic):
-    """The synthetic library with what this benchmark adds: two folders, planted duplicates."""
-
-    in_a: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # row is in FOLDER_A
-    pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))  # (m, 2) rows
-    top1_cos: float = 0.0
-    top10_cos: float = 0.0
-
-
-@dataclass
-class Latency:
-    p50_ms: float
-    p99_ms: float
-    recall: float
-
-    def __str__(self) -> str:
-        return f"p50 {self.p50_ms:7.2f} ms  p99 {self.p99_ms:7.2f} ms  recall@10 {self.recall:.4f}"
 
 
 @dataclass
@@ -169,13 +152,6 @@ def library_data(n: int, dim: int) -> Explored:
     return data
 
 
-def explored(n: int, dim: int) -> Explored:
-    """The library's vectors, ~10% of its photos under FOLDER_A and the rest under FOLDER_B."""
-    data = Explored(**vars(synthesize(n, dim, SEED + n, SHAPE)))
-    data.in_a = np.random.default_rng(SEED + 4).random(n) < FOLDER_A_SHARE
-    return data
-
-
 def plant_duplicates(data: Explored) -> None:
     """Turn ~0.1% of the rows into near-duplicates of other rows (distinct photos)."""
     n, dim = data.vectors.shape
@@ -195,15 +171,6 @@ def neighbour_stats(data: Explored) -> None:
     data.top1_cos, data.top10_cos = float(scores[:, 1].mean()), float(scores[:, K].mean())
 
 
-def make_queries(vectors_of: Callable[[np.ndarray], np.ndarray], rows: int, count: int):
-    """``count`` library photos (of the first ``rows``, their vectors from ``vectors_of``),
-    each moved by QUERY_NOISE."""
-    rng = np.random.default_rng(SEED + 3)
-    picked = rng.choice(rows, count, replace=count > rows)
-    base = vectors_of(picked)
-    return unit(base + noise(rng, base.shape, QUERY_NOISE))
-
-
 def stored_vectors(library: Library, ids: np.ndarray) -> np.ndarray:
     """The stored vectors of ``ids``, in that order (repeats allowed), read from SQLite."""
     found = {}
@@ -212,82 +179,7 @@ def stored_vectors(library: Library, ids: np.ndarray) -> np.ndarray:
     return np.stack([found[i] for i in ids.tolist()])
 
 
-def rows_of(base: np.ndarray, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(row numbers, vectors) of an in-memory matrix, in chunks: what ``exact_top`` reads."""
-    for start in range(0, len(base), chunk):
-        part = base[start : start + chunk]
-        yield np.arange(start, start + len(part)), part
-
-
-class TopK:
-    """The exact k best (id, score) per query, over chunks of vectors given one at a time;
-    ``allowed`` ids only when given."""
-
-    def __init__(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> None:
-        self.queries, self.k, self.allowed = queries, k, allowed
-        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        self.ids = np.zeros((len(queries), k), dtype=np.int64)
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        scores = self.queries @ vectors.T
-        if self.allowed is not None:
-            scores[:, ~np.isin(ids, self.allowed)] = -np.inf
-        found = np.broadcast_to(ids, scores.shape)
-        scores, found = np.hstack([self.scores, scores]), np.hstack([self.ids, found])
-        top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
-        self.scores, self.ids = (np.take_along_axis(x, top, 1) for x in (scores, found))
-
-    def best(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), best first."""
-        order = np.argsort(-self.scores, axis=1, kind="stable")
-        return np.take_along_axis(self.ids, order, 1), np.take_along_axis(self.scores, order, 1)
-
-
-def exact_top(
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-    queries: np.ndarray,
-    k: int,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, scores) of the exact k best per query over (ids, vectors) chunks, best first."""
-    top = TopK(queries, k, allowed)
-    for ids, vectors in chunks:
-        top.add(ids, vectors)
-    return top.best()
-
-
 # -- the library -------------------------------------------------------------------------------
-
-
-def index_lists(index: VectorIndex) -> int:
-    return faiss.extract_index_ivf(index.index).nlist if index.kind == "ivf" else 0
-
-
-def latency(seconds: Sequence[float], found: Sequence[np.ndarray], truth: np.ndarray) -> Latency:
-    ms = np.asarray(seconds) * 1000
-    hits = [len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)]
-    return Latency(
-        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(np.mean(hits)) / K
-    )
-
-
-def timed_runs(run: Callable[[np.ndarray], np.ndarray], queries: np.ndarray):
-    """(seconds, found ids) per query, after a few untimed warm-up queries."""
-    for q in queries[:WARMUP]:
-        run(q)
-    seconds, found = [], []
-    for q in queries:
-        started = time.perf_counter()
-        found.append(run(q))
-        seconds.append(time.perf_counter() - started)
-    return seconds, found
-
-
-def query_library(library: Library, queries: np.ndarray, filters: Filters):
-    def run(q: np.ndarray) -> np.ndarray:
-        return np.array([hit.id for hit in nearest(library, q, K, filters)], dtype=np.int64)
-
-    return timed_runs(run, queries)
 
 
 def sql_breakdown(library: Library, queries: np.ndarray, under: Filters) -> dict[str, float]:
@@ -452,13 +344,9 @@ def index_only(data: Explored, queries: np.ndarray, sql: dict[str, float], n_lib
 # -- measuring and reporting -------------------------------------------------------------------
 
 
-def load() -> str:
-    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
     result = SizeResult(n)
-    print(f"\n=== {n:,} photos ({load()}) ===")
+    print(f"\n=== {n:,} photos ({load_average()}) ===")
     with RssMeter(result.rss, "all"):
         started = time.perf_counter()
         with phase(result, "synthetic"):
@@ -496,7 +384,8 @@ def measure_size(n: int, args: argparse.Namespace, home: Path) -> SizeResult:
     result.peak = result.rss["all"]
     print(
         f"  other processes kept {', '.join(f'{p} {c:.2f}' for p, c in result.busy.items())} "
-        f"cores busy; peak RSS of this size {gb(result.peak)} (process {gb(peak_rss())}); " + load()
+        f"cores busy; peak RSS of this size {gb(result.peak)} (process {gb(peak_rss())}); "
+        + load_average()
     )
     return result
 
@@ -590,7 +479,7 @@ def verdict(ok: bool) -> str:
 
 
 def summary(results: list[SizeResult]) -> None:
-    print(f"\nCPU: {cpu_name()} ({os.cpu_count()} logical cores); {load()}")
+    print(f"\nCPU: {cpu_name()} ({os.cpu_count()} logical cores); {load_average()}")
     header = (
         f"{'photos':>9} {'written':>9} {'rows/s':>7} {'build s':>8} {'index':>10} "
         f"{'open s':>7} {'p50 ms':>7} {'p99 ms':>7} {'recall':>7} {'fp50 ms':>8} "
@@ -644,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     print(
-        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); faiss {faiss.__version__}; {load()}"
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); faiss {faiss.__version__}; "
+        + load_average()
     )
     results = []
     for n in sizes:

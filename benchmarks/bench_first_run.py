@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import pick_photos, save_vit_b16
+from _models import save_vit_b16
+from _photos import pick_photos
 
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.hardware import cpu_name

@@ -21,14 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _common import (
-    CpuMeter,
-    add_model_options,
-    index_folders,
-    pick_photos,
-    save_vit_b16,
-    timed,
-)
+from _models import add_model_options, save_vit_b16
+from _photos import index_folders, link_photos, pick_photos
+from _timing import CpuMeter, timed
 
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
@@ -115,14 +110,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"the ratio of each pair counts (default {DEFAULT_REPEAT})",
     )
     return parser.parse_args(argv)
-
-
-def link_photos(photos: Sequence[Path], folder: Path) -> Path:
-    """Symlinks to the photos (never copies), in a folder of their own."""
-    folder.mkdir(parents=True)
-    for photo in photos:
-        (folder / photo.name).symlink_to(photo.resolve())
-    return folder
 
 
 def predecode(embedder, photos: Sequence[Path]) -> tuple[np.ndarray, float]:

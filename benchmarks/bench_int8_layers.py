@@ -32,20 +32,17 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
-from _common import add_model_options, pick_photos, save_vit_b16
-from bench_backends import (
-    agreement,
-    alternate,
-    checkpoint_settings,
-    embed_batches,
-    load_pixels,
-    summarise,
-)
+from _agreement import agreement, embed_batches, load_pixels
+from _models import add_model_options, checkpoint_settings, save_vit_b16
+from _photos import pick_photos
+from _timing import alternate, summarise
 from onnx import numpy_helper
 
 from vitsearch import app
-from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model, open_export
-from vitsearch.model.exported import MANIFEST_FILE, read_manifest
+from vitsearch.model.backends import open_export
+from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model
+from vitsearch.model.exported import read_manifest
 from vitsearch.model.hardware import cpu_name
 from vitsearch.model.onnx_backend import MODEL_FILE
 

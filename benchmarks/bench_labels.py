@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from _common import add_sample_options, index_sample
+from _photos import add_sample_options, index_sample
 
 from vitsearch.errors import NoSuchLabelError
 from vitsearch.records import NO_FILTERS, Hit

@@ -28,8 +28,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from _common import analyze, create_database, drop_hnsw, flat_rows, postgres_server, write_rows
-from bench_explore import FOLDER_A, ROOTS, K, explored, make_queries
+from _postgres import analyze, create_database, drop_hnsw, postgres_server
+from _recall import K
+from _synthetic import FOLDER_A, ROOTS, explored, flat_rows, make_queries, write_rows
 
 from vitsearch.model.hardware import cpu_name
 from vitsearch.records import Filters, ImageEntry, Label, ModelInfo

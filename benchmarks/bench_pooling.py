@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from _common import CpuMeter, add_model_options, pick_photos, save_vit_b16
+from _models import add_model_options, save_vit_b16
+from _photos import pick_photos
+from _timing import CpuMeter
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitsearch import app

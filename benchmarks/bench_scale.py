@@ -51,43 +51,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _common import (
-    CpuMeter,
-    Paused,
-    RssMeter,
-    TreeMemory,
-    add_model_options,
-    analyze,
-    build_vectors,
-    create_database,
-    drop_database,
-    drop_hnsw,
-    flat_rows,
-    index_folders,
-    postgres_server,
-    save_vit_b16,
-    timed,
-    tree_cpu_seconds,
-    tree_pss,
-    write_rows,
-)
-from bench_explore import (
+from _memory import RssMeter, TreeMemory, tree_cpu_seconds, tree_pss
+from _models import add_model_options, save_vit_b16
+from _photos import index_folders
+from _postgres import analyze, create_database, drop_database, drop_hnsw, postgres_server
+from _recall import K, Latency, exact_top, index_lists, latency, query_library, rows_of
+from _synthetic import (
     FOLDER_A,
     ROOTS,
     Explored,
-    K,
-    Latency,
-    exact_top,
+    build_vectors,
     explored,
-    index_lists,
-    latency,
+    flat_rows,
     make_queries,
-    query_library,
-    rows_of,
+    write_rows,
 )
-from bench_explore import (
-    load as load_average,
-)
+from _timing import CpuMeter, Paused, load_average, timed
 from PIL import Image, ImageDraw
 
 from vitsearch.config import available_cores, load_settings
@@ -134,7 +113,7 @@ class Engine:
 
 
 def exact_queries(data, count: int, warmup: int) -> Queries:
-    """Warm-up and timed queries (library photos moved by bench_explore's QUERY_NOISE) and
+    """Warm-up and timed queries (library photos moved by _synthetic.QUERY_NOISE) and
     the timed ones' exact top-K by brute force, unfiltered and under FOLDER_A."""
     picked = make_queries(data.vectors.__getitem__, len(data.vectors), warmup + count)
     timed_queries = picked[warmup:]

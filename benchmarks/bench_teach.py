@@ -141,7 +141,7 @@ def run(vectors, member, labels, examples_per_label, seed, method, share=0.5) ->
         **options,
     )
     unseen = ~in_library
-    best, scores = classifier.top(vectors[unseen])
+    best, scores = decisions(classifier, vectors[unseen], method)
     truth = member[unseen]
     members = truth >= 0
     correct = np.where(members, best == truth, best == NONE)
@@ -154,6 +154,16 @@ def run(vectors, member, labels, examples_per_label, seed, method, share=0.5) ->
         cv_false_labels=validation.false_label_rate,
         background=len(split.background) if with_background else 0,
     )
+
+
+def decisions(classifier, vectors: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(label or NONE, its score) per vector; the closed-set baseline takes the argmax, as
+    classifiers did before open-set labels (no 50% bar, every photo labelled)."""
+    if method != "closed-set (before)":
+        return classifier.top(vectors)
+    labels = classifier.probabilities(vectors)[:, :-1]
+    best = labels.argmax(axis=1)
+    return best, labels[np.arange(len(best)), best]
 
 
 def report(outcomes: dict[str, list[Outcome]], labels: list[str]) -> None:

@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_ui.py [--photos 100000] [--repeats 20] [--keep DIR]
 [--screenshot]``. Target: a warm render (caches filled) under 300 ms.
 
-The library is the benchmarks' synthetic one (``_common.synthesize``: 768-d unit vectors drawn
+The library is the benchmarks' synthetic one (``_synthetic.synthesize``: 768-d unit vectors drawn
 as themes -> scenes -> shots, here a few hundred themes and scenes of ~8 shots, not uniform
 noise), written through the store API as the indexer writes it (``write_batch`` in chunks in
 one writer, whose close builds and saves the FAISS cache), with what a page shows added:
@@ -62,7 +62,8 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from _common import SHOT_NOISE, Shape, noise, synthesize, timed, unit, write_library
+from _synthetic import SHOT_NOISE, Shape, noise, synthesize, unit, write_library
+from _timing import timed
 from PIL import Image, ImageDraw
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -205,7 +206,7 @@ def entries(data: Rows, rows: range, root_id: int, files: list[Path]) -> list[Im
 
 
 def write_rows_of(data: Rows, files: list[Path]) -> Callable[[range, list[int]], list[ImageEntry]]:
-    """The rows for :func:`_common.write_library`, in the one root ``Pictures``."""
+    """The rows for :func:`_synthetic.write_library`, in the one root ``Pictures``."""
     return lambda chunk, root_ids: entries(data, chunk, root_ids[0], files)
 
 

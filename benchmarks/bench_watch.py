@@ -12,7 +12,7 @@ see it: the photo's row is committed in SQLite, and a freshly opened library (wh
 is caught up from SQLite on open) returns the photo's id for its own stored vector.
 
 The default model is a *randomly initialised* full-size ViT-B/16 (seeded, from
-``_common.save_vit_b16``): the arithmetic of real weights, meaningless labels.
+``_models.save_vit_b16``): the arithmetic of real weights, meaningless labels.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import pick_photos, save_vit_b16
+from _models import save_tiny_vit, save_vit_b16
+from _photos import pick_photos
 
 from vitsearch.config import load_settings
 from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.runtime import EXPORTS_FOLDER
 from vitsearch.store import open_library
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SINGLES = 20
 DEFAULT_BURST = 500
 DEFAULT_IDLE_SECONDS = 60.0
@@ -456,9 +456,6 @@ def measure_idle(watcher: WatchProcess, seconds: float) -> tuple[float, CpuShare
 def make_checkpoint(kind: str, directory: Path) -> Path:
     if kind == "vit-b":
         return save_vit_b16(directory)
-    sys.path.insert(0, str(REPO_ROOT))  # tests.helpers, the tiny ViT of the test suite
-    from tests.helpers import save_tiny_vit
-
     return save_tiny_vit(directory)
 
 

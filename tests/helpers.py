@@ -264,7 +264,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 @contextlib.contextmanager
 def benchmark_module(name: str) -> Iterator[ModuleType]:
     """A script of benchmarks/ imported as a module; they import their shared helpers by
-    bare name (``_common``), as when run as scripts."""
+    bare name (``_photos``, ``_timing``...), as when run as scripts."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         yield importlib.import_module(name)

@@ -23,8 +23,9 @@ from vitsearch.explore.clusters import (
 )
 from vitsearch.explore.duplicates import find_duplicates
 from vitsearch.records import Filters, Label
-from vitsearch.search import label_counts, nearest, search_by_label
+from vitsearch.search import label_counts, search_by_label
 from vitsearch.search.hierarchy import imagenet_hierarchy
+from vitsearch.search.query import nearest
 from vitsearch.store import open_library
 
 DOG = Label("golden retriever", 0.8)

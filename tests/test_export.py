@@ -13,13 +13,10 @@ from PIL import Image
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit, vitsearch
 from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model import Features, load_embedder
-from vitsearch.model.export import (
-    BackendMismatchError,
-    export_onnx,
-    load_onnx_embedder,
-    verify_export,
-)
-from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE
+from vitsearch.model.backends import load_onnx_embedder
+from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.export import export_onnx, verify_export
+from vitsearch.model.exported import PROCESSOR_FILE, BackendMismatchError
 from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
 

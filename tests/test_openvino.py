@@ -17,8 +17,10 @@ from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
-from vitsearch.model.export import export_model, export_onnx, load_exported
-from vitsearch.model.exported import MANIFEST_FILE, PROCESSOR_FILE, read_manifest
+from vitsearch.model.backends import load_exported
+from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.export import export_model, export_onnx
+from vitsearch.model.exported import PROCESSOR_FILE, read_manifest
 from vitsearch.model.runtime import EXPORTS_FOLDER
 
 pytestmark = pytest.mark.slow

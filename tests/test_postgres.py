@@ -449,31 +449,25 @@ def test_migrate_both_ways_keeps_ids_vectors_and_labels(
     assert again.returncode == 1 and "already holds photos" in again.stderr
 
 
-def test_an_older_sparser_graph_is_sized_for_and_rebuilt_denser(
-    home: Path, pg_store: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_hnsw_graph_is_built_and_rebuilt_with_its_options(home: Path, pg_store: str) -> None:
     from sqlalchemy import create_engine
 
     from vitsearch.store.postgres import HNSW_EF_CONSTRUCTION, HNSW_INDEX, HNSW_M, pg_url
 
+    def graph_options() -> list[str]:
+        engine = create_engine(pg_url(pg_store))
+        try:
+            with engine.connect() as conn:
+                return conn.exec_driver_sql(
+                    f"SELECT reloptions FROM pg_class WHERE oid = '{HNSW_INDEX}'::regclass"
+                ).scalar()
+        finally:
+            engine.dispose()
+
     fill(home, pg_store, 20)
-    with open_library(home, store=pg_store) as library:
-        assert library.graph_options() == {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
-    engine = create_engine(pg_url(pg_store))
-    with engine.begin() as conn:  # as an index from before the denser graph
-        conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")
-        conn.exec_driver_sql(
-            f"CREATE INDEX {HNSW_INDEX} ON embeddings USING hnsw (vector vector_ip_ops)"
-        )
-    engine.dispose()
-    with open_library(home, store=pg_store) as library:
-        assert library.graph_options() == {"m": 16, "ef_construction": 64}
-    caplog.set_level("INFO", logger="vitsearch.store.postgres")
+    built = [f"m={HNSW_M}", f"ef_construction={HNSW_EF_CONSTRUCTION}"]
+    assert graph_options() == built
     with open_library(home, write=True, store=pg_store) as writer:
-        assert "rebuild-index" in caplog.text and "ef_construction 64" in caplog.text
         assert writer.rebuild_vectors() == 20
-        assert writer.graph_options()["ef_construction"] == HNSW_EF_CONSTRUCTION
-    caplog.clear()
-    with open_library(home, write=True, store=pg_store) as writer:
-        assert "rebuild-index" not in caplog.text
         assert len(writer.vectors.search(unit_vectors(1, 5)[0], 5, plan="index")[0]) == 5
+    assert graph_options() == built

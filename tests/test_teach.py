@@ -6,7 +6,6 @@ and the model's own labels stay next to a taught one.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,9 @@ from tests.helpers import (
 from vitsearch.config import available_cores, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
-from vitsearch.labels.classifier import NONE, LinearClassifier, decide, load_classifiers
+from vitsearch.labels.classifier import NONE, LinearClassifier, decide
 from vitsearch.labels.teach import (
     calibration_error,
-    classifier_summaries,
     split_library,
     teach_folder,
     train,
@@ -88,7 +86,7 @@ def test_train_separates_and_calibrates() -> None:
     assert probs.shape == (120, 4) and np.allclose(probs.sum(axis=1), 1.0)
     again = LinearClassifier.from_bytes(classifier.to_bytes())
     assert np.allclose(again.probabilities(vectors), probs)
-    assert again.classes == ("a", "b", "c") and again.open_set
+    assert again.classes == ("a", "b", "c")
 
 
 def planted(seed: int, members: int = 60, others: int = 300):
@@ -120,8 +118,6 @@ def test_a_label_is_given_only_when_more_likely_than_not() -> None:
     best, scores = decide(probs)
     assert best.tolist() == [NONE, 0, NONE]
     assert np.allclose(scores, [0.55, 0.60, 0.80])  # none: the chance the best label is wrong
-    closed, _ = decide(probs, open_set=False)  # classifiers taught before open-set labels
-    assert closed.tolist() == [0, 0, 1]
 
 
 def test_likely_members_the_first_fit_is_sure_of_widen_a_label() -> None:
@@ -171,29 +167,6 @@ def test_scores_are_calibrated_on_held_out_planted_data() -> None:
     assert np.all((scores >= 0) & (scores <= 1))
     truth = np.where(fresh_group < 3, fresh_group, NONE)
     assert calibration_error(scores, best == truth) < 0.1
-
-
-def test_old_closed_set_classifier_still_loads_and_asks_for_teach(
-    home: Path, tmp_path: Path, fake_embedder: FakeEmbedder, caplog
-) -> None:
-    colour_folder(tmp_path / "photos", 2)
-    index(home, tmp_path / "photos", fake_embedder)
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()  # what LinearClassifier.to_bytes wrote before labels were open-set
-    np.savez(
-        buffer,
-        weights=rng.normal(size=(24, 2)).astype(np.float32),
-        bias=np.zeros(2, np.float32),
-        temperature=np.array(1.5),
-        classes=np.array(["x", "y"]),
-    )
-    with open_library(home, write=True) as library:
-        library.save_classifier("old", buffer.getvalue(), ["x", "y"], 0.9, "")
-        [(_cid, name, old)] = load_classifiers(library)
-        assert name == "old" and not old.open_set and old.temperature == 1.5
-        assert np.all(old.top(rng.normal(size=(5, 24)))[0] != NONE)  # as it always did
-        assert classifier_summaries(library)[0].open_set is False
-    assert "run `vitsearch teach` again" in caplog.text
 
 
 def test_teach_labels_library_without_model_forward(

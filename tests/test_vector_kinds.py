@@ -11,7 +11,7 @@ import vitsearch.store.vectors as vectors_module
 from tests.helpers import plant, sphere_groups
 from vitsearch.explore.duplicates import find_duplicates
 from vitsearch.records import Filters
-from vitsearch.search import nearest
+from vitsearch.search.query import nearest
 from vitsearch.store import open_library
 
 LIMIT = 400

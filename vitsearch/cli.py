@@ -443,8 +443,7 @@ def teach(
             click.echo("no taught labels yet; teach some with: vitsearch teach DIR")
         for c in taught:
             accuracy = "-" if c.accuracy is None else f"{c.accuracy:.0%}"
-            stale = "" if c.open_set else "; labels every photo: run `vitsearch teach` again"
-            click.echo(f"{c.name}: {', '.join(c.classes)} (held-out accuracy {accuracy}{stale})")
+            click.echo(f"{c.name}: {', '.join(c.classes)} (held-out accuracy {accuracy})")
         return
     if remove:
         with open_app(settings, write=True) as writer:

@@ -254,7 +254,6 @@ class TaughtClassifier:
     classes: tuple[str, ...]
     accuracy: float | None  # on held-out examples
     created_at: float
-    open_set: bool  # False: stored before open-set labels existed; labels every photo
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ embeddings (numpy only), stored in the library by ``teach``."""
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +12,6 @@ import numpy as np
 from vitsearch.model.scores import softmax
 from vitsearch.records import TAUGHT_SOURCE, Label
 from vitsearch.store import Library
-
-log = logging.getLogger(__name__)
 
 SOURCE_PREFIX = TAUGHT_SOURCE
 NONE = -1  # top()'s class index for "none of these"
@@ -27,9 +24,8 @@ LABEL_AT_LEAST = 0.5
 class LinearClassifier:
     """Softmax regression over unit embeddings, with a calibration temperature.
 
-    Open-set when trained with a background column (the last of ``weights``: "none of these")
-    and/or a distance gate (``centroids``, ``min_cosine``). Classifiers stored before either
-    existed load as closed-set: they give every photo a label until taught again.
+    Open-set: trained with a background column (the last of ``weights``: "none of these")
+    and/or a distance gate (``centroids``, ``min_cosine``).
     """
 
     classes: tuple[str, ...]
@@ -42,10 +38,6 @@ class LinearClassifier:
     @property
     def has_background(self) -> bool:
         return self.weights.shape[1] == len(self.classes) + 1
-
-    @property
-    def open_set(self) -> bool:
-        return self.has_background or self.centroids is not None
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         return np.asarray(vectors, np.float32) @ self.weights + self.bias
@@ -64,7 +56,7 @@ class LinearClassifier:
 
     def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class index or NONE, its calibrated probability) per vector."""
-        return decide(self.probabilities(vectors), self.open_set)
+        return decide(self.probabilities(vectors))
 
     def to_bytes(self) -> bytes:
         arrays = {"centroids": self.centroids, "min_cosine": self.min_cosine}
@@ -112,24 +104,18 @@ def custom_labels_for(
 
 
 def load_classifiers(library: Library) -> list[tuple[int, str, LinearClassifier]]:
-    loaded = [
+    return [
         (cid, name, LinearClassifier.from_bytes(blob)) for cid, name, blob in library.classifiers()
     ]
-    for _cid, name, classifier in loaded:
-        if not classifier.open_set:
-            log.warning("taught labels %r label every photo: run `vitsearch teach` again", name)
-    return loaded
 
 
-def decide(probs: np.ndarray, open_set: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def decide(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(label index or NONE, its probability) per row of ``open_probabilities``: the likeliest
-    label when an open-set classifier gives it LABEL_AT_LEAST, else NONE with the chance
-    that the likeliest label is wrong. Closed-set classifiers keep their old argmax."""
+    label when it has LABEL_AT_LEAST, else NONE with the chance that the likeliest label is
+    wrong."""
     labels = probs[:, :-1]
     best = labels.argmax(axis=1)
     chance = labels[np.arange(len(best)), best]
-    if not open_set:
-        return best, chance
     given = chance >= LABEL_AT_LEAST
     return np.where(given, best, NONE), np.where(given, chance, 1.0 - chance)
 

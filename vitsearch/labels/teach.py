@@ -156,7 +156,7 @@ def train(
             temperature = _calibrate(logits, far, y, with_background)
         probs = open_probabilities(logits, far, temperature, with_background)
         classifier = fit(x, y, temperature)
-        validation = _validate(probs, y, count, folds, classifier.open_set)
+        validation = _validate(probs, y, count, folds)
     if others is None or len(others) == 0:
         return classifier, validation
     labelled = float((classifier.top(others)[0] != NONE).mean())
@@ -351,16 +351,9 @@ def apply_classifier(
 
 
 def classifier_summaries(library: Library) -> list[TaughtClassifier]:
-    """What ``teach --list`` shows: each classifier's labels, accuracy and whether it is
-    open-set (stored before open-set labels existed: needs ``teach`` again)."""
-    open_set = {
-        name: LinearClassifier.from_bytes(blob).open_set
-        for _cid, name, blob in library.classifiers()
-    }
+    """What ``teach --list`` shows: each classifier's labels and accuracy."""
     return [
-        TaughtClassifier(
-            s["name"], tuple(s["classes"]), s["accuracy"], s["created_at"], open_set[s["name"]]
-        )
+        TaughtClassifier(s["name"], tuple(s["classes"]), s["accuracy"], s["created_at"])
         for s in library.classifier_summaries()
     ]
 
@@ -416,10 +409,8 @@ def _calibrate(logits: np.ndarray, far: np.ndarray, y: np.ndarray, with_backgrou
     return float(candidates[int(np.argmin([loss(t) for t in candidates]))])
 
 
-def _validate(
-    probs: np.ndarray, y: np.ndarray, count: int, folds: np.ndarray, open_set: bool
-) -> Validation:
-    best, top = decide(probs, open_set)
+def _validate(probs: np.ndarray, y: np.ndarray, count: int, folds: np.ndarray) -> Validation:
+    best, top = decide(probs)
     best = np.where(best == NONE, count, best)
     examples, background = y < count, y == count
     return Validation(

@@ -7,8 +7,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-# Features, EmbeddingBatch and PixelInput are torch-free (exports run without torch); they
-# are imported from here too
+# Features, EmbeddingBatch and PixelInput live in torch-free modules (exports run without torch)
 from vitsearch.model.features import (
     DEFAULT_FEATURES,
     FINAL_LAYER,

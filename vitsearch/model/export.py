@@ -8,8 +8,8 @@ the two formats cannot drift apart. An export is written to a staging directory,
 against the PyTorch model on seeded probe images, and only then moved into place: a directory
 holding a manifest always holds a verified export.
 
-Opening an export by its manifest (:func:`open_export`, :func:`load_exported`) is
-:mod:`.backends`', without torch; its names are here too, beside the exporting.
+Opening an export by its manifest (:func:`.backends.open_export`,
+:func:`.backends.load_exported`) is :mod:`.backends`', without torch.
 """
 
 from __future__ import annotations
@@ -35,24 +35,21 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from vitsearch import __version__
 from vitsearch.errors import ConfigError
-
-# opening an export (.backends) and its error (.exported) need no torch; named here too
-from vitsearch.model.backends import load_exported as load_exported
-from vitsearch.model.backends import load_onnx_embedder as load_onnx_embedder
 from vitsearch.model.backends import open_export
-from vitsearch.model.embedder import FINAL_LAYER, Embedder, EmbeddingBatch, _pool
+from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.embedder import Embedder, _pool
 from vitsearch.model.export_checks import FORMATS, check_format, check_out
 from vitsearch.model.exported import (
     EMBEDDING_OUTPUT,
     FORMAT,
     INPUT_NAME,
     LOGITS_OUTPUT,
-    MANIFEST_FILE,
     OPENVINO_FORMAT,
     BackendMismatchError,
     ExportedEmbedder,
     ExportManifest,
 )
+from vitsearch.model.features import FINAL_LAYER, EmbeddingBatch
 from vitsearch.model.onnx_backend import INSTALL_HINT, MODEL_FILE
 from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
 

@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 
 from vitsearch.errors import ConfigError
-from vitsearch.model.exported import MANIFEST_FILE
+from vitsearch.model.checkpoint import MANIFEST_FILE
 from vitsearch.model.onnx_backend import INSTALL_HINT
 from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT
 

@@ -32,8 +32,6 @@ from vitsearch.records import Label, ModelInfo
 if TYPE_CHECKING:
     import transformers
 
-__all__ = ["MANIFEST_FILE", "ExportManifest", "ExportedEmbedder", "read_manifest"]
-
 PROCESSOR_FILE = "preprocessor_config.json"
 FORMAT = "vitsearch-onnx"
 OPENVINO_FORMAT = "vitsearch-openvino"

@@ -57,10 +57,9 @@ import numpy as np
 from vitsearch.errors import ConfigError
 from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.busy import OtherProcesses
-from vitsearch.model.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+from vitsearch.model.checkpoint import MANIFEST_FILE, checkpoint_fingerprint, resolve_checkpoint
 from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
 from vitsearch.model.exported import (
-    MANIFEST_FILE,
     BackendMismatchError,
     ExportedEmbedder,
     export_backend,
@@ -93,9 +92,6 @@ OPENVINO_PRECISIONS = ("fp32", "int8")  # converted from the ONNX fp32 graph
 OPENVINO_TIMED = ("int8",)  # NNCF int8 weights; why not fp32: the module docstring
 EXPORT_PRECISIONS = {ONNX: ONNX_PRECISIONS, OPENVINO: OPENVINO_PRECISIONS}
 EXPORT_NAMES = {ONNX: "ONNX Runtime", OPENVINO: "OpenVINO"}
-# 2: int8 in blocks with neighbour-checked verification; exports of scheme 1 (per-tensor
-# dynamic int8) are not reused
-EXPORT_SCHEME = 2
 MEASURE_SECONDS = 2.0  # per candidate, after a warm-up batch
 MEASURE_BATCH = 8
 BUSY_WHILE_TIMING = 0.5  # cores other programs kept busy, above which a timing is not trusted
@@ -554,9 +550,6 @@ def _rejected_file(source: Source, precision: str, backend: str = ONNX) -> Path:
 
 
 def export_directory(source: Source, precision: str, backend: str = ONNX) -> Path:
-    """Where the home keeps the automatic export of this checkpoint, layer and pooling (ONNX
-    exports keep the names earlier homes gave them)."""
-    identity = source.fingerprint() + f"|scheme={EXPORT_SCHEME}"
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    kind = precision if backend == ONNX else f"{backend}-{precision}"
-    return source.home / EXPORTS_FOLDER / f"{key}-{kind}"
+    """Where the home keeps the automatic export of this checkpoint, layer and pooling."""
+    key = hashlib.sha256(source.fingerprint().encode()).hexdigest()[:16]
+    return source.home / EXPORTS_FOLDER / f"{key}-{backend}-{precision}"

@@ -46,7 +46,6 @@ DATABASE_NAME = "library.sqlite3"
 ALLOWED_CACHE = 8  # filters remembered per reader
 MARKS = ("last_commit_at", "vector_seq")  # meta rows every photo write changes
 VECTORS_NAME = "vectors.faiss"
-FORMER_UMAP_FILE = "map-umap.pkl"  # the map's model before it moved into the derived cache
 
 
 class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
@@ -73,8 +72,6 @@ class Library(PhotoRows, EmbeddingRows, LabelRows, DerivedResults):
         self._vectors_stamp: float | None = None
         self._allowed: dict[tuple, tuple[tuple, np.ndarray]] = {}
         self._vectors_dirty = False
-        if writable:
-            (home / FORMER_UMAP_FILE).unlink(missing_ok=True)
 
     # -- what the noun mixins share -----------------------------------------------------
 

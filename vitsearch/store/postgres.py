@@ -61,26 +61,20 @@ HNSW_M = 16  # pgvector's default graph degree
 # filter even at ef_search 800; 128 reaches 0.995 and 0.994 at ef_search 200, for
 # twice the build time. The curves are in docs/benchmarks.md, "FAISS beside pgvector".
 HNSW_EF_CONSTRUCTION = 128
-PGVECTOR_M, PGVECTOR_EF_CONSTRUCTION = 16, 64  # what an index built without the options has
-# Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library, at a
-# rate set by the graph the library's index was built with (ef_construction -> photos per
-# candidate), each from the same curves: the graph of 128 kept recall@10 >= 0.99 at one
-# candidate per 5,000 photos at the sizes measured (64 at 100k: 0.995; 200 at 1M: 0.995); the
-# graph of 64 needed one per 1,250 to reach 0.95 (800 at 1M).
+# Candidates a query keeps (pgvector's hnsw.ef_search, at least k) grow with the library, from
+# the same curves: the graph of 128 kept recall@10 >= 0.99 at one candidate per 5,000 photos at
+# the sizes measured (64 at 100k: 0.995; 200 at 1M: 0.995).
 EF_SEARCH_MIN = 64
-PHOTOS_PER_CANDIDATE = {HNSW_EF_CONSTRUCTION: 5000, PGVECTOR_EF_CONSTRUCTION: 1250}
+PHOTOS_PER_CANDIDATE = 5000
 EF_SEARCH_MAX = 1000  # pgvector's limit
 GRAPH_OPTIONS = f"m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}"
 CONNECT_TIMEOUT_SECONDS = 10
 PLANS = {"auto": (), "index": ("enable_sort",), "exact": ("enable_indexscan",)}
 
 
-def ef_search_for(photos: int, ef_construction: int = HNSW_EF_CONSTRUCTION) -> int:
-    """pgvector's ``hnsw.ef_search`` for a library of ``photos`` vectors whose HNSW graph was
-    built with ``ef_construction`` (a sparser graph than measured takes the sparsest rule)."""
-    measured = [e for e in PHOTOS_PER_CANDIDATE if e <= ef_construction]
-    per = PHOTOS_PER_CANDIDATE[max(measured) if measured else min(PHOTOS_PER_CANDIDATE)]
-    return min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, math.ceil(photos / per)))
+def ef_search_for(photos: int) -> int:
+    """pgvector's ``hnsw.ef_search`` for a library of ``photos`` vectors."""
+    return min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, math.ceil(photos / PHOTOS_PER_CANDIDATE)))
 
 
 def pg_url(store: str) -> URL:
@@ -264,8 +258,7 @@ class PgVectors:
         if self.ef_search is not None:
             return max(self.ef_search, k)
         if self._sized is None:
-            graph = self.library.graph_options().get("ef_construction", HNSW_EF_CONSTRUCTION)
-            self._sized = ef_search_for(self.library.estimated_vectors(), graph)
+            self._sized = ef_search_for(self.library.estimated_vectors())
         return max(self._sized, k)
 
     def search(
@@ -351,7 +344,6 @@ class PgLibrary(Library):
         info = self.model
         if writable and info is not None:
             self._type_vectors(info.dim)
-            self._suggest_denser_graph()
 
     @property
     def on_disk(self) -> bool:
@@ -382,22 +374,6 @@ class PgLibrary(Library):
                 "SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass"
             ).scalar()
         return int(estimate) if estimate is not None and estimate >= 0 else self.embedding_count()
-
-    def graph_options(self) -> dict[str, int]:
-        """The HNSW index's build options (``m``, ``ef_construction``), pgvector's defaults
-        for those it was built without; empty while there is no index."""
-        with self.engine.connect() as conn:
-            options = conn.exec_driver_sql(
-                "SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = to_regclass(%(name)s)",
-                {"name": HNSW_INDEX},
-            ).scalar()
-        if options is None:
-            return {}
-        found = dict(option.split("=", 1) for option in options)
-        return {
-            "m": int(found.get("m", PGVECTOR_M)),
-            "ef_construction": int(found.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)),
-        }
 
     def allowed_ids(self, filters: Filters) -> FilteredIds:  # type: ignore[override]
         return FilteredIds(self, filters)
@@ -447,11 +423,9 @@ class PgLibrary(Library):
             return ids
 
     def rebuild_vectors(self) -> int:
-        """Rebuild the HNSW index from the rows with this version's graph options (an index
-        from an older vitsearch gets the denser graph); the vectors it holds."""
+        """Rebuild the HNSW index from the rows; the vectors it holds."""
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             if conn.exec_driver_sql(f"SELECT to_regclass('{HNSW_INDEX}')").scalar():
-                conn.exec_driver_sql(f"ALTER INDEX {HNSW_INDEX} SET ({GRAPH_OPTIONS})")
                 conn.exec_driver_sql(f"REINDEX INDEX {HNSW_INDEX}")
         self._vectors = None
         return self.embedding_count()
@@ -480,19 +454,6 @@ class PgLibrary(Library):
             conn.exec_driver_sql(
                 f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON embeddings USING hnsw "
                 f"(vector vector_ip_ops) WITH ({GRAPH_OPTIONS})"
-            )
-
-    def _suggest_denser_graph(self) -> None:
-        """A writer of a library indexed by an older vitsearch: say, as it opens, what a
-        rebuild gains."""
-        built = self.graph_options().get("ef_construction")
-        if built is not None and built < HNSW_EF_CONSTRUCTION:
-            log.info(
-                "this library's HNSW index was built with ef_construction %d; "
-                "`vitsearch rebuild-index` rebuilds it with %d, for better recall on large "
-                "libraries (meanwhile its searches take the candidates that graph needs)",
-                built,
-                HNSW_EF_CONSTRUCTION,
             )
 
     # -- opening and closing ------------------------------------------------------------
