@@ -1,5 +1,5 @@
 """The benchmarks' model options and checkpoints: --batch-size and --threads with vitsearch's
-defaults, settings for a checkpoint, the seeded random ViT-B/16 (the real FLOPs) and a tiny ViT."""
+defaults, settings for a checkpoint, and the seeded random ViT-B/16 (the real FLOPs)."""
 
 from __future__ import annotations
 
@@ -61,28 +61,4 @@ def save_vit_b16(directory: Path) -> Path:
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(directory)
-    return directory
-
-
-TINY_LABELS = {0: "tabby, tabby cat", 1: "golden retriever", 2: "pizza, pizza pie"}
-
-
-def save_tiny_vit(directory: Path) -> Path:
-    """A seeded random tiny ViT (2 layers, 32-d, 32 px) saved as a real checkpoint is."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        id2label=TINY_LABELS,
-        label2id={v: k for k, v in TINY_LABELS.items()},
-    )
-    ViTForImageClassification(config).save_pretrained(directory)
-    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory

@@ -1,7 +1,7 @@
 """`vitsearch watch` as users run it: single-photo latency, burst throughput, idle CPU.
 
 Run: ``python benchmarks/bench_watch.py PATH [--singles N] [--burst N] [--idle-seconds S]
-[--model tiny|vit-b]``. PATH is a folder of photos (e.g. an ImageNet sample). Everything is
+[--model DIR]``. PATH is a folder of photos (e.g. an ImageNet sample). Everything is
 written to a temporary directory: photos are copied there (like ``cp``, so their mtime is the
 copy time), never into the repository.
 
@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _models import save_tiny_vit, save_vit_b16
+from _models import save_vit_b16
 from _photos import pick_photos
 
 from vitsearch.config import load_settings
@@ -96,9 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        choices=("tiny", "vit-b"),
-        default="vit-b",
-        help="random full-size ViT-B/16 (default) or a tiny ViT for a quick run",
+        type=Path,
+        help="a checkpoint (default: a seeded random ViT-B/16; a small one for a quick run)",
     )
     return parser.parse_args(argv)
 
@@ -453,10 +452,8 @@ def measure_idle(watcher: WatchProcess, seconds: float) -> tuple[float, CpuShare
 # -- setup and report ----------------------------------------------------------------------
 
 
-def make_checkpoint(kind: str, directory: Path) -> Path:
-    if kind == "vit-b":
-        return save_vit_b16(directory)
-    return save_tiny_vit(directory)
+def make_checkpoint(given: Path | None, directory: Path) -> Path:
+    return given if given is not None else save_vit_b16(directory)
 
 
 def split_photos(photos: list[Path], singles: int, burst: int) -> tuple[list, list, list]:
@@ -487,7 +484,8 @@ def print_header(args: argparse.Namespace, settings, checkpoint: Path) -> None:
     print(
         f"CPU:            {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}"
     )
-    print(f"model:          {args.model} (random init, seeded) at {checkpoint}")
+    kind = "a seeded random ViT-B/16" if args.model is None else "given"
+    print(f"model:          {checkpoint} ({kind})")
     watch_threads = settings.watch_threads or "adaptive (every core while the machine is idle)"
     print(
         f"threads:        index {settings.threads}, watch {watch_threads}; batch size "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import random
 import signal
@@ -259,6 +260,16 @@ def vitsearch(*args: str, env: dict, check: bool = True) -> subprocess.Completed
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = BENCHMARKS.parent / "scripts"
+
+
+def script_module(name: str) -> ModuleType:
+    """A maintainer's script of scripts/ (not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextlib.contextmanager

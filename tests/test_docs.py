@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -14,11 +15,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def load_generator():
-    path = ROOT / "scripts" / "make_cli_reference.py"
-    spec = importlib.util.spec_from_file_location("make_cli_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("make_cli_reference")
 
 
 def anchors(page: Path) -> set[str]:

@@ -3,7 +3,6 @@ people read them (no WordNet ids)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -21,6 +20,7 @@ from tests.helpers import (
     WORDNET,
     once,
     plant,
+    script_module,
     sphere_groups,
     vitsearch,
 )
@@ -64,11 +64,7 @@ PHOTOS = {  # path -> the model's top labels
 
 
 def load_script():
-    path = ROOT / "scripts" / "make_label_hierarchy.py"
-    spec = importlib.util.spec_from_file_location("make_label_hierarchy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("make_label_hierarchy")
 
 
 def plant_photos(home: Path, photos: dict[str, list[tuple[str, float]]]) -> None:
