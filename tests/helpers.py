@@ -130,6 +130,9 @@ class FakeEmbedder:
         self.calls = 0
         self.images_embedded = 0
 
+    def set_threads(self, threads: int) -> bool:
+        return False  # no threads to set: numpy, in the caller's thread
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
         small = image.convert("RGB").resize((8, 8), Image.BILINEAR)
         return (np.asarray(small, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)

@@ -72,8 +72,9 @@ class CountedThreads(FakeEmbedder):
         super().__init__()
         self.thread_changes: list[int] = []
 
-    def set_threads(self, threads: int) -> None:
+    def set_threads(self, threads: int) -> bool:
         self.thread_changes.append(threads)
+        return True
 
 
 def test_the_indexer_applies_the_policy_before_each_batch(home: Path, tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ class Indexer:
             embedder = self._embedder_factory()
             self.setup_seconds += time.perf_counter() - began
             self.library.adopt_model(embedder.info, embedder.precision)
-            self.library.set_meta(device=str(getattr(embedder, "device", "cpu")))
+            self.library.set_meta(device=str(embedder.device))
             self._embedder = embedder
         return self._embedder
 
@@ -314,12 +314,11 @@ class Indexer:
                     future.cancel()
 
     def _adapt_threads(self) -> None:
-        if self.threads_policy is None or not hasattr(self.embedder, "set_threads"):
+        if self.threads_policy is None:
             return
         wanted = self.threads_policy()
-        if wanted != self.model_threads:
+        if wanted != self.model_threads and self.embedder.set_threads(wanted):
             log.info("model threads %d -> %d", self.model_threads, wanted)
-            self.embedder.set_threads(wanted)
             self.model_threads = wanted
 
     def _decode_alongside(self, embedder: ImageEmbedder) -> bool:
@@ -328,7 +327,7 @@ class Indexer:
         OpenMP workers: on 2 cores the forward ran 13% slower alongside decoding, more than
         the whole decode costs when each batch is decoded with both cores in between
         (benchmarks/bench_index.py)."""
-        if getattr(embedder, "device", "cpu") != "cpu" or not self.model_threads:
+        if embedder.device != "cpu" or not self.model_threads:
             return True
         return self.model_threads < available_cores()
 

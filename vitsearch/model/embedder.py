@@ -53,9 +53,10 @@ class Embedder(PixelInput):
     def has_labels(self) -> bool:
         return self._head is not None
 
-    def set_threads(self, threads: int) -> None:
+    def set_threads(self, threads: int) -> bool:
         """Torch intra-op threads from the next forward on (process-wide, as torch has it)."""
         torch.set_num_threads(threads)
+        return True
 
     def embed(self, pixels: np.ndarray) -> EmbeddingBatch:
         """(n, 3, H, W) pixels -> unit embeddings and top labels, in one forward pass."""

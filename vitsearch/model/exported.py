@@ -121,6 +121,10 @@ class ExportedEmbedder(PixelInput):
         self._processor = processor
         self._outputs = list(outputs)
 
+    def set_threads(self, threads: int) -> bool:
+        """Its session's threads were fixed when it was made."""
+        return False
+
     @property
     def has_labels(self) -> bool:
         return LOGITS_OUTPUT in self._outputs
