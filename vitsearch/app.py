@@ -55,9 +55,9 @@ from vitsearch.explore.projection import (
 )
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.backend_move import may_move, move_library
-from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
+from vitsearch.machine.cpu import AdaptiveThreads
 from vitsearch.model.checkpoint import check_checkpoint
 from vitsearch.model.export_checks import check_export_request
 from vitsearch.model.feature_files import check_features_out, embed_files, write_features
