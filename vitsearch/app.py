@@ -56,6 +56,7 @@ from vitsearch.explore.projection import (
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.backend_move import may_move, move_library
 from vitsearch.indexer.watcher import Watcher, WatchState
+from vitsearch.labels.search import LabelCount, label_counts, search_by_label
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.machine.cpu import AdaptiveThreads
 from vitsearch.model.checkpoint import check_checkpoint
@@ -78,8 +79,7 @@ from vitsearch.records import (
     PhotoDetails,
     TaughtClassifier,
 )
-from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
-from vitsearch.search.labels import LabelCount
+from vitsearch.search import classify, search_by_image, similar_to
 from vitsearch.search.query import search_by_bytes, similar_to_id
 from vitsearch.store import Library, copy_library, open_library, writer_pid
 
