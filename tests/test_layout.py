@@ -1,5 +1,5 @@
 """The tree's shape: machine -> photos -> model -> store -> search/explore/labels/indexer -> app
--> cli/ui.
+-> tools -> cli/ui.
 
 Read from the source (no imports run): every import of a vitsearch module points down the
 layers or sideways, the UI sees nothing below the app, SQL stays in the store, and the
@@ -26,9 +26,10 @@ LAYERS = {
     "explore": 4,
     "app": 5,
     "launch": 5,
-    "cli": 6,
-    "ui": 6,
-    "__main__": 7,
+    "tools": 6,
+    "cli": 7,
+    "ui": 7,
+    "__main__": 8,
 }
 SHARED = {"errors", "records", "config", "__init__"}  # leaves every layer may use
 UI_MAY_IMPORT = {"vitsearch.app", "vitsearch.records", "vitsearch.errors", "vitsearch.config"}
