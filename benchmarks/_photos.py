@@ -13,7 +13,7 @@ from pathlib import Path
 from vitsearch.app import open_app
 from vitsearch.config import Settings, load_settings
 from vitsearch.indexer import Summary
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.photos.files import image_extensions, is_photo_name
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitsearch.model.busy import OtherProcesses
+from vitsearch.machine.busy import OtherProcesses
 
 Embed = Callable[[np.ndarray], object]  # (n, 3, H, W) pixels -> anything; only timed
 

@@ -51,6 +51,7 @@ from _timing import CpuMeter, alternate, summarise, timed
 from vitsearch import app
 from vitsearch.config import Settings
 from vitsearch.labels.teach import apply_classifier, train
+from vitsearch.machine.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model import Embedder
 from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
@@ -62,7 +63,6 @@ from vitsearch.model.export import (
     export_model,
 )
 from vitsearch.model.exported import BackendMismatchError, read_manifest
-from vitsearch.model.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.quantize import quantize_int8
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime

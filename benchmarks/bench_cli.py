@@ -31,8 +31,8 @@ from pathlib import Path
 from _models import save_vit_b16
 from _photos import link_photos, pick_photos
 
-from vitsearch.model.busy import OtherProcesses
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.busy import OtherProcesses
+from vitsearch.machine.hardware import cpu_name
 
 DEFAULT_PHOTOS = 30
 DEFAULT_REPEAT = 5

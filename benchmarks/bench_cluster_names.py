@@ -24,8 +24,8 @@ from pathlib import Path
 from _photos import add_sample_options, index_sample
 
 from vitsearch.explore.clusters import MIXED, compute_clusters, stored_clusters
+from vitsearch.labels.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.records import NO_FILTERS, short_label
-from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.store import Library, open_library
 
 

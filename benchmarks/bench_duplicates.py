@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 
 from vitsearch.config import load_settings
 from vitsearch.explore import duplicates as dup
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.photos import phash
 from vitsearch.store import open_library
 

@@ -66,7 +66,7 @@ from _timing import CpuMeter, load_average
 
 from vitsearch.explore.clusters import compute_clusters
 from vitsearch.explore.duplicates import QUERY_CHUNK, find_duplicates
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.records import Filters
 from vitsearch.store import Library, open_library
 from vitsearch.store.vectors import NPROBE, VectorIndex, build_index, faiss_threads

@@ -27,8 +27,8 @@ from pathlib import Path
 from _models import save_vit_b16
 from _photos import pick_photos
 
-from vitsearch.model.busy import OtherProcesses
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.busy import OtherProcesses
+from vitsearch.machine.hardware import cpu_name
 
 VARIANTS = {"default": {}, "baseline (always time)": {"VITSEARCH_TIME_BACKENDS_FROM": "1"}}
 

@@ -39,11 +39,11 @@ from _timing import alternate, summarise
 from onnx import numpy_helper
 
 from vitsearch import app
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
 from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model
 from vitsearch.model.exported import read_manifest
-from vitsearch.model.hardware import cpu_name
 from vitsearch.model.onnx_backend import MODEL_FILE
 
 WEIGHT_KINDS = ("qkv", "attention out", "fc1", "fc2")

@@ -35,9 +35,9 @@ from pathlib import Path
 from _photos import add_sample_options, index_sample
 
 from vitsearch.errors import NoSuchLabelError
+from vitsearch.labels.hierarchy import Hierarchy, imagenet_hierarchy
+from vitsearch.labels.search import labels_for_query, matching_labels, search_by_label
 from vitsearch.records import NO_FILTERS, Hit
-from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
-from vitsearch.search.labels import labels_for_query, matching_labels, search_by_label
 from vitsearch.store import Library, open_library
 
 # What a person means by each word, as WordNet nodes: a photo is right when its class is below.

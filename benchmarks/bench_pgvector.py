@@ -32,7 +32,7 @@ from _postgres import analyze, create_database, drop_hnsw, postgres_server
 from _recall import K
 from _synthetic import FOLDER_A, ROOTS, explored, flat_rows, make_queries, write_rows
 
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.records import Filters, ImageEntry, Label, ModelInfo
 from vitsearch.store import open_library
 from vitsearch.store.postgres import PgLibrary

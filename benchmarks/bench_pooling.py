@@ -53,9 +53,9 @@ from PIL import Image, ImageEnhance, ImageOps
 from vitsearch import app
 from vitsearch.config import POOLS, Settings, load_settings
 from vitsearch.explore.duplicates import BURST_THRESHOLD, NEAR_THRESHOLD
+from vitsearch.labels.hierarchy import Hierarchy, imagenet_hierarchy
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.model.feature_files import embed_files
-from vitsearch.model.hardware import cpu_name
-from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 
 if TYPE_CHECKING:
     from vitsearch.model import Embedder  # torch: imported by the run, not by its tests

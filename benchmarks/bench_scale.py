@@ -70,7 +70,7 @@ from _timing import CpuMeter, Paused, load_average, timed
 from PIL import Image, ImageDraw
 
 from vitsearch.config import available_cores, load_settings
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.records import NO_FILTERS, Filters
 from vitsearch.store import Library, open_library
 from vitsearch.store.library import VECTORS_NAME

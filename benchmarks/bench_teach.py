@@ -38,8 +38,8 @@ from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.labels.classifier import NONE
 from vitsearch.labels.teach import calibration_error, split_library, train
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.model.feature_files import embed_files
-from vitsearch.model.hardware import cpu_name
 
 CONCEPTS = {
     "cars": ("n02958343", "n03977966", "n03930630"),  # car; police van, pickup

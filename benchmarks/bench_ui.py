@@ -70,7 +70,7 @@ from sqlalchemy.engine import Engine
 
 from vitsearch.app import REFRESH_SECONDS, App, open_app
 from vitsearch.config import load_settings
-from vitsearch.model.hardware import cpu_name
+from vitsearch.machine.hardware import cpu_name
 from vitsearch.photos.thumbnails import FOLDER as THUMBNAIL_FOLDER
 from vitsearch.records import NO_FILTERS, Cluster, ImageEntry, Label
 from vitsearch.store import open_library

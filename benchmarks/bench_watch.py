@@ -37,7 +37,7 @@ from _models import save_vit_b16
 from _photos import pick_photos
 
 from vitsearch.config import load_settings
-from vitsearch.model.busy import OtherProcesses
+from vitsearch.machine.busy import OtherProcesses
 from vitsearch.model.runtime import EXPORTS_FOLDER
 from vitsearch.store import open_library
 
@@ -479,7 +479,7 @@ def verdict(ok: bool) -> str:
 def print_header(args: argparse.Namespace, settings, checkpoint: Path) -> None:
     import torch
 
-    from vitsearch.model.hardware import cpu_name
+    from vitsearch.machine.hardware import cpu_name
 
     print(
         f"CPU:            {cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}"

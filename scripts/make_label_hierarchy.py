@@ -1,4 +1,4 @@
-"""Regenerate vitsearch/search/imagenet_hierarchy.json from a WordNet is-a folder.
+"""Regenerate vitsearch/labels/imagenet_hierarchy.json from a WordNet is-a folder.
 
 Run: ``python scripts/make_label_hierarchy.py WORDNET_DIR [--classes FOLDER_OR_FILE] [--out PATH]``.
 
@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitsearch"
-DEFAULT_OUT = PACKAGE / "search" / "imagenet_hierarchy.json"
+DEFAULT_OUT = PACKAGE / "labels" / "imagenet_hierarchy.json"
 WNID = re.compile(r"n\d{8}")
 
 WORDNET_LICENCE = """\

@@ -14,8 +14,8 @@ from tests.helpers import FakeEmbedder, draw_album
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError
 from vitsearch.indexer import Indexer
-from vitsearch.indexer.cpu import AdaptiveThreads
-from vitsearch.model.busy import PROC_STAT, OtherProcesses
+from vitsearch.machine.busy import PROC_STAT, OtherProcesses
+from vitsearch.machine.cpu import AdaptiveThreads
 from vitsearch.store import open_library
 
 

@@ -22,9 +22,9 @@ from vitsearch.explore.clusters import (
     train_centroids,
 )
 from vitsearch.explore.duplicates import find_duplicates
+from vitsearch.labels.hierarchy import imagenet_hierarchy
+from vitsearch.labels.search import label_counts, search_by_label
 from vitsearch.records import Filters, Label
-from vitsearch.search import label_counts, search_by_label
-from vitsearch.search.hierarchy import imagenet_hierarchy
 from vitsearch.search.query import nearest
 from vitsearch.store import open_library
 

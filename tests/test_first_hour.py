@@ -39,6 +39,7 @@ from vitsearch.model.runtime import checkpoint_source
 from vitsearch.records import Filters, ModelInfo, counted
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.lock import WriterLock
+from vitsearch.tools.export import export_model
 
 DIM = 8
 # what loading the garbage weights says (safetensors' own error, or the loader's)
@@ -260,10 +261,10 @@ def test_export_checks_its_packages_and_out_before_the_model(
 ) -> None:
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        app.export_model(cheap, tmp_path / "a-file")
+        export_model(cheap, tmp_path / "a-file")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # the onnx extra not installed
     with pytest.raises(ConfigError, match="needs the onnxscript package"):
-        app.export_model(cheap, tmp_path / "export")
+        export_model(cheap, tmp_path / "export")
 
 
 # -- B. messages that tell the truth ----------------------------------------------------------

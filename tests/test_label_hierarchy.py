@@ -26,16 +26,16 @@ from tests.helpers import (
 )
 from vitsearch.errors import NoSuchLabelError
 from vitsearch.explore.clusters import cluster_name
-from vitsearch.records import Filters, Hit, Label, display_label, short_label, split_wnid
-from vitsearch.search import search_by_label
-from vitsearch.search.hierarchy import TABLE, hierarchy_from_table, imagenet_hierarchy
-from vitsearch.search.labels import (
+from vitsearch.labels.hierarchy import TABLE, hierarchy_from_table, imagenet_hierarchy
+from vitsearch.labels.search import (
     MIN_LABEL_SCORE,
     label_counts,
     labels_for_query,
     matching_labels,
+    search_by_label,
     suggest,
 )
+from vitsearch.records import Filters, Hit, Label, display_label, short_label, split_wnid
 from vitsearch.store import open_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,17 +95,17 @@ def test_table_maps_imagenet_classes_to_their_ancestors() -> None:
 
 
 def test_table_is_small_carries_the_wordnet_licence_and_is_package_data() -> None:
-    path = ROOT / "vitsearch" / "search" / TABLE
+    path = ROOT / "vitsearch" / "labels" / TABLE
     assert path.stat().st_size < 300_000
     table = json.loads(path.read_text(encoding="utf-8"))
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in table["licence"]
-    assert "search/imagenet_hierarchy.json" in (ROOT / "pyproject.toml").read_text()
+    assert "labels/imagenet_hierarchy.json" in (ROOT / "pyproject.toml").read_text()
 
 
 @pytest.mark.skipif(not WORDNET.is_dir(), reason=f"no WordNet folder at {WORDNET}")
 def test_shipped_table_is_what_the_script_makes(tmp_path: Path) -> None:
     out = tmp_path / "table.json"
-    shipped = ROOT / "vitsearch" / "search" / TABLE
+    shipped = ROOT / "vitsearch" / "labels" / TABLE
     out.write_text(shipped.read_text(encoding="utf-8"))  # its classes are kept
     load_script().main([str(WORDNET), "--out", str(out)])
     assert out.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")

@@ -1,4 +1,5 @@
-"""The tree's shape: photos -> model -> store -> search/explore/labels/indexer -> app -> cli/ui.
+"""The tree's shape: machine -> photos -> model -> store -> search/explore/labels/indexer -> app
+-> tools -> cli/ui.
 
 Read from the source (no imports run): every import of a vitsearch module points down the
 layers or sideways, the UI sees nothing below the app, SQL stays in the store, and the
@@ -15,18 +16,20 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitsearch"
 LAYERS = {
-    "photos": 0,
-    "model": 1,
-    "store": 2,
-    "indexer": 3,
-    "search": 3,
-    "labels": 3,
-    "explore": 3,
-    "app": 4,
-    "launch": 4,
-    "cli": 5,
-    "ui": 5,
-    "__main__": 6,
+    "machine": 0,
+    "photos": 1,
+    "model": 2,
+    "store": 3,
+    "indexer": 4,
+    "search": 4,
+    "labels": 4,
+    "explore": 4,
+    "app": 5,
+    "launch": 5,
+    "tools": 6,
+    "cli": 7,
+    "ui": 7,
+    "__main__": 8,
 }
 SHARED = {"errors", "records", "config", "__init__"}  # leaves every layer may use
 UI_MAY_IMPORT = {"vitsearch.app", "vitsearch.records", "vitsearch.errors", "vitsearch.config"}

@@ -12,8 +12,8 @@ from PIL import Image
 
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit
 from vitsearch.errors import ModelNotAvailableError
+from vitsearch.machine.hardware import choose_precision, cpu_flags, has_bf16_hardware
 from vitsearch.model import load_embedder
-from vitsearch.model.hardware import choose_precision, cpu_flags, has_bf16_hardware
 
 pytestmark = pytest.mark.slow
 

@@ -27,13 +27,13 @@ from vitsearch.config import available_cores, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.indexer import Indexer
 from vitsearch.labels.classifier import NONE, LinearClassifier, decide
+from vitsearch.labels.search import search_by_label
 from vitsearch.labels.teach import (
     calibration_error,
     split_library,
     teach_folder,
     train,
 )
-from vitsearch.search import search_by_label
 from vitsearch.store import open_library
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}

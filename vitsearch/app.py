@@ -4,8 +4,8 @@ the UI, the benchmarks and the tests call its methods.
 An ``App`` holds the :class:`~vitsearch.store.Library` and, loaded on first need, the embedder,
 checked once against the model the library was built with. Each method is one use case; it
 checks arguments, files and the library before any model work, and returns frozen records.
-The functions at the end (``load_model``, ``export_model``, ``finetune_model``) are model
-tooling that needs no library.
+The functions at the end (``load_model``, ``job_model``, ``cluster_model``) load the model
+from settings; the tools (export, finetune, migrate) are in :mod:`vitsearch.tools`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from vitsearch import launch
 from vitsearch.config import (
     ADAPT_THREADS,
     DEFAULT_MODEL,
-    STORE_SCHEMES,
     Settings,
     available_cores,
 )
@@ -55,11 +54,11 @@ from vitsearch.explore.projection import (
 )
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.indexer.backend_move import may_move, move_library
-from vitsearch.indexer.cpu import AdaptiveThreads
 from vitsearch.indexer.watcher import Watcher, WatchState
+from vitsearch.labels.search import LabelCount, label_counts, search_by_label
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
+from vitsearch.machine.cpu import AdaptiveThreads
 from vitsearch.model.checkpoint import check_checkpoint
-from vitsearch.model.export_checks import check_export_request
 from vitsearch.model.feature_files import check_features_out, embed_files, write_features
 from vitsearch.model.features import Features, ImageEmbedder
 from vitsearch.model.runtime import checkpoint_source
@@ -68,7 +67,6 @@ from vitsearch.photos.thumbnails import Thumbnails
 from vitsearch.records import (
     NO_FILTERS,
     Cluster,
-    CopySummary,
     Filters,
     FolderStatus,
     Hit,
@@ -78,10 +76,9 @@ from vitsearch.records import (
     PhotoDetails,
     TaughtClassifier,
 )
-from vitsearch.search import classify, label_counts, search_by_image, search_by_label, similar_to
-from vitsearch.search.labels import LabelCount
+from vitsearch.search import classify, search_by_image, similar_to
 from vitsearch.search.query import search_by_bytes, similar_to_id
-from vitsearch.store import Library, copy_library, open_library, writer_pid
+from vitsearch.store import Library, open_library, writer_pid
 
 log = logging.getLogger(__name__)
 
@@ -569,21 +566,7 @@ def _iso(timestamp: str | None) -> str | None:
     return datetime.fromtimestamp(float(timestamp)).astimezone().isoformat(timespec="seconds")
 
 
-# -- model tooling: no library -------------------------------------------------------------
-
-
-def migrate_library(settings: Settings, source: str, dest: str) -> CopySummary:
-    """Copy the library at ``source`` into the empty one at ``dest`` without re-embedding;
-    each is a home folder or a postgresql:// URL (whose host files stay in ``settings.home``).
-    Both are held as their writer meanwhile, so a watcher on either is waited for."""
-    with _open_location(settings, source) as reading, _open_location(settings, dest) as writing:
-        return copy_library(reading, writing)
-
-
-def _open_location(settings: Settings, where: str) -> Library:
-    if where.startswith(STORE_SCHEMES):
-        return open_library(settings.home, write=True, store=where)
-    return open_library(Path(where).expanduser().absolute(), write=True)
+# -- the model: for the app, the tools and Ray actors --------------------------------------
 
 
 def features_of(settings: Settings) -> Features:
@@ -639,37 +622,4 @@ def cluster_model(settings: Settings, threads: int, built_with: ModelInfo | None
     the library records; timed there as a large job is (a cluster is for large ones)."""
     return load_model(
         settings.replace(threads=threads), built_with, photos=settings.time_backends_from
-    )
-
-
-def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):
-    """Export the fp32 model to ONNX or OpenVINO in ``out``, checked against PyTorch first."""
-    # what the export needs, checked before torch is imported and the model loads
-    check_export_request(Path(out).expanduser(), fmt, quantize)
-    check_checkpoint(settings.model)
-    from vitsearch.model import load_embedder
-    from vitsearch.model.export import export_model as export
-
-    features = features_of(settings)
-    fp32 = load_embedder(settings.model, threads=settings.threads, features=features)  # cpu fp32
-    return export(fp32, out, fmt=fmt, quantize=quantize)
-
-
-def finetune_model(
-    settings: Settings, data_dir: Path, out_dir: Path, progress: bool = False, **options
-):
-    """Fine-tune ``settings.model`` on the labelled sub-folders of ``data_dir`` into ``out_dir``."""
-    from vitsearch.model.finetune import FinetuneOptions, finetune  # torch imports late
-
-    given = {name: value for name, value in options.items() if value is not None}
-    return finetune(
-        settings.model,
-        data_dir,
-        out_dir,
-        FinetuneOptions(**given),
-        threads=settings.threads,
-        device=settings.device,
-        precision=settings.precision,
-        decode_workers=settings.decode_workers,
-        progress=progress,
     )

@@ -1,4 +1,5 @@
-"""The ``vitsearch`` command: each command is a few lines over :mod:`vitsearch.app`."""
+"""The ``vitsearch`` command: each command is a few lines over :mod:`vitsearch.app` (``export``,
+``finetune`` and ``migrate``: over :mod:`vitsearch.tools`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 
 import click
 
-from vitsearch import app, launch
+from vitsearch import launch
 from vitsearch.app import open_app
 from vitsearch.config import BACKENDS, POOLS, PRECISIONS, Settings, load_settings
 from vitsearch.errors import VitsearchError
 from vitsearch.records import Cluster, Filters, Hit, Label, counted, display_label
+from vitsearch.tools.export import export_model
+from vitsearch.tools.finetune import finetune_model
+from vitsearch.tools.migrate import migrate_library
 
 log = logging.getLogger("vitsearch")
 
@@ -418,7 +422,7 @@ def rebuild_index(settings: Settings) -> None:
 @library_options()
 def migrate(settings: Settings, source: str, dest: str) -> None:
     """Copy a library between a home folder and PostgreSQL, either way (no model work)."""
-    done = app.migrate_library(settings, source, dest)
+    done = migrate_library(settings, source, dest)
     click.echo(
         f"copied {counted(done.photos, 'photo')} ({counted(done.vectors, 'vector')}, "
         f"{counted(done.labels, 'label')}, {counted(done.classifiers, 'taught classifier')}) "
@@ -502,7 +506,7 @@ def finetune(
 ) -> None:
     """Fine-tune the model on DATA_DIR: one sub-folder of example photos per label."""
     try:
-        result = app.finetune_model(
+        result = finetune_model(
             settings,
             data_dir,
             out_dir,
@@ -545,7 +549,7 @@ def finetune(
 @library_options()
 def export(settings: Settings, fmt: str, out: Path, quantize: str | None) -> None:
     """Export the model to ONNX or OpenVINO (dynamic batch), checked against PyTorch first."""
-    manifest = app.export_model(settings, out, quantize, fmt)
+    manifest = export_model(settings, out, quantize, fmt)
     check = manifest.verification
     click.echo(
         f"wrote {out} ({manifest.backend} {manifest.precision}): min cosine "

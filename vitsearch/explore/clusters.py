@@ -28,8 +28,8 @@ import faiss
 import numpy as np
 
 from vitsearch.errors import VitsearchError
+from vitsearch.labels.hierarchy import imagenet_hierarchy
 from vitsearch.records import Cluster, short_label
-from vitsearch.search.hierarchy import imagenet_hierarchy
 from vitsearch.store import Library
 
 log = logging.getLogger(__name__)

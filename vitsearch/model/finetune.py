@@ -31,6 +31,8 @@ from vitsearch.errors import (
     ModelNotAvailableError,
     VitsearchError,
 )
+from vitsearch.machine.fileio import replacing
+from vitsearch.machine.hardware import choose_precision
 from vitsearch.model.checkpoint import (
     check_weights,
     checked_config,
@@ -38,11 +40,10 @@ from vitsearch.model.checkpoint import (
     load_processor,
     resolve_checkpoint,
 )
+from vitsearch.model.devices import choose_device
 from vitsearch.model.embedder import DTYPES
-from vitsearch.model.hardware import choose_device, choose_precision
 from vitsearch.model.pixels import input_size
 from vitsearch.photos.decode import read_or_skip
-from vitsearch.photos.fileio import replacing
 from vitsearch.photos.labelled import labelled_photos
 
 log = logging.getLogger(__name__)

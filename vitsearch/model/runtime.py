@@ -55,9 +55,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitsearch.errors import ConfigError
+from vitsearch.machine.busy import OtherProcesses
+from vitsearch.machine.fileio import held, write_atomically
+from vitsearch.machine.hardware import choose_precision, cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.backends import load_exported, open_export
-from vitsearch.model.busy import OtherProcesses
 from vitsearch.model.checkpoint import MANIFEST_FILE, checkpoint_fingerprint, resolve_checkpoint
+from vitsearch.model.devices import choose_device
 from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
 from vitsearch.model.exported import (
     BackendMismatchError,
@@ -66,15 +69,7 @@ from vitsearch.model.exported import (
     read_manifest,
 )
 from vitsearch.model.features import DEFAULT_FEATURES, Features, ImageEmbedder
-from vitsearch.model.hardware import (
-    choose_device,
-    choose_precision,
-    cpu_flags,
-    cpu_name,
-    has_bf16_hardware,
-)
 from vitsearch.model.onnx_backend import MODEL_FILE
-from vitsearch.photos.fileio import held, write_atomically
 from vitsearch.records import AGREEING, ModelInfo
 
 if TYPE_CHECKING:

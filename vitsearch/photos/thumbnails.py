@@ -8,8 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from vitsearch.errors import ImageDecodeError
+from vitsearch.machine.fileio import write_atomically
 from vitsearch.photos.decode import decode_untrusted
-from vitsearch.photos.fileio import write_atomically
 from vitsearch.records import PhotoDetails
 
 THUMBNAIL_SIZE = 320

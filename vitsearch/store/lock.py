@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from vitsearch.errors import LibraryLockedError
-from vitsearch.photos.fileio import lock
+from vitsearch.machine.fileio import lock
 
 
 class WriterLock:

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from vitsearch.errors import DiskFullError
-from vitsearch.photos.fileio import replacing, write_atomically
+from vitsearch.machine.fileio import replacing, write_atomically
 from vitsearch.store.embeddings import EmbeddingRows
 
 log = logging.getLogger(__name__)

@@ -1,2 +1,2 @@
-"""The Streamlit app. It calls ``vitsearch.search``, ``vitsearch.store`` and ``vitsearch.app``
-only: no SQL, no FAISS, no torch here."""
+"""The Streamlit app. It calls ``vitsearch.app`` only (with its records, errors and config):
+no SQL, no FAISS, no torch here."""

@@ -1,7 +1,7 @@
 """How busy the rest of the machine is: cores other processes keep busy (Linux /proc/stat).
 
 The backend timing reads it to tell a measurement made on a quiet machine from one made beside
-another job; the watcher (:mod:`vitsearch.indexer.cpu`) to make room for other programs.
+another job; the watcher (:mod:`vitsearch.machine.cpu`) to make room for other programs.
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
-"""Device and precision choice, from what the machine really has.
+"""What the CPU really has (its name and feature flags), and the precision that follows.
 
 bf16 on a CPU without bf16 instructions is several times *slower* than fp32,
-so it is chosen only when the CPU flags say the hardware is there. torch is imported only
-to ask it about devices: a library that runs an export never needs it.
+so it is chosen only when the CPU flags say the hardware is there. The devices torch sees are
+asked in :mod:`vitsearch.model.devices` (torch is the model package's alone).
 """
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
-
-from vitsearch.errors import ConfigError
 
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
@@ -39,24 +37,6 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def has_bf16_hardware(flags: frozenset[str]) -> bool:
     return bool(flags & BF16_CPU_FLAGS)
-
-
-def choose_device(requested: str) -> str:
-    if requested == "cpu":  # no need to import torch (seconds) to know that
-        return "cpu"
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps was asked for, but torch sees no MPS device")
-    return requested
 
 
 def choose_precision(requested: str, device: str, flags: frozenset[str] | None = None) -> str:

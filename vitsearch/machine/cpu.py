@@ -8,7 +8,7 @@ the machine is idle and one fewer while something else keeps a core busy.
 
 from __future__ import annotations
 
-from vitsearch.model.busy import OtherProcesses
+from vitsearch.machine.busy import OtherProcesses
 
 BUSY_CORES = 0.5  # others above this: leave them a core
 IDLE_CORES = 0.25  # others below this: take every core again (the gap avoids flapping)

@@ -41,8 +41,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from vitsearch.errors import NoSuchLabelError
+from vitsearch.labels.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.records import NO_FILTERS, Filters, Hit, display_label, split_wnid
-from vitsearch.search.hierarchy import Hierarchy, imagenet_hierarchy
 from vitsearch.store import Library
 
 # How closely a name matches a query, closest first.

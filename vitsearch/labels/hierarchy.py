@@ -71,7 +71,7 @@ class Hierarchy:
 @cache
 def imagenet_hierarchy() -> Hierarchy:
     """The shipped table, read once per process (about 10 ms)."""
-    text = resources.files("vitsearch.search").joinpath(TABLE).read_text(encoding="utf-8")
+    text = resources.files("vitsearch.labels").joinpath(TABLE).read_text(encoding="utf-8")
     return hierarchy_from_table(json.loads(text))
 
 
