@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from vitsearch.model.export import neighbour_overlap
 from vitsearch.model.features import EmbeddingBatch
+from vitsearch.model.pytorch.exporter import neighbour_overlap
 
 if TYPE_CHECKING:
-    from vitsearch.model.embedder import Embedder
+    from vitsearch.model.pytorch.embedder import Embedder
 
 
 @dataclass(frozen=True)

@@ -55,16 +55,16 @@ from vitsearch.machine.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model import Embedder
 from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.export import (
+from vitsearch.model.exported import BackendMismatchError, read_manifest
+from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.pytorch.exporter import (
     NEIGHBOURS,
     TOLERANCES,
     Verification,
     compare_embedders,
     export_model,
 )
-from vitsearch.model.exported import BackendMismatchError, read_manifest
-from vitsearch.model.onnx_backend import MODEL_FILE
-from vitsearch.model.quantize import quantize_int8
+from vitsearch.model.pytorch.quantize import quantize_int8
 from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.store import open_library
 
@@ -249,7 +249,7 @@ def refused_export(
 ) -> Built:
     """The same files the export would have written, without its check, to measure them."""
     # private on purpose: the benchmark reports what the check refused; vitsearch never opens it
-    from vitsearch.model.export import _write_export
+    from vitsearch.model.pytorch.exporter import _write_export
 
     out.mkdir(parents=True, exist_ok=True)
     _write_export(src.fp32, out, fmt, quantize, graph)

@@ -42,9 +42,9 @@ from vitsearch import app
 from vitsearch.machine.hardware import cpu_name
 from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.export import NEIGHBOUR_OVERLAP, export_model
 from vitsearch.model.exported import read_manifest
 from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.pytorch.exporter import NEIGHBOUR_OVERLAP, export_model
 
 WEIGHT_KINDS = ("qkv", "attention out", "fc1", "fc2")
 SETS = {

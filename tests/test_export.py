@@ -15,10 +15,10 @@ from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model import Features, load_embedder
 from vitsearch.model.backends import load_onnx_embedder
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.export import export_onnx, verify_export
 from vitsearch.model.exported import PROCESSOR_FILE, BackendMismatchError
 from vitsearch.model.onnx_backend import MODEL_FILE
-from vitsearch.model.quantize import quantize_int8
+from vitsearch.model.pytorch.exporter import export_onnx, verify_export
+from vitsearch.model.pytorch.quantize import quantize_int8
 
 pytestmark = pytest.mark.slow
 

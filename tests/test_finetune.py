@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from tests.helpers import PINNED_BACKEND, once, save_tiny_vit
 from vitsearch.config import PRECISIONS, load_settings
 from vitsearch.errors import ConfigError, VitsearchError
-from vitsearch.model import finetune as finetuning
 from vitsearch.model import load_embedder
-from vitsearch.model.finetune import (
+from vitsearch.model.pytorch import finetune as finetuning
+from vitsearch.model.pytorch.finetune import (
     STATE_FILE,
     FinetuneDataError,
     FinetuneOptions,

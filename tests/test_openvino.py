@@ -19,8 +19,8 @@ from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableE
 from vitsearch.model import load_embedder
 from vitsearch.model.backends import load_exported
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.export import export_model, export_onnx
 from vitsearch.model.exported import PROCESSOR_FILE, read_manifest
+from vitsearch.model.pytorch.exporter import export_model, export_onnx
 from vitsearch.model.runtime import EXPORTS_FOLDER
 
 pytestmark = pytest.mark.slow

@@ -46,7 +46,7 @@ def test_real_checkpoint_labels_and_precision(tmp_path: Path) -> None:
 
 def real_photos(count: int) -> list[Image.Image]:
     """Real photos when the shared sample is here, else the export check's own probes."""
-    from vitsearch.model.export import probe_images
+    from vitsearch.model.pytorch.exporter import probe_images
 
     files = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[:: max(1, 1000 // count)][:count]
     if not files:
@@ -58,7 +58,7 @@ def test_int8_export_keeps_the_neighbours_of_trained_weights(tmp_path: Path) -> 
     """Per-tensor dynamic int8 kept 0.68 of the top-10 neighbours here; the shipped block
     int8 must keep >= 0.95 on real photos, and pass its own check."""
     from vitsearch.model.backends import open_export
-    from vitsearch.model.export import export_onnx, neighbour_overlap
+    from vitsearch.model.pytorch.exporter import export_onnx, neighbour_overlap
 
     fp32 = load_embedder(REAL_MODEL, threads=available_cores())
     manifest = export_onnx(fp32, tmp_path / "int8", quantize="int8")

@@ -249,7 +249,7 @@ def test_an_export_outside_tolerance_is_remembered_and_not_timed(auto, cpu, tmp_
 @pytest.mark.slow  # the check lives beside the exporter, which imports torch
 def test_the_check_refuses_an_export_that_loses_neighbours() -> None:
     """Cosines can all look fine while the neighbours a user sees change."""
-    from vitsearch.model.export import Verification, neighbour_overlap  # torch: not at collection
+    from vitsearch.model.pytorch.exporter import Verification, neighbour_overlap  # torch: late
 
     rng = np.random.default_rng(0)
     expected = rng.normal(size=(40, 16)).astype(np.float32)

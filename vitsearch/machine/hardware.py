@@ -2,7 +2,7 @@
 
 bf16 on a CPU without bf16 instructions is several times *slower* than fp32,
 so it is chosen only when the CPU flags say the hardware is there. The devices torch sees are
-asked in :mod:`vitsearch.model.devices` (torch is the model package's alone).
+asked in :mod:`vitsearch.model.pytorch.devices` (torch is the model package's alone).
 """
 
 from __future__ import annotations

@@ -13,16 +13,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vitsearch.model.embedder import Embedder
     from vitsearch.model.features import EmbeddingBatch, Features
-    from vitsearch.model.loader import load_embedder
+    from vitsearch.model.pytorch.embedder import Embedder
+    from vitsearch.model.pytorch.loader import load_embedder
     from vitsearch.model.runtime import load_model
 
 _HOMES = {
-    "Embedder": "vitsearch.model.embedder",
+    "Embedder": "vitsearch.model.pytorch.embedder",
     "EmbeddingBatch": "vitsearch.model.features",
     "Features": "vitsearch.model.features",
-    "load_embedder": "vitsearch.model.loader",
+    "load_embedder": "vitsearch.model.pytorch.loader",
     "load_model": "vitsearch.model.runtime",
 }
 

@@ -3,7 +3,7 @@ OpenVINO.
 
 This module stands above both backends, which are leaves that never import each other, and
 imports neither torch nor transformers: a library that runs an export answers a query
-without them (exporting and verifying, which need torch, are :mod:`.export`'s).
+without them (exporting and verifying, which need torch, are :mod:`.pytorch.exporter`'s).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A checkpoint: where it is, whether vitsearch can load it, its fingerprint and its image
-processor; what loading (:mod:`.loader`) and fine-tuning (:mod:`.finetune`) share.
+processor; what loading (:mod:`.pytorch.loader`) and fine-tuning (:mod:`.pytorch.finetune`) share.
 
 Importing this module costs no torch, no transformers and no weights read: the first load of a
 model may export it to ONNX and time backends (a minute for a ViT-B), so commands call

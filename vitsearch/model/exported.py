@@ -1,14 +1,14 @@
 """Export directories: the manifest, and what every exported graph shares behind
 :class:`Embedder`'s interface.
 
-An export directory (made by :mod:`vitsearch.model.export`) holds the model (``model.onnx``,
-or ``model.xml``/``.bin`` for OpenVINO), the checkpoint's ``preprocessor_config.json`` and a
-manifest naming the source checkpoint and the format. Its embeddings are fingerprinted
-``<source fingerprint>+<backend>-<precision>`` (``+onnx-int8``, ``+openvino-fp32``…), so a
-library never mixes them with the PyTorch ones silently. The backends are leaves below this
-module: :mod:`.onnx_backend` runs ``model.onnx``, :mod:`.openvino_backend` the IR; neither
-imports the other, and :func:`.backends.open_export` picks between them. None of them imports
-torch or transformers: the preprocessing comes from the saved config (see
+An export directory (made by :mod:`vitsearch.model.pytorch.exporter`) holds the model
+(``model.onnx``, or ``model.xml``/``.bin`` for OpenVINO), the checkpoint's
+``preprocessor_config.json`` and a manifest naming the source checkpoint and the format. Its
+embeddings are fingerprinted ``<source fingerprint>+<backend>-<precision>`` (``+onnx-int8``,
+``+openvino-fp32``…), so a library never mixes them with the PyTorch ones silently. The backends
+are leaves below this module: :mod:`.onnx_backend` runs ``model.onnx``, :mod:`.openvino_backend`
+the IR; neither imports the other, and :func:`.backends.open_export` picks between them. None of
+them imports torch or transformers: the preprocessing comes from the saved config (see
 :func:`read_processor`) and the labels from the manifest.
 """
 

@@ -1,5 +1,5 @@
 """What an embedder gives, torch-free: which vector stands for a photo (:class:`Features`)
-and a batch of them with their top labels, shared by the PyTorch :class:`.embedder.Embedder`
+and a batch of them with their top labels, shared by the PyTorch :class:`.pytorch.embedder.Embedder`
 and the exported graphs (:mod:`.exported`), which run without torch."""
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class EmbeddingBatch:
 
 class ImageEmbedder(Protocol):
     """What the indexer and search call on a model, whatever runs it: the PyTorch
-    :class:`.embedder.Embedder`, an :class:`.exported.ExportedEmbedder`, or a test's fake."""
+    :class:`.pytorch.embedder.Embedder`, an :class:`.exported.ExportedEmbedder`, or a test's
+    fake."""
 
     info: ModelInfo
     precision: str

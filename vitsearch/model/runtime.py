@@ -5,10 +5,10 @@ measured.
 fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x *slower*),
 ONNX Runtime fp32 and ONNX Runtime block int8, and OpenVINO with NNCF int8 weights where the
 ``openvino`` extra is installed; each export is made once per checkpoint in the library home
-and verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap, see
-:mod:`.export`). The measurement takes a few seconds per candidate, is kept in the home per
-checkpoint and CPU, and is made again on another CPU, so a new kind of CPU gets the right
-answer without a table of names. An export (ONNX Runtime or OpenVINO) within 10% of the
+and verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap,
+see :mod:`.pytorch.exporter`). The measurement takes a few seconds per candidate, is kept in
+the home per checkpoint and CPU, and is made again on another CPU, so a new kind of CPU gets
+the right answer without a table of names. An export (ONNX Runtime or OpenVINO) within 10% of the
 fastest candidate is kept instead of it: a query on a library that runs an export starts
 without importing torch, seconds sooner every command, which is worth more than a few percent
 of indexing speed (on AVX2-only CPUs torch fp32 and ONNX Runtime fp32 run within 1% of each
@@ -60,7 +60,6 @@ from vitsearch.machine.fileio import held, write_atomically
 from vitsearch.machine.hardware import choose_precision, cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE, checkpoint_fingerprint, resolve_checkpoint
-from vitsearch.model.devices import choose_device
 from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
 from vitsearch.model.exported import (
     BackendMismatchError,
@@ -70,10 +69,11 @@ from vitsearch.model.exported import (
 )
 from vitsearch.model.features import DEFAULT_FEATURES, Features, ImageEmbedder
 from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.pytorch.devices import choose_device
 from vitsearch.records import AGREEING, ModelInfo
 
 if TYPE_CHECKING:
-    from vitsearch.model.embedder import Embedder
+    from vitsearch.model.pytorch.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Source:
 
     def torch(self, device: str, precision: str) -> Embedder:
         """The checkpoint in PyTorch on the device and precision decided."""
-        from vitsearch.model.loader import load_embedder  # torch: seconds to import
+        from vitsearch.model.pytorch.loader import load_embedder  # torch: seconds to import
 
         return load_embedder(
             self.checkpoint,
@@ -408,7 +408,7 @@ def images_per_second(
     """Each embedder's best probe-batch throughput over rounds that take turns (a passing load
     on the machine then slows every candidate alike, not just one), after a warm-up batch;
     at least two rounds, then more until about ``seconds`` per candidate have passed."""
-    from vitsearch.model.export import probe_images
+    from vitsearch.model.pytorch.exporter import probe_images
 
     images = probe_images()[: max(1, min(batch_size, MEASURE_BATCH))]
     pixels = {
@@ -517,7 +517,7 @@ def _exported(
         if rejected.is_file():
             return None
         if not (directory / MANIFEST_FILE).is_file():
-            from vitsearch.model.export import export_model  # torch: only to make the export
+            from vitsearch.model.pytorch.exporter import export_model  # torch: to export
 
             name = EXPORT_NAMES[backend]
             log.warning("exporting %s to %s %s, once", source.checkpoint, name, precision)

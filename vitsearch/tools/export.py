@@ -16,7 +16,7 @@ def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt
     check_export_request(Path(out).expanduser(), fmt, quantize)
     check_checkpoint(settings.model)
     from vitsearch.model import load_embedder
-    from vitsearch.model.export import export_model as export
+    from vitsearch.model.pytorch.exporter import export_model as export
 
     features = features_of(settings)
     fp32 = load_embedder(settings.model, threads=settings.threads, features=features)  # cpu fp32

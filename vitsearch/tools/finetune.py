@@ -11,7 +11,7 @@ def finetune_model(
     settings: Settings, data_dir: Path, out_dir: Path, progress: bool = False, **options
 ):
     """Fine-tune ``settings.model`` on the labelled sub-folders of ``data_dir`` into ``out_dir``."""
-    from vitsearch.model.finetune import FinetuneOptions, finetune  # torch imports late
+    from vitsearch.model.pytorch.finetune import FinetuneOptions, finetune  # torch imports late
 
     given = {name: value for name, value in options.items() if value is not None}
     return finetune(

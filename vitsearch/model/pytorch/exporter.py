@@ -8,8 +8,8 @@ the two formats cannot drift apart. An export is written to a staging directory,
 against the PyTorch model on seeded probe images, and only then moved into place: a directory
 holding a manifest always holds a verified export.
 
-Opening an export by its manifest (:func:`.backends.open_export`,
-:func:`.backends.load_exported`) is :mod:`.backends`', without torch.
+Opening an export by its manifest (:func:`vitsearch.model.backends.open_export`,
+:func:`vitsearch.model.backends.load_exported`) is :mod:`vitsearch.model.backends`', without torch.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from vitsearch import __version__
 from vitsearch.errors import ConfigError
 from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.embedder import Embedder, _pool
 from vitsearch.model.export_checks import FORMATS, check_format, check_out
 from vitsearch.model.exported import (
     EMBEDDING_OUTPUT,
@@ -52,6 +51,7 @@ from vitsearch.model.exported import (
 from vitsearch.model.features import FINAL_LAYER, EmbeddingBatch
 from vitsearch.model.onnx_backend import INSTALL_HINT, MODEL_FILE
 from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
+from vitsearch.model.pytorch.embedder import Embedder, _pool
 
 if TYPE_CHECKING:
     import onnx

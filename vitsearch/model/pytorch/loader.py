@@ -1,6 +1,6 @@
-"""Loading a checkpoint into PyTorch on the device and precision :mod:`.runtime` decided:
-safetensors only, no remote code. Finding, checking and fingerprinting the checkpoint is
-:mod:`.checkpoint`'s."""
+"""Loading a checkpoint into PyTorch on the device and precision
+:mod:`vitsearch.model.runtime` decided: safetensors only, no remote code. Finding, checking
+and fingerprinting the checkpoint is :mod:`vitsearch.model.checkpoint`'s."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from vitsearch.model.checkpoint import (
     preprocessing,
     resolve_checkpoint,
 )
-from vitsearch.model.embedder import Embedder
 from vitsearch.model.features import DEFAULT_FEATURES, Features
-from vitsearch.model.quantize import quantize_int8
+from vitsearch.model.pytorch.embedder import Embedder
+from vitsearch.model.pytorch.quantize import quantize_int8
 from vitsearch.records import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def load_embedder(
     Args:
         checkpoint: a hub id or a local checkpoint directory (the name a library records).
         threads: torch intra-op threads (process-wide, as torch has it).
-        device: ``cpu``, ``cuda`` or ``mps``, as decided (see :func:`.runtime.choose_runtime`).
+        device: ``cpu``, ``cuda`` or ``mps``, as decided (see
+            :func:`vitsearch.model.runtime.choose_runtime`).
         precision: ``fp32``, ``bf16``, ``fp16``, or ``int8`` (dynamic int8 of the linear
             layers, on the CPU, checked against fp32), as decided.
         features: the layer and pooling that make the embedding.

@@ -13,8 +13,8 @@ import warnings
 import torch
 
 from vitsearch.errors import ConfigError
-from vitsearch.model.embedder import Embedder
-from vitsearch.model.export import TOLERANCES, compare_embedders
+from vitsearch.model.pytorch.embedder import Embedder
+from vitsearch.model.pytorch.exporter import TOLERANCES, compare_embedders
 from vitsearch.records import TORCH, ModelInfo
 
 INT8 = "int8"

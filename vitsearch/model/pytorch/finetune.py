@@ -40,9 +40,9 @@ from vitsearch.model.checkpoint import (
     load_processor,
     resolve_checkpoint,
 )
-from vitsearch.model.devices import choose_device
-from vitsearch.model.embedder import DTYPES
 from vitsearch.model.pixels import input_size
+from vitsearch.model.pytorch.devices import choose_device
+from vitsearch.model.pytorch.embedder import DTYPES
 from vitsearch.photos.decode import read_or_skip
 from vitsearch.photos.labelled import labelled_photos
 
