@@ -53,10 +53,10 @@ from vitsearch.config import Settings
 from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.machine.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model import Embedder
-from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.exported import BackendMismatchError, read_manifest
-from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.exported.loader import open_export
+from vitsearch.model.exported.manifest import BackendMismatchError, read_manifest
+from vitsearch.model.exported.onnx_backend import MODEL_FILE
 from vitsearch.model.pytorch.exporter import (
     NEIGHBOURS,
     TOLERANCES,

@@ -40,10 +40,10 @@ from onnx import numpy_helper
 
 from vitsearch import app
 from vitsearch.machine.hardware import cpu_name
-from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.exported import read_manifest
-from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.exported.loader import open_export
+from vitsearch.model.exported.manifest import read_manifest
+from vitsearch.model.exported.onnx_backend import MODEL_FILE
 from vitsearch.model.pytorch.exporter import NEIGHBOUR_OVERLAP, export_model
 
 WEIGHT_KINDS = ("qkv", "attention out", "fc1", "fc2")

@@ -13,10 +13,10 @@ from PIL import Image
 from tests.helpers import TINY_LABELS, draw_photo, save_tiny_vit, vitsearch
 from vitsearch.errors import ConfigError, ModelNotAvailableError
 from vitsearch.model import Features, load_embedder
-from vitsearch.model.backends import load_onnx_embedder
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.exported import PROCESSOR_FILE, BackendMismatchError
-from vitsearch.model.onnx_backend import MODEL_FILE
+from vitsearch.model.exported.loader import load_onnx_embedder
+from vitsearch.model.exported.manifest import PROCESSOR_FILE, BackendMismatchError
+from vitsearch.model.exported.onnx_backend import MODEL_FILE
 from vitsearch.model.pytorch.exporter import export_onnx, verify_export
 from vitsearch.model.pytorch.quantize import quantize_int8
 

@@ -17,9 +17,9 @@ from vitsearch import app
 from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
-from vitsearch.model.backends import load_exported
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.exported import PROCESSOR_FILE, read_manifest
+from vitsearch.model.exported.loader import load_exported
+from vitsearch.model.exported.manifest import PROCESSOR_FILE, read_manifest
 from vitsearch.model.pytorch.exporter import export_model, export_onnx
 from vitsearch.model.runtime import EXPORTS_FOLDER
 
@@ -31,7 +31,7 @@ NEEDS = "needs the openvino extra: pip install -e '.[openvino]'"
 ov = pytest.importorskip("openvino", reason=NEEDS)
 pytest.importorskip("nncf", reason=NEEDS)
 
-from vitsearch.model.openvino_backend import (  # noqa: E402 (only with openvino installed)
+from vitsearch.model.exported.openvino_backend import (  # noqa: E402 (only with openvino installed)
     WEIGHTS_FILE,
     XML_FILE,
     OpenVinoEmbedder,

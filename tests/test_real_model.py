@@ -57,7 +57,7 @@ def real_photos(count: int) -> list[Image.Image]:
 def test_int8_export_keeps_the_neighbours_of_trained_weights(tmp_path: Path) -> None:
     """Per-tensor dynamic int8 kept 0.68 of the top-10 neighbours here; the shipped block
     int8 must keep >= 0.95 on real photos, and pass its own check."""
-    from vitsearch.model.backends import open_export
+    from vitsearch.model.exported.loader import open_export
     from vitsearch.model.pytorch.exporter import export_onnx, neighbour_overlap
 
     fp32 = load_embedder(REAL_MODEL, threads=available_cores())

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Architectures whose classifier reads the (layer-normed) CLS token, so one backbone
 # pass yields both the embedding and the logits.
 SUPPORTED_MODEL_TYPES = ("vit", "deit")
-MANIFEST_FILE = "vitsearch-export.json"  # beside every vitsearch export (see .exported)
+MANIFEST_FILE = "vitsearch-export.json"  # beside every vitsearch export (see exported/manifest.py)
 EXPORT_MODEL_FILES = ("model.onnx", "model.xml")
 FIX_HINT = "point at a local checkpoint with --model DIR or VITSEARCH_MODEL"
 CHECKPOINT_FILES = "config.json and model.safetensors (and preprocessor_config.json)"

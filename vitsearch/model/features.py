@@ -52,8 +52,8 @@ class EmbeddingBatch:
 
 class ImageEmbedder(Protocol):
     """What the indexer and search call on a model, whatever runs it: the PyTorch
-    :class:`.pytorch.embedder.Embedder`, an :class:`.exported.ExportedEmbedder`, or a test's
-    fake."""
+    :class:`.pytorch.embedder.Embedder`, an :class:`.exported.manifest.ExportedEmbedder`, or a
+    test's fake."""
 
     info: ModelInfo
     precision: str

@@ -58,17 +58,17 @@ from vitsearch.errors import ConfigError
 from vitsearch.machine.busy import OtherProcesses
 from vitsearch.machine.fileio import held, write_atomically
 from vitsearch.machine.hardware import choose_precision, cpu_flags, cpu_name, has_bf16_hardware
-from vitsearch.model.backends import load_exported, open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE, checkpoint_fingerprint, resolve_checkpoint
-from vitsearch.model.export_checks import ONNX_PACKAGES, OPENVINO_PACKAGES
-from vitsearch.model.exported import (
+from vitsearch.model.export_request import ONNX_PACKAGES, OPENVINO_PACKAGES
+from vitsearch.model.exported.loader import load_exported, open_export
+from vitsearch.model.exported.manifest import (
     BackendMismatchError,
     ExportedEmbedder,
     export_backend,
     read_manifest,
 )
+from vitsearch.model.exported.onnx_backend import MODEL_FILE
 from vitsearch.model.features import DEFAULT_FEATURES, Features, ImageEmbedder
-from vitsearch.model.onnx_backend import MODEL_FILE
 from vitsearch.model.pytorch.devices import choose_device
 from vitsearch.records import AGREEING, ModelInfo
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from vitsearch.app import features_of
 from vitsearch.config import Settings
 from vitsearch.model.checkpoint import check_checkpoint
-from vitsearch.model.export_checks import check_export_request
+from vitsearch.model.export_request import check_export_request
 
 
 def export_model(settings: Settings, out: Path, quantize: str | None = None, fmt: str = "onnx"):

@@ -8,8 +8,8 @@ the two formats cannot drift apart. An export is written to a staging directory,
 against the PyTorch model on seeded probe images, and only then moved into place: a directory
 holding a manifest always holds a verified export.
 
-Opening an export by its manifest (:func:`vitsearch.model.backends.open_export`,
-:func:`vitsearch.model.backends.load_exported`) is :mod:`vitsearch.model.backends`', without torch.
+Opening an export by its manifest (``open_export``, ``load_exported``) is
+:mod:`vitsearch.model.exported.loader`'s, without torch.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from vitsearch import __version__
 from vitsearch.errors import ConfigError
-from vitsearch.model.backends import open_export
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.export_checks import FORMATS, check_format, check_out
-from vitsearch.model.exported import (
+from vitsearch.model.export_request import FORMATS, check_format, check_out
+from vitsearch.model.exported.loader import open_export
+from vitsearch.model.exported.manifest import (
     EMBEDDING_OUTPUT,
     FORMAT,
     INPUT_NAME,
@@ -48,9 +48,9 @@ from vitsearch.model.exported import (
     ExportedEmbedder,
     ExportManifest,
 )
+from vitsearch.model.exported.onnx_backend import INSTALL_HINT, MODEL_FILE
+from vitsearch.model.exported.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
 from vitsearch.model.features import FINAL_LAYER, EmbeddingBatch
-from vitsearch.model.onnx_backend import INSTALL_HINT, MODEL_FILE
-from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT, WEIGHTS_FILE, XML_FILE
 from vitsearch.model.pytorch.embedder import Embedder, _pool
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ An export directory (made by :mod:`vitsearch.model.pytorch.exporter`) holds the 
 embeddings are fingerprinted ``<source fingerprint>+<backend>-<precision>`` (``+onnx-int8``,
 ``+openvino-fp32``…), so a library never mixes them with the PyTorch ones silently. The backends
 are leaves below this module: :mod:`.onnx_backend` runs ``model.onnx``, :mod:`.openvino_backend`
-the IR; neither imports the other, and :func:`.backends.open_export` picks between them. None of
+the IR; neither imports the other, and :func:`.loader.open_export` picks between them. None of
 them imports torch or transformers: the preprocessing comes from the saved config (see
 :func:`read_processor`) and the labels from the manifest.
 """

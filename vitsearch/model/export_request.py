@@ -9,8 +9,8 @@ from pathlib import Path
 
 from vitsearch.errors import ConfigError
 from vitsearch.model.checkpoint import MANIFEST_FILE
-from vitsearch.model.onnx_backend import INSTALL_HINT
-from vitsearch.model.openvino_backend import OPENVINO_INSTALL_HINT
+from vitsearch.model.exported.onnx_backend import INSTALL_HINT
+from vitsearch.model.exported.openvino_backend import OPENVINO_INSTALL_HINT
 
 FORMATS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # --format -> its name in messages
 QUANTIZATIONS = ("int8",)

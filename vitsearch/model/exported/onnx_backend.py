@@ -1,6 +1,6 @@
 """An ONNX export run through ONNX Runtime behind :class:`Embedder`'s interface.
 
-A leaf below :mod:`.exported` (the manifest and what every exported graph shares); it never
+A leaf below :mod:`.manifest` (the manifest and what every exported graph shares); it never
 imports the OpenVINO backend, nor it this one.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model.exported import (
+from vitsearch.model.exported.manifest import (
     EXPORT_HINT,
     INPUT_NAME,
     ExportedEmbedder,

@@ -2,9 +2,9 @@
 
 An OpenVINO export directory holds ``model.xml``/``model.bin`` (the IR converted from the same
 graph as the ONNX export; int8 with NNCF weight compression), the checkpoint's
-``preprocessor_config.json`` and the manifest :mod:`.exported` reads. Its embeddings are
+``preprocessor_config.json`` and the manifest :mod:`.manifest` reads. Its embeddings are
 fingerprinted ``+openvino-fp32`` or ``+openvino-int8``. ``openvino`` is imported only here and
-only when such an export is opened. A leaf below :mod:`.exported`, like :mod:`.onnx_backend`;
+only when such an export is opened. A leaf below :mod:`.manifest`, like :mod:`.onnx_backend`;
 neither imports the other.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitsearch.errors import ConfigError, ModelNotAvailableError
-from vitsearch.model.exported import (
+from vitsearch.model.exported.manifest import (
     EXPORT_HINT,
     INPUT_NAME,
     ExportedEmbedder,

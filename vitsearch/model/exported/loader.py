@@ -3,7 +3,8 @@ OpenVINO.
 
 This module stands above both backends, which are leaves that never import each other, and
 imports neither torch nor transformers: a library that runs an export answers a query
-without them (exporting and verifying, which need torch, are :mod:`.pytorch.exporter`'s).
+without them (exporting and verifying, which need torch, are
+:mod:`vitsearch.model.pytorch.exporter`'s).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitsearch.errors import ConfigError
-from vitsearch.model.exported import ExportedEmbedder, ExportManifest, read_manifest
+from vitsearch.model.exported.manifest import ExportedEmbedder, ExportManifest, read_manifest
+from vitsearch.model.exported.onnx_backend import open_onnx
+from vitsearch.model.exported.openvino_backend import open_openvino
 from vitsearch.model.features import DEFAULT_FEATURES, Features
-from vitsearch.model.onnx_backend import open_onnx
-from vitsearch.model.openvino_backend import open_openvino
 
 
 def load_onnx_embedder(
