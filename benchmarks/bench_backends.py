@@ -21,8 +21,9 @@ rebuilt unverified by the same code, so it is still measured, and marked FAIL.
 2. Speed, on a seeded random ViT-B/16 (``ViTConfig()``: the real FLOPs): images/s of one batch,
    the candidates taking turns over rounds (a passing load then slows all of them alike), best
    and median, each as a ratio to torch fp32 in the same rounds.
-3. ``auto``: ``vitsearch.model.runtime.measure`` on that ViT-B in a fresh home, as the first run
-   of ``load_model`` makes it (exports included): its recorded rates and choice, and its time.
+3. ``auto``: ``vitsearch.model.choice.runtime.measure`` on that ViT-B in a fresh home, as the
+   first run of ``load_model`` makes it (exports included): its recorded rates and choice, and
+   its time.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from vitsearch.labels.teach import apply_classifier, train
 from vitsearch.machine.hardware import cpu_flags, cpu_name, has_bf16_hardware
 from vitsearch.model import Embedder
 from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.choice.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.model.exported.loader import open_export
 from vitsearch.model.exported.manifest import BackendMismatchError, read_manifest
 from vitsearch.model.exported.onnx_backend import MODEL_FILE
@@ -65,7 +67,6 @@ from vitsearch.model.pytorch.exporter import (
     export_model,
 )
 from vitsearch.model.pytorch.quantize import quantize_int8
-from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.store import open_library
 
 DEFAULT_PHOTOS = 300

@@ -28,8 +28,8 @@ from _timing import CpuMeter, timed
 from vitsearch import app
 from vitsearch.config import Settings, load_settings
 from vitsearch.machine.hardware import cpu_flags, cpu_name, has_bf16_hardware
+from vitsearch.model.choice.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.model.pytorch.devices import choose_device
-from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime
 from vitsearch.photos.decode import read_photo
 from vitsearch.store import open_library
 

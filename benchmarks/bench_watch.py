@@ -38,7 +38,7 @@ from _photos import pick_photos
 
 from vitsearch.config import load_settings
 from vitsearch.machine.busy import OtherProcesses
-from vitsearch.model.runtime import EXPORTS_FOLDER
+from vitsearch.model.choice.runtime import EXPORTS_FOLDER
 from vitsearch.store import open_library
 
 DEFAULT_SINGLES = 20

@@ -35,7 +35,7 @@ from vitsearch.errors import (
 )
 from vitsearch.indexer import Indexer, Summary
 from vitsearch.model.checkpoint import check_checkpoint
-from vitsearch.model.runtime import checkpoint_source
+from vitsearch.model.choice.runtime import checkpoint_source
 from vitsearch.records import Filters, ModelInfo, counted
 from vitsearch.store import open_library, writer_pid
 from vitsearch.store.lock import WriterLock

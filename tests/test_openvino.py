@@ -18,10 +18,10 @@ from vitsearch.config import load_settings
 from vitsearch.errors import ConfigError, ModelMismatchError, ModelNotAvailableError
 from vitsearch.model import load_embedder
 from vitsearch.model.checkpoint import MANIFEST_FILE
+from vitsearch.model.choice.runtime import EXPORTS_FOLDER
 from vitsearch.model.exported.loader import load_exported
 from vitsearch.model.exported.manifest import PROCESSOR_FILE, read_manifest
 from vitsearch.model.pytorch.exporter import export_model, export_onnx
-from vitsearch.model.runtime import EXPORTS_FOLDER
 
 pytestmark = pytest.mark.slow
 

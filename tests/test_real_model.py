@@ -11,7 +11,7 @@ from PIL import Image
 from tests.helpers import IMAGENET_SAMPLE, REAL_MODEL, draw_photo
 from vitsearch.config import available_cores
 from vitsearch.model import load_embedder
-from vitsearch.model.runtime import choose_runtime
+from vitsearch.model.choice.runtime import choose_runtime
 
 pytestmark = [
     pytest.mark.slow,  # the real loading path, on real weights

@@ -13,8 +13,9 @@ import pytest
 
 from tests.helpers import draw_album, draw_photo, once
 from vitsearch.indexer import Summary
-from vitsearch.model import Features, runtime
-from vitsearch.model.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
+from vitsearch.model import Features
+from vitsearch.model.choice import runtime
+from vitsearch.model.choice.runtime import EXPORTS_FOLDER, choose_runtime, export_directory
 from vitsearch.records import ModelInfo
 
 AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -288,7 +289,7 @@ def test_two_first_runs_at_once_export_once(cli_env: dict, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_a_timing_made_beside_a_busy_program_is_made_again(auto, cpu, tmp_path: Path) -> None:
-    from vitsearch.model.runtime import RETIMINGS, measurement_file, write_measurement
+    from vitsearch.model.choice.runtime import RETIMINGS, measurement_file, write_measurement
 
     cpu(ZEN4)
     album = draw_album(tmp_path / "album", 3)
@@ -344,7 +345,7 @@ def test_a_small_first_job_starts_at_once_and_its_rate_is_the_photos_alone(
 @pytest.mark.slow
 def test_only_index_and_watch_time_the_backends(auto, cpu, tmp_path: Path) -> None:
     """embed, classify and queries never time, not even again after a busy timing."""
-    from vitsearch.model.runtime import measurement_file, write_measurement
+    from vitsearch.model.choice.runtime import measurement_file, write_measurement
 
     cpu(ZEN4)
     photo = draw_photo(tmp_path / "photo.png", seed=5)
@@ -364,7 +365,7 @@ def test_only_index_and_watch_time_the_backends(auto, cpu, tmp_path: Path) -> No
 def fastest_is(settings, winner: str, flags: frozenset[str]) -> None:
     """A timing on record for this checkpoint and CPU in which ``winner`` is the fastest, so
     the test does not hang on what the machine running it would pick."""
-    from vitsearch.model.runtime import measurement_file, write_measurement
+    from vitsearch.model.choice.runtime import measurement_file, write_measurement
 
     names = [
         c.name

@@ -59,9 +59,9 @@ from vitsearch.labels.search import LabelCount, label_counts, search_by_label
 from vitsearch.labels.teach import TeachResult, classifier_summaries, teach_folder
 from vitsearch.machine.cpu import AdaptiveThreads
 from vitsearch.model.checkpoint import check_checkpoint
+from vitsearch.model.choice.runtime import checkpoint_source
 from vitsearch.model.feature_files import check_features_out, embed_files, write_features
 from vitsearch.model.features import Features, ImageEmbedder
-from vitsearch.model.runtime import checkpoint_source
 from vitsearch.photos.files import image_files
 from vitsearch.photos.thumbnails import Thumbnails
 from vitsearch.records import (

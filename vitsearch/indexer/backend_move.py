@@ -1,12 +1,12 @@
 """A small torch library moved to a faster backend of its model before a large job.
 
 A first ``index`` of a few photos starts on torch fp32 at once, without the minute of exports
-and timing (see :mod:`vitsearch.model.runtime`); a library keeps the backend it was built with,
-so without this a trial of 40 photos would keep a library on torch for the 10,000 that follow,
-at a fifth of the speed an export reaches on some CPUs. When a job large enough to time the
-backends comes to a library smaller than that, the backends are timed as for a new library,
-and if another one wins, the library's few photos are embedded again by it, in place (ids,
-paths and dates kept), in one transaction with the new model record.
+and timing (see :mod:`vitsearch.model.choice.runtime`); a library keeps the backend it was built
+with, so without this a trial of 40 photos would keep a library on torch for the 10,000 that
+follow, at a fifth of the speed an export reaches on some CPUs. When a job large enough to time
+the backends comes to a library smaller than that, the backends are timed as for a new library,
+and if another one wins, the library's few photos are embedded again by it, in place (ids, paths
+and dates kept), in one transaction with the new model record.
 """
 
 from __future__ import annotations

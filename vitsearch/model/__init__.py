@@ -2,7 +2,7 @@
 
 Its names are imported on first use (PEP 562), so that importing the torch-free
 :mod:`vitsearch.model.checkpoint` does not pay seconds for torch, nor ``load_model`` on a
-library that runs an ONNX or OpenVINO export (see :mod:`.runtime`). Nothing here reads
+library that runs an ONNX or OpenVINO export (see :mod:`.choice.runtime`). Nothing here reads
 :class:`vitsearch.config.Settings`: callers pass the checkpoint, backend, precision, device,
 features and threads (``vitsearch.app`` turns settings into them).
 """
@@ -13,17 +13,17 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vitsearch.model.choice.runtime import load_model
     from vitsearch.model.features import EmbeddingBatch, Features
     from vitsearch.model.pytorch.embedder import Embedder
     from vitsearch.model.pytorch.loader import load_embedder
-    from vitsearch.model.runtime import load_model
 
 _HOMES = {
     "Embedder": "vitsearch.model.pytorch.embedder",
     "EmbeddingBatch": "vitsearch.model.features",
     "Features": "vitsearch.model.features",
     "load_embedder": "vitsearch.model.pytorch.loader",
-    "load_model": "vitsearch.model.runtime",
+    "load_model": "vitsearch.model.choice.runtime",
 }
 
 __all__ = ["Embedder", "EmbeddingBatch", "Features", "load_embedder", "load_model"]

@@ -1,5 +1,5 @@
 """Loading a checkpoint into PyTorch on the device and precision
-:mod:`vitsearch.model.runtime` decided: safetensors only, no remote code. Finding, checking
+:mod:`vitsearch.model.choice.runtime` decided: safetensors only, no remote code. Finding, checking
 and fingerprinting the checkpoint is :mod:`vitsearch.model.checkpoint`'s."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def load_embedder(
         checkpoint: a hub id or a local checkpoint directory (the name a library records).
         threads: torch intra-op threads (process-wide, as torch has it).
         device: ``cpu``, ``cuda`` or ``mps``, as decided (see
-            :func:`vitsearch.model.runtime.choose_runtime`).
+            :func:`vitsearch.model.choice.runtime.choose_runtime`).
         precision: ``fp32``, ``bf16``, ``fp16``, or ``int8`` (dynamic int8 of the linear
             layers, on the CPU, checked against fp32), as decided.
         features: the layer and pooling that make the embedding.

@@ -2,19 +2,18 @@
 measured.
 
 ``auto`` on a CPU times the candidates that agree with torch fp32 and keeps the fastest: torch
-fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x *slower*),
-ONNX Runtime fp32 and ONNX Runtime block int8, and OpenVINO with NNCF int8 weights where the
-``openvino`` extra is installed; each export is made once per checkpoint in the library home
-and verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap,
-see :mod:`.pytorch.exporter`). The measurement takes a few seconds per candidate, is kept in
-the home per checkpoint and CPU, and is made again on another CPU, so a new kind of CPU gets
-the right answer without a table of names. An export (ONNX Runtime or OpenVINO) within 10% of the
-fastest candidate is kept instead of it: a query on a library that runs an export starts
-without importing torch, seconds sooner every command, which is worth more than a few percent
-of indexing speed (on AVX2-only CPUs torch fp32 and ONNX Runtime fp32 run within 1% of each
-other). A timing made while other
-programs kept more than half a core busy (speeds then swing 2-3x and the pick flips) is made
-again at the next start, up to three times. CUDA runs torch fp16, Apple
+fp32, torch bf16 (where the CPU has bf16 instructions: without them bf16 is ~7x *slower*), ONNX
+Runtime fp32 and ONNX Runtime block int8, and OpenVINO with NNCF int8 weights where the
+``openvino`` extra is installed; each export is made once per checkpoint in the library home and
+verified against torch fp32 on probe images (min cosine and top-10 neighbour overlap, see
+:mod:`vitsearch.model.pytorch.exporter`). The measurement takes a few seconds per candidate, is
+kept in the home per checkpoint and CPU, and is made again on another CPU, so a new kind of CPU
+gets the right answer without a table of names. An export (ONNX Runtime or OpenVINO) within 10%
+of the fastest candidate is kept instead of it: a query on a library that runs an export starts
+without importing torch, seconds sooner every command, which is worth more than a few percent of
+indexing speed (on AVX2-only CPUs torch fp32 and ONNX Runtime fp32 run within 1% of each other).
+A timing made while other programs kept more than half a core busy (speeds then swing 2-3x and
+the pick flips) is made again at the next start, up to three times. CUDA runs torch fp16, Apple
 MPS torch fp32.
 
 OpenVINO fp32 is not timed: it would cost another full-size export, and in
@@ -430,7 +429,7 @@ def images_per_second(
 
 class _Reference:
     """Torch fp32 of the checkpoint, loaded on first use and then shared: exports are checked
-    against it, so its probe forward is computed once (see ``export._reference_batch``)."""
+    against it, so its probe forward is computed once (see ``exporter._reference_batch``)."""
 
     def __init__(self, source: Source) -> None:
         self._source = source
