@@ -117,3 +117,31 @@ def test_no_import_cycle() -> None:
         tuple(TopologicalSorter(graph).static_order())
     except CycleError as cycle:
         pytest.fail(f"import cycle: {' -> '.join(cycle.args[1])}")
+
+
+def heavy_imports(tree: ast.Module, module_level: bool) -> set[str]:
+    """torch and transformers, imported at module level or anywhere, leaving out
+    ``if TYPE_CHECKING:`` blocks."""
+    found: set[str] = set()
+    nodes = tree.body if module_level else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+    return found & {"torch", "transformers"}
+
+
+def test_torch_is_the_model_packages_and_imported_on_load_only_by_pytorch() -> None:
+    """Only model/ imports torch or transformers, and only model/pytorch/ at module level:
+    importing ``vitsearch.model``, its top-level modules, ``exported/`` or ``choice/`` costs
+    neither (a query on an export starts without them)."""
+    outside, eager = [], []
+    for name, source in modules().items():
+        if not name.startswith("vitsearch.model") and heavy_imports(source, module_level=False):
+            outside.append(name)
+        if not name.startswith("vitsearch.model.pytorch.") and heavy_imports(source, True):
+            eager.append(name)
+    assert not outside and not eager, (outside, eager)

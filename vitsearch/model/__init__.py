@@ -1,5 +1,10 @@
 """The model engine: the only package that imports torch and transformers.
 
+Sub-packages by role: :mod:`.pytorch` runs and trains the model in torch (and makes exports),
+:mod:`.exported` runs an export without torch, :mod:`.choice` decides which of them runs. The
+modules at this level are the torch-free pieces they share (the :class:`.features.ImageEmbedder`
+protocol, the checkpoint, pixels, scores, feature files, an export's request).
+
 Its names are imported on first use (PEP 562), so that importing the torch-free
 :mod:`vitsearch.model.checkpoint` does not pay seconds for torch, nor ``load_model`` on a
 library that runs an ONNX or OpenVINO export (see :mod:`.choice.runtime`). Nothing here reads
