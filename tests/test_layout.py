@@ -44,20 +44,25 @@ def modules() -> dict[str, ast.Module]:
     return found
 
 
-def imports(tree: ast.Module, module_level: bool = False) -> set[str]:
-    """vitsearch modules imported, leaving out ``if TYPE_CHECKING:`` blocks."""
+def imported(tree: ast.Module, module_level: bool = False) -> set[str]:
+    """Every absolute import (``a.b`` and, for ``from a.b import c``, ``a.b.c`` too), at
+    module level or anywhere, leaving out ``if TYPE_CHECKING:`` blocks."""
     found: set[str] = set()
     nodes = tree.body if module_level else ast.walk(tree)
     for node in nodes:
         if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.startswith("vitsearch"):
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("vitsearch"))
+            found.update(alias.name for alias in node.names)
     return found
+
+
+def imports(tree: ast.Module, module_level: bool = False) -> set[str]:
+    """vitsearch modules imported, leaving out ``if TYPE_CHECKING:`` blocks."""
+    return {name for name in imported(tree, module_level) if name.startswith("vitsearch")}
 
 
 def known(name: str, names: set[str]) -> str | None:
@@ -122,16 +127,8 @@ def test_no_import_cycle() -> None:
 def heavy_imports(tree: ast.Module, module_level: bool) -> set[str]:
     """torch and transformers, imported at module level or anywhere, leaving out
     ``if TYPE_CHECKING:`` blocks."""
-    found: set[str] = set()
-    nodes = tree.body if module_level else ast.walk(tree)
-    for node in nodes:
-        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-    return found & {"torch", "transformers"}
+    tops = {name.split(".")[0] for name in imported(tree, module_level)}
+    return tops & {"torch", "transformers"}
 
 
 def test_torch_is_the_model_packages_and_imported_on_load_only_by_pytorch() -> None:
