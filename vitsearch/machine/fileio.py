@@ -34,13 +34,10 @@ def replacing(path: Path) -> Iterator[Path]:
     try:
         yield temp
         os.replace(temp, path)
-    except OSError as exc:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
-        if exc.errno in NO_SPACE:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
             raise DiskFullError(path.parent) from None
-        raise
-    except BaseException:
-        temp.unlink(missing_ok=True)
         raise
 
 
